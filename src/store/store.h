@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Request log in SQLite (WAL). The event loops hand rows to br_store_log, which only copies the
+ * row into a bounded in-memory queue; one writer thread commits queued rows in batched
+ * transactions. A row is acknowledged (counted in `written`) only after its batch commits.
+ * When the queue is full the row is refused with BR_ERR_BUSY and counted as dropped: nothing is
+ * lost silently, and the caller can apply backpressure (see br_store_queue_full).
+ *
+ * Thread-safety: br_store_log, br_store_stats and br_store_queue_full from any thread; open and
+ * close from one thread.
+ */
+#ifndef BR_STORE_H
+#define BR_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct br_store br_store;
+
+/* One request. Strings are copied by br_store_log; NULL is stored as NULL. */
+struct br_log_row {
+    const char *id;               /* request id */
+    int64_t ts_ms;                /* wall clock at request start, ms since epoch */
+    const char *key_id;           /* API key id (never the key), NULL when auth is off */
+    const char *model;            /* catalogue model that answered (or was asked for) */
+    const char *provider;         /* provider name */
+    const char *route;            /* route name, NULL for a direct model request */
+    const char *endpoint;         /* "/v1/chat/completions" */
+    int status;                   /* HTTP status sent to the client (499: client went away) */
+    bool stream;
+    int64_t prompt_tokens;
+    int64_t completion_tokens;
+    int64_t cached_tokens;
+    int64_t reasoning_tokens;
+    bool usage_estimated;         /* true when tokens were estimated, not reported */
+    int64_t cost_nano_usd;
+    int64_t latency_us;           /* request received -> response finished */
+    int64_t ttft_us;              /* request received -> first token sent (-1 when none) */
+    int64_t upstream_latency_us;  /* upstream call start -> upstream done (-1 when none) */
+    int64_t overhead_us;          /* latency minus upstream time: what brigade added */
+    const char *error_kind;       /* NULL on success; e.g. "upstream_timeout_first_byte" */
+    const char *upstream_model;   /* model id reported by the upstream */
+};
+
+struct br_store_opts {
+    const char *path;         /* SQLite file; created with its schema when missing */
+    size_t queue_capacity;    /* rows waiting for the writer (default 65536) */
+    size_t batch_max;         /* rows per transaction at most (default 512) */
+    uint32_t flush_interval_ms; /* longest a row waits before a commit (default 50) */
+};
+
+struct br_store_stats {
+    uint64_t queued;   /* accepted by br_store_log */
+    uint64_t written;  /* committed */
+    uint64_t dropped;  /* refused because the queue was full */
+    uint64_t failed;   /* lost to a database error (logged) */
+    size_t depth;      /* rows waiting now */
+};
+
+/** Opens (creating if needed) the database and starts the writer thread. Caller closes. */
+int br_store_open(const struct br_store_opts *opts, br_store **out);
+
+/** Flushes every queued row, stops the writer and closes the database. NULL is a no-op. */
+void br_store_close(br_store *s);
+
+/** Queues a copy of row. BR_ERR_BUSY when the queue is full (counted as dropped). */
+int br_store_log(br_store *s, const struct br_log_row *row);
+
+/** True when the queue is at or above capacity (used for admission backpressure). */
+bool br_store_queue_full(const br_store *s);
+
+/** Counters; safe from any thread. */
+void br_store_stats_get(const br_store *s, struct br_store_stats *out);
+
+/** Blocks until every row queued before the call is committed (tests, shutdown). */
+int br_store_flush(br_store *s);
+
+/* ---- read side, for the CLI (opens the file read-only; independent of a running writer) ---- */
+
+enum br_store_group {
+    BR_STORE_GROUP_MODEL,
+    BR_STORE_GROUP_KEY,
+    BR_STORE_GROUP_DAY,
+};
+
+struct br_store_total {
+    const char *group;        /* model name, key id or YYYY-MM-DD (UTC) */
+    int64_t requests;
+    int64_t errors;           /* status >= 400 */
+    int64_t prompt_tokens;
+    int64_t completion_tokens;
+    int64_t cost_nano_usd;
+    double mean_latency_ms;
+};
+
+/** Calls fn for the `limit` most recent rows since since_ms (0 = all), newest first. */
+int br_store_query_recent(const char *path, int limit, int64_t since_ms,
+                          int (*fn)(void *user, const struct br_log_row *row), void *user);
+
+/** Calls fn for each group's totals since since_ms (0 = all), largest cost first. */
+int br_store_query_totals(const char *path, enum br_store_group group, int64_t since_ms,
+                          int (*fn)(void *user, const struct br_store_total *t), void *user);
+
+#endif

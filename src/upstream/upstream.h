@@ -1,0 +1,118 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Upstream HTTP client: one libcurl multi handle per worker loop, driven by libuv through
+ * curl's multi_socket API (uv_poll per socket, one uv_timer for curl's timeout). Connections
+ * are kept alive and pooled per host; HTTP/2 is used where the server offers it over TLS;
+ * TLS peers are verified. Response bytes are handed to the caller as they arrive.
+ *
+ * Thread-safety: a br_upstream and its calls belong to the loop they were created on.
+ */
+#ifndef BR_UPSTREAM_H
+#define BR_UPSTREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/slice.h"
+
+typedef struct br_upstream br_upstream;
+typedef struct br_upstream_call br_upstream_call;
+
+/* Why a call failed, for the client's status, the log row and metrics. */
+#define BR_UPSTREAM_ERROR_MAP(X)                                                                   \
+    X(NONE, "none")                                                                                \
+    X(DNS, "dns")                                                                                  \
+    X(CONNECT, "connect")                                                                          \
+    X(TLS, "tls")                                                                                  \
+    X(TIMEOUT_CONNECT, "timeout_connect")                                                          \
+    X(TIMEOUT_FIRST_BYTE, "timeout_first_byte")                                                    \
+    X(TIMEOUT_IDLE, "timeout_idle")                                                                \
+    X(CLOSED, "closed")                                                                            \
+    X(PROTOCOL, "protocol")                                                                        \
+    X(TOO_LARGE, "too_large")                                                                      \
+    X(HTTP_STATUS, "http_status")                                                                  \
+    X(BAD_RESPONSE, "bad_response")                                                                \
+    X(CANCELED, "canceled")                                                                        \
+    X(OTHER, "other")
+
+enum br_upstream_error {
+#define BR__UPSTREAM_ERROR_ENUM(name, text) BR_UPSTREAM_ERROR_##name,
+    BR_UPSTREAM_ERROR_MAP(BR__UPSTREAM_ERROR_ENUM)
+#undef BR__UPSTREAM_ERROR_ENUM
+};
+
+/** Stable lower-case name of an error kind ("timeout_first_byte"), for logs and metrics. */
+const char *br_upstream_error_name(enum br_upstream_error e);
+
+struct br_upstream_opts {
+    long max_connections_per_host; /* pool cap per host; 0 = libcurl's default */
+    size_t max_response_bytes;     /* body cap (0 = 64 MiB); past it: TOO_LARGE */
+    bool insecure_skip_verify;     /* tests only; never from user config by default */
+    const char *ca_file;           /* extra CA bundle; NULL = system default */
+};
+
+struct br_upstream_request {
+    const char *method;          /* "POST", "GET" */
+    const char *url;             /* absolute http(s) URL */
+    const char *const *headers;  /* "Name: value" lines, borrowed until on_done */
+    size_t n_headers;
+    struct br_slice body;        /* borrowed until on_done */
+    uint32_t connect_timeout_ms; /* TCP + TLS handshake (default 5000 when 0) */
+    uint32_t first_byte_timeout_ms; /* request sent -> first response byte (default 60000) */
+    uint32_t idle_timeout_ms;    /* longest silence between response bytes (default 120000) */
+};
+
+struct br_upstream_header {
+    struct br_slice name;
+    struct br_slice value;
+};
+
+struct br_upstream_head {
+    int status;                               /* HTTP status of the final response */
+    const struct br_upstream_header *headers; /* valid during the callback only */
+    size_t n_headers;
+};
+
+struct br_upstream_stats {
+    enum br_upstream_error error;  /* NONE on success (any HTTP status counts as success) */
+    const char *error_text;        /* short human text for logs; never contains secrets */
+    uint64_t t_start_ns;           /* monotonic: call started */
+    uint64_t t_connected_ns;       /* connection ready (0 when reused: equals t_start_ns) */
+    uint64_t t_first_byte_ns;      /* first response byte, 0 if none */
+    uint64_t t_done_ns;            /* call ended */
+    long http_version;             /* 10, 11, 20 */
+    bool reused_connection;
+};
+
+struct br_upstream_callbacks {
+    /** Status line and headers of the final response (1xx are skipped). */
+    void (*on_head)(void *user, const struct br_upstream_head *head);
+    /** Response body bytes as they arrive (de-chunked, decompressed). */
+    void (*on_data)(void *user, const char *data, size_t n);
+    /** Always called once at the end, unless the call was canceled. */
+    void (*on_done)(void *user, const struct br_upstream_stats *stats);
+};
+
+/** Creates the client on `loop`. Caller destroys (after the loop stops running calls). */
+int br_upstream_create(uv_loop_t *loop, const struct br_upstream_opts *opts, br_upstream **out);
+
+/** Cancels outstanding calls (no callbacks) and frees the client. NULL is a no-op. */
+void br_upstream_destroy(br_upstream *u);
+
+/**
+ * Starts a call. Callbacks run later on the loop, never inside this function. `*out` (may be
+ * NULL) stays valid until on_done returns or the call is canceled.
+ */
+int br_upstream_call_start(br_upstream *u, const struct br_upstream_request *req,
+                           const struct br_upstream_callbacks *cb, void *user,
+                           br_upstream_call **out);
+
+/** Aborts a call: the connection is closed, no further callbacks. Safe inside callbacks. */
+void br_upstream_call_cancel(br_upstream_call *c);
+
+/** Number of calls in flight on this client. */
+size_t br_upstream_active(const br_upstream *u);
+
+#endif
