@@ -23,6 +23,8 @@ libjansson-dev
 libyaml-dev
 libsqlite3-dev
 libcmocka-dev
+libcsv-dev
+libssl-dev
 ca-certificates
 nodejs
 npm

@@ -30,7 +30,13 @@ struct br_provider_target {
     const char *upstream_model;        /* model id sent upstream (defaults to name) */
     const char *base_url;              /* e.g. "https://api.openai.com/v1", no trailing '/' */
     const char *api_key;               /* secret or NULL; never logged or echoed */
-    const char *replay_file;           /* replay: absolute path of the recorded answers */
+    const char *replay_file;           /* replay: absolute path of the recorded answers, either
+                                          JSONL ({"prompt","response","usage"?} per line) or CSV
+                                          (RFC 4180 with a header row) */
+    const char *replay_prompt_field;   /* replay: JSON key / CSV column of the prompt
+                                          (default "prompt") */
+    const char *replay_response_field; /* replay: JSON key / CSV column of the answer
+                                          (default "response") */
     const char *const *extra_headers;  /* "Name: value" lines added to every upstream call */
     size_t n_extra_headers;
     uint32_t connect_timeout_ms;       /* default 5000 */
