@@ -1,0 +1,665 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * POST /v1/chat/completions: decode and validate the OpenAI request, plan it, call the
+ * provider, and relay the answer — one JSON body, or SSE events each written to the socket as
+ * it arrives. At the end the call is priced from its real usage (the upstream's own counts,
+ * asked for on streams too, or an estimate that is labelled as one), logged and counted.
+ *
+ * Billing rules: every request to this endpoint gets one request-log row, errors included. A
+ * client that goes away mid-answer is billed for what was produced until then (status 499).
+ */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "core/clock.h"
+#include "core/err.h"
+#include "core/log.h"
+#include "cost/cost.h"
+#include "route/route.h"
+
+enum chat_state {
+    CHAT_CALLING,   /* provider call running, nothing sent yet */
+    CHAT_STREAMING, /* SSE headers sent */
+    CHAT_FINISHED,
+};
+
+struct chat {
+    enum br_req_kind kind; /* first: req->user points here */
+    struct br_worker *w;
+    br_http_request *req;
+    struct br_runtime *rt; /* reference held until the request ends */
+    const struct br_runtime_model *rm;
+    const char *key_id;
+    json_t *body;
+    const char *model_requested;
+    bool stream;
+    bool wants_usage;
+    enum chat_state state;
+    bool call_active;
+    struct br_plan plan;
+    struct br_provider_call call;
+    struct br_buf frame; /* scratch for SSE framing */
+    char *answer;        /* non-streamed body, copied from on_body */
+    size_t answer_len;
+    uint64_t t_call_start;
+    uint64_t t_call_end;
+    uint64_t t_first_token; /* first content written to the client */
+};
+
+/* ------------------------------------------------------------------ errors */
+
+static void json_free(void *p)
+{
+    json_decref(p);
+}
+
+/* An OpenAI-shaped error with extra headers (the http layer's helper has none). */
+static void respond_error(br_http_request *req, int status, const char *type, const char *code,
+                          const char *param, const char *message,
+                          const struct br_http_header *extra, size_t n_extra)
+{
+    json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type", type,
+                          "param", param, "code", code);
+    size_t len = 0;
+    char *text = e ? br__json_dump(req->arena, e, &len) : NULL;
+    json_decref(e);
+    struct br_http_header h[8];
+    size_t n = 0;
+    h[n++] =
+        (struct br_http_header){BR_SLICE_LIT("content-type"), BR_SLICE_LIT("application/json")};
+    for (size_t i = 0; i < n_extra && n < 8; i++) {
+        h[n++] = extra[i];
+    }
+    if (!text) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    br_http_respond(req, status, h, n, br_slice_make(text, len));
+}
+
+/* ------------------------------------------------------------------ validation */
+
+static bool is_int_in(const json_t *v, json_int_t lo, json_int_t hi)
+{
+    return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
+}
+
+static bool is_num_in(const json_t *v, double lo, double hi)
+{
+    return json_is_number(v) && json_number_value(v) >= lo && json_number_value(v) <= hi;
+}
+
+struct verr {
+    const char *param;
+    const char *code;
+    char msg[256];
+};
+
+static int vfail(struct verr *e, const char *param, const char *code, const char *msg)
+{
+    e->param = param;
+    e->code = code;
+    snprintf(e->msg, sizeof(e->msg), "%s", msg);
+    return BR_ERR_INVAL;
+}
+
+static int validate_message(const json_t *m, size_t i, struct verr *e, br_arena *a)
+{
+    static const char *const roles[] = {"system",    "developer", "user",
+                                        "assistant", "tool",      "function"};
+    char *param = br_arena_sprintf(a, "messages[%zu]", i);
+    if (!json_is_object(m)) {
+        return vfail(e, param, "invalid_type", "Each message must be a JSON object.");
+    }
+    const json_t *role = json_object_get(m, "role");
+    bool known = false;
+    for (size_t r = 0; json_is_string(role) && r < sizeof(roles) / sizeof(roles[0]); r++) {
+        known |= strcmp(json_string_value(role), roles[r]) == 0;
+    }
+    if (!known) {
+        char *p = br_arena_sprintf(a, "messages[%zu].role", i);
+        return vfail(e, p, "invalid_value",
+                     "Each message needs a role: one of system, developer, user, assistant, "
+                     "tool, function.");
+    }
+    const json_t *content = json_object_get(m, "content");
+    bool may_be_null = strcmp(json_string_value(role), "assistant") == 0;
+    if (!(json_is_string(content) || json_is_array(content) ||
+          (may_be_null && (!content || json_is_null(content))))) {
+        char *p = br_arena_sprintf(a, "messages[%zu].content", i);
+        return vfail(e, p, "invalid_type",
+                     "Message content must be a string or an array of parts.");
+    }
+    return BR_OK;
+}
+
+static int validate(const json_t *body, struct verr *e, br_arena *a)
+{
+    if (!json_is_object(body)) {
+        return vfail(e, NULL, "invalid_type", "The request body must be a JSON object.");
+    }
+    const json_t *model = json_object_get(body, "model");
+    if (!json_is_string(model) || json_string_length(model) == 0) {
+        return vfail(e, "model", "missing_required_parameter",
+                     "You must provide a model parameter (a string naming a catalogue model).");
+    }
+    const json_t *messages = json_object_get(body, "messages");
+    if (!json_is_array(messages) || json_array_size(messages) == 0) {
+        return vfail(e, "messages", "missing_required_parameter",
+                     "You must provide messages: a non-empty array of message objects.");
+    }
+    size_t i;
+    const json_t *m;
+    json_array_foreach(messages, i, m)
+    {
+        int rc = validate_message(m, i, e, a);
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
+    const json_t *stream = json_object_get(body, "stream");
+    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
+        return vfail(e, "stream", "invalid_type", "stream must be a boolean.");
+    }
+    const json_t *so = json_object_get(body, "stream_options");
+    if (so && !json_is_null(so)) {
+        if (!json_is_object(so)) {
+            return vfail(e, "stream_options", "invalid_type", "stream_options must be an object.");
+        }
+        if (!json_is_true(stream)) {
+            return vfail(
+                e, "stream_options", "invalid_value",
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
+        }
+        const json_t *iu = json_object_get(so, "include_usage");
+        if (iu && !json_is_boolean(iu)) {
+            return vfail(e, "stream_options.include_usage", "invalid_type",
+                         "include_usage must be a boolean.");
+        }
+    }
+    static const char *const tok_fields[] = {"max_tokens", "max_completion_tokens"};
+    for (size_t k = 0; k < 2; k++) {
+        const json_t *v = json_object_get(body, tok_fields[k]);
+        if (v && !json_is_null(v) && !is_int_in(v, 1, 100000000)) {
+            return vfail(e, tok_fields[k], "invalid_value", "must be a positive integer.");
+        }
+    }
+    const json_t *n = json_object_get(body, "n");
+    if (n && !json_is_null(n) && !is_int_in(n, 1, 128)) {
+        return vfail(e, "n", "invalid_value", "n must be an integer from 1 to 128.");
+    }
+    const json_t *t = json_object_get(body, "temperature");
+    if (t && !json_is_null(t) && !is_num_in(t, 0.0, 2.0)) {
+        return vfail(e, "temperature", "invalid_value",
+                     "temperature must be a number from 0 to 2.");
+    }
+    const json_t *tp = json_object_get(body, "top_p");
+    if (tp && !json_is_null(tp) && !is_num_in(tp, 0.0, 1.0)) {
+        return vfail(e, "top_p", "invalid_value", "top_p must be a number from 0 to 1.");
+    }
+    return BR_OK;
+}
+
+/* ------------------------------------------------------------------ accounting */
+
+static int64_t us_between(uint64_t from_ns, uint64_t to_ns)
+{
+    return (from_ns && to_ns >= from_ns) ? (int64_t)((to_ns - from_ns) / 1000) : -1;
+}
+
+static void status_str(int status, char out[8])
+{
+    snprintf(out, 8, "%d", status);
+}
+
+/* Records the request-log row and the metrics. Call before the http request is finished. */
+static void account(struct chat *c, int status, const struct br_provider_result *res,
+                    const char *error_kind)
+{
+    struct br_worker *w = c->w;
+    struct br_gateway *g = w->g;
+    uint64_t now = br_clock_now_ns();
+    const struct br_model_cfg *mc = c->rm ? c->rm->cfg : NULL;
+    struct br_usage u = {0};
+    int64_t cost = 0;
+    if (res) {
+        u = res->usage;
+        if (mc) {
+            cost = br_cost_compute(&mc->price, &u);
+        }
+    }
+    int64_t latency_us = us_between(c->req->t_start_ns, now);
+    int64_t upstream_us =
+        c->t_call_start ? us_between(c->t_call_start, c->t_call_end ? c->t_call_end : now) : -1;
+    int64_t overhead_us = upstream_us >= 0 ? latency_us - upstream_us : latency_us;
+    if (overhead_us < 0) {
+        overhead_us = 0;
+    }
+    const char *model = mc ? mc->name : c->model_requested;
+
+    if (g->store) {
+        struct br_log_row row = {
+            .id = c->req->id,
+            .ts_ms = br_clock_wall_ms() - latency_us / 1000,
+            .key_id = c->key_id,
+            .model = model,
+            .provider = mc ? mc->provider : NULL,
+            .route = c->plan.route,
+            .endpoint = "/v1/chat/completions",
+            .status = status,
+            .stream = c->stream,
+            .prompt_tokens = u.prompt_tokens,
+            .completion_tokens = u.completion_tokens,
+            .cached_tokens = u.cached_tokens,
+            .reasoning_tokens = u.reasoning_tokens,
+            .usage_estimated = res && !u.reported && (u.prompt_tokens || u.completion_tokens),
+            .cost_nano_usd = cost,
+            .latency_us = latency_us,
+            .ttft_us = us_between(c->req->t_start_ns, c->t_first_token),
+            .upstream_latency_us = upstream_us,
+            .overhead_us = overhead_us,
+            .error_kind = error_kind,
+            .upstream_model = res ? res->upstream_model : NULL,
+        };
+        if (br_store_log(g->store, &row) != BR_OK) {
+            br_metrics_add(g->metrics, w->index, g->m.log_dropped, NULL, 1);
+        }
+    }
+
+    char st[8];
+    status_str(status, st);
+    const char *lbl_ms[] = {model ? model : "", st};
+    br_metrics_add(g->metrics, w->index, g->m.requests, lbl_ms, 1);
+    if (!mc) {
+        return;
+    }
+    const char *lbl_m[] = {mc->name};
+    br_metrics_observe(g->metrics, w->index, g->m.duration, lbl_m, (double)latency_us / 1e6);
+    br_metrics_observe(g->metrics, w->index, g->m.overhead, NULL, (double)overhead_us / 1e6);
+    if (res && res->t_first_byte_ns && c->t_call_start) {
+        br_metrics_observe(g->metrics, w->index, g->m.upstream_ttfb, lbl_m,
+                           (double)(res->t_first_byte_ns - c->t_call_start) / 1e9);
+    }
+    if (c->t_first_token) {
+        br_metrics_observe(g->metrics, w->index, g->m.ttft, lbl_m,
+                           (double)(c->t_first_token - c->req->t_start_ns) / 1e9);
+    }
+    static const char *const kinds[] = {"prompt", "completion", "cached", "reasoning"};
+    const int64_t counts[] = {u.prompt_tokens, u.completion_tokens, u.cached_tokens,
+                              u.reasoning_tokens};
+    for (size_t k = 0; k < 4; k++) {
+        if (counts[k] > 0) {
+            const char *l[] = {mc->name, kinds[k]};
+            br_metrics_add(g->metrics, w->index, g->m.tokens, l, (double)counts[k]);
+        }
+    }
+    if (cost > 0) {
+        br_metrics_add(g->metrics, w->index, g->m.cost, lbl_m, (double)cost / 1e9);
+    }
+    if (res && res->error_kind != BR_UPSTREAM_ERROR_NONE &&
+        res->error_kind != BR_UPSTREAM_ERROR_CANCELED) {
+        const char *l[] = {mc->name, br_upstream_error_name(res->error_kind)};
+        br_metrics_add(g->metrics, w->index, g->m.upstream_errors, l, 1);
+    }
+}
+
+static const char *error_kind_of(const struct br_provider_result *res, char *buf, size_t n)
+{
+    if (res->rc == BR_OK) {
+        return NULL;
+    }
+    if (res->error_kind == BR_UPSTREAM_ERROR_NONE) {
+        snprintf(buf, n, "provider_error_%d", res->status);
+    } else {
+        snprintf(buf, n, "upstream_%s", br_upstream_error_name(res->error_kind));
+    }
+    return buf;
+}
+
+/* ------------------------------------------------------------------ finishing */
+
+static void release(struct chat *c)
+{
+    struct br_gateway *g = c->w->g;
+    br_metrics_add(g->metrics, c->w->index, g->m.inflight, NULL, -1);
+    br_buf_cleanup(&c->frame);
+    br__runtime_unref(c->rt);
+    c->rt = NULL;
+}
+
+/* Response headers naming the model, provider, tokens and cost. */
+static size_t brigade_headers(struct chat *c, const struct br_provider_result *res,
+                              struct br_http_header *h, size_t max, bool with_cost)
+{
+    size_t n = 0;
+    br_arena *a = c->req->arena;
+    if (!c->rm || max < 5) {
+        return 0;
+    }
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-model"),
+                                     br_slice_from_cstr(c->rm->cfg->name)};
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-provider"),
+                                     br_slice_from_cstr(c->rm->cfg->provider)};
+    if (with_cost && res) {
+        char usd[BR_COST_USD_STRLEN];
+        br_cost_format_usd(br_cost_compute(&c->rm->cfg->price, &res->usage), usd);
+        char *u = br_arena_strndup(a, usd, strlen(usd));
+        char *pt = br_arena_sprintf(a, "%lld", (long long)res->usage.prompt_tokens);
+        char *ct = br_arena_sprintf(a, "%lld", (long long)res->usage.completion_tokens);
+        if (u && pt && ct) {
+            h[n++] =
+                (struct br_http_header){BR_SLICE_LIT("x-brigade-cost-usd"), br_slice_from_cstr(u)};
+            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-prompt-tokens"),
+                                             br_slice_from_cstr(pt)};
+            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-completion-tokens"),
+                                             br_slice_from_cstr(ct)};
+        }
+        if (!res->usage.reported && n < max) {
+            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-usage-estimated"),
+                                             BR_SLICE_LIT("true")};
+        }
+    }
+    return n;
+}
+
+static int write_sse(struct chat *c, const char *data, size_t n)
+{
+    br_buf_reset(&c->frame);
+    if (br_buf_append(&c->frame, "data: ", 6) != BR_OK || br_buf_append(&c->frame, data, n) ||
+        br_buf_append(&c->frame, "\n\n", 2) != BR_OK) {
+        return BR_ERR_NOMEM;
+    }
+    return br_http_stream_write(c->req, c->frame.ptr, c->frame.len);
+}
+
+/* Ends the request given the call's result; exactly once. */
+static void finish(struct chat *c, const struct br_provider_result *res, bool client_gone)
+{
+    br_http_request *req = c->req;
+    char kind_buf[64];
+    const char *kind =
+        client_gone ? "client_closed" : error_kind_of(res, kind_buf, sizeof(kind_buf));
+    enum chat_state prev = c->state;
+    c->state = CHAT_FINISHED;
+    if (!c->t_call_end) {
+        c->t_call_end = br_clock_now_ns();
+    }
+
+    if (prev == CHAT_STREAMING) {
+        if (!client_gone && res->rc == BR_OK) {
+            static const char done[] = "data: [DONE]\n\n";
+            br_http_stream_write(req, done, sizeof(done) - 1);
+        } else if (!client_gone && res->error_body.len) {
+            /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
+            write_sse(c, res->error_body.ptr, res->error_body.len);
+        }
+        account(c, client_gone ? 499 : (res->rc == BR_OK ? 200 : res->status), res, kind);
+        struct br_http_header tr[6];
+        size_t nt = brigade_headers(c, res, tr, 6, true);
+        /* Only the cost and token trailers; the model went out with the headers. */
+        struct br_http_header *t = nt > 2 ? tr + 2 : tr;
+        size_t ntr = nt > 2 ? nt - 2 : 0;
+        release(c);
+        br_http_stream_end(req, t, ntr);
+        return;
+    }
+
+    struct br_http_header h[8];
+    size_t n = 0;
+    h[n++] =
+        (struct br_http_header){BR_SLICE_LIT("content-type"), BR_SLICE_LIT("application/json")};
+    n += brigade_headers(c, res, h + n, 7,
+                         res->rc == BR_OK || res->usage.prompt_tokens ||
+                             res->usage.completion_tokens);
+    if (client_gone) {
+        account(c, 499, res, kind);
+        release(c);
+        br_http_respond(req, 499, h, n, BR_SLICE_LIT(""));
+        return;
+    }
+    if (res->rc == BR_OK && c->answer) {
+        c->t_first_token = br_clock_now_ns();
+        account(c, 200, res, NULL);
+        release(c);
+        br_http_respond(req, 200, h, n, br_slice_make(c->answer, c->answer_len));
+        return;
+    }
+    int status = res->status >= 400 ? res->status : 502;
+    struct br_slice body = res->error_body;
+    if (res->rc == BR_OK) {
+        /* Success without a body: a provider bug, reported as such. */
+        kind = "provider_no_body";
+        body = BR_SLICE_LIT(
+            "{\"error\":{\"message\":\"the provider returned no answer\","
+            "\"type\":\"upstream_error\",\"param\":null,\"code\":\"empty_response\"}}");
+    } else if (body.len == 0) {
+        body = BR_SLICE_LIT(
+            "{\"error\":{\"message\":\"upstream call failed\","
+            "\"type\":\"upstream_error\",\"param\":null,\"code\":\"upstream_error\"}}");
+    }
+    account(c, status, res, kind);
+    release(c);
+    br_http_respond(req, status, h, n, body);
+}
+
+/* ------------------------------------------------------------------ provider sink */
+
+static void sink_begin(void *user)
+{
+    struct chat *c = user;
+    if (!c->stream || c->state != CHAT_CALLING) {
+        return;
+    }
+    struct br_http_header h[8];
+    size_t n = 0;
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("content-type"),
+                                     BR_SLICE_LIT("text/event-stream; charset=utf-8")};
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("cache-control"), BR_SLICE_LIT("no-cache")};
+    h[n++] = (struct br_http_header){
+        BR_SLICE_LIT("trailer"),
+        BR_SLICE_LIT("x-brigade-cost-usd, x-brigade-prompt-tokens, x-brigade-completion-tokens")};
+    n += brigade_headers(c, NULL, h + n, 5, false);
+    c->state = CHAT_STREAMING;
+    br_http_stream_begin(c->req, 200, h, n);
+}
+
+static void sink_chunk(void *user, struct br_slice json)
+{
+    struct chat *c = user;
+    if (c->state == CHAT_CALLING) {
+        sink_begin(c);
+    }
+    if (c->state != CHAT_STREAMING) {
+        return;
+    }
+    if (!c->t_first_token) {
+        c->t_first_token = br_clock_now_ns();
+    }
+    write_sse(c, json.ptr, json.len);
+}
+
+static void sink_body(void *user, struct br_slice json)
+{
+    struct chat *c = user;
+    c->answer = br_arena_strndup(c->req->arena, json.ptr, json.len);
+    c->answer_len = c->answer ? json.len : 0;
+}
+
+static void sink_done(void *user, const struct br_provider_result *res)
+{
+    struct chat *c = user;
+    c->call_active = false;
+    c->t_call_end = br_clock_now_ns();
+    if (c->state == CHAT_FINISHED) {
+        return;
+    }
+    if (res->rc != BR_OK) {
+        br_log(BR_LOG_WARN, c->req->id,
+               "event=upstream_error model=%s provider=%s status=%d kind=%s partial=%d",
+               c->rm->cfg->name, c->rm->cfg->provider, res->status,
+               br_upstream_error_name(res->error_kind), res->partial);
+    }
+    if (!c->answer && res->rc == BR_OK && !c->stream) {
+        struct br_provider_result copy = *res;
+        copy.rc = BR_ERR_UPSTREAM;
+        copy.status = 502;
+        finish(c, &copy, false);
+        return;
+    }
+    finish(c, res, false);
+}
+
+static const struct br_provider_sink chat_sink = {
+    .on_begin = sink_begin,
+    .on_chunk = sink_chunk,
+    .on_body = sink_body,
+    .on_done = sink_done,
+};
+
+/* ------------------------------------------------------------------ entry points */
+
+/* Ends a request that never reached a provider, with a log row. */
+static void reject(struct chat *c, int status, const char *type, const char *code,
+                   const char *param, const char *message)
+{
+    char kind[48];
+    snprintf(kind, sizeof(kind), "rejected_%d", status);
+    c->state = CHAT_FINISHED;
+    account(c, status, NULL, kind);
+    struct br_http_header h[2];
+    size_t n = 0;
+    if (status == 503 || status == 429) {
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"), BR_SLICE_LIT("1")};
+    }
+    br_http_request *req = c->req;
+    release(c);
+    respond_error(req, status, type, code, param, message, h, n);
+}
+
+void br__chat_handle(struct br_worker *w, br_http_request *req)
+{
+    struct br_gateway *g = w->g;
+    struct chat *c = br_arena_calloc(req->arena, 1, sizeof(*c));
+    if (!c) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL,
+                              "The gateway is out of memory; retry later.");
+        return;
+    }
+    c->kind = BR_REQ_KIND_CHAT;
+    c->w = w;
+    c->req = req;
+    c->rt = br__worker_runtime(w);
+    br__runtime_ref(c->rt);
+    br_buf_init(&c->frame, 16u << 20);
+    req->user = c;
+    br_metrics_add(g->metrics, w->index, g->m.inflight, NULL, 1);
+    const struct br_config *cfg = c->rt->cfg;
+
+    enum br_auth_result ar = br__auth_check(cfg, req, false, &c->key_id);
+    if (ar != BR_AUTH_OK) {
+        c->state = CHAT_FINISHED;
+        account(c, 401, NULL, "auth");
+        release(c);
+        br__auth_fail(req, ar, false);
+        return;
+    }
+    if (g->store && g->log_on_full == BR_LOG_FULL_REJECT && br_store_queue_full(g->store)) {
+        reject(c, 503, "server_error", "log_backpressure", NULL,
+               "The gateway's request log is behind; retry shortly.");
+        return;
+    }
+
+    json_error_t jerr;
+    c->body = json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!c->body) {
+        char msg[320];
+        snprintf(msg, sizeof(msg),
+                 "We could not parse the JSON body of your request: %s (line %d, column %d).",
+                 jerr.text, jerr.line, jerr.column);
+        reject(c, 400, "invalid_request_error", "invalid_json", NULL, msg);
+        return;
+    }
+    if (br_arena_cleanup_add(req->arena, json_free, c->body) != BR_OK) {
+        json_decref(c->body);
+        c->body = NULL;
+        reject(c, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    struct verr ve = {0};
+    if (validate(c->body, &ve, req->arena) != BR_OK) {
+        const json_t *mv = json_object_get(c->body, "model");
+        c->model_requested = json_is_string(mv) ? json_string_value(mv) : NULL;
+        reject(c, 400, "invalid_request_error", ve.code, ve.param, ve.msg);
+        return;
+    }
+    const json_t *model = json_object_get(c->body, "model");
+    c->model_requested = json_string_value(model);
+    c->stream = json_is_true(json_object_get(c->body, "stream"));
+    c->wants_usage =
+        c->stream &&
+        json_is_true(json_object_get(json_object_get(c->body, "stream_options"), "include_usage"));
+
+    if (br_route_plan(cfg, c->model_requested, json_string_length(model), &c->plan) != BR_OK) {
+        char *msg = br_arena_sprintf(req->arena,
+                                     "The model `%.200s` does not exist or you do not have access "
+                                     "to it. GET /v1/models lists the models this gateway serves.",
+                                     c->model_requested);
+        reject(c, 404, "invalid_request_error", "model_not_found", "model",
+               msg ? msg : "model not found");
+        return;
+    }
+    c->rm = br__runtime_model(c->rt, c->plan.steps[0].model);
+
+    struct br_provider_call *call = &c->call;
+    call->target = &c->rm->target;
+    call->model_state = c->rm->state;
+    call->loop = w->loop;
+    call->upstream = w->upstream;
+    call->arena = req->arena;
+    call->request = c->body;
+    call->raw_body = req->body;
+    call->stream = c->stream;
+    call->client_wants_usage = c->wants_usage;
+    call->request_id = req->id;
+    call->sink = &chat_sink;
+    call->sink_user = c;
+    c->state = CHAT_CALLING;
+    c->t_call_start = br_clock_now_ns();
+    c->call_active = true;
+    int rc = c->rm->ops->call_start(call);
+    if (rc != BR_OK) {
+        c->call_active = false;
+        br_log(BR_LOG_ERR, req->id, "event=provider_start_failed model=%s err=%s", c->rm->cfg->name,
+               br_err_name(rc));
+        reject(c, rc == BR_ERR_NOMEM ? 503 : 502, "upstream_error", "provider_start_failed", NULL,
+               "The gateway could not start the upstream call.");
+    }
+}
+
+void br__chat_abort(struct br_worker *w, br_http_request *req)
+{
+    (void)w;
+    struct chat *c = req->user;
+    if (!c || c->kind != BR_REQ_KIND_CHAT || c->state == CHAT_FINISHED) {
+        return;
+    }
+    struct br_provider_result partial;
+    memset(&partial, 0, sizeof(partial));
+    partial.rc = BR_ERR_CANCELED;
+    partial.status = 499;
+    partial.error_kind = BR_UPSTREAM_ERROR_CANCELED;
+    if (c->call_active) {
+        c->call_active = false;
+        c->rm->ops->call_cancel(&c->call, &partial);
+        partial.rc = BR_ERR_CANCELED;
+        partial.status = 499;
+    }
+    br_log(BR_LOG_INFO, req->id,
+           "event=client_closed model=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d",
+           c->rm ? c->rm->cfg->name : "-", (long long)partial.usage.prompt_tokens,
+           (long long)partial.usage.completion_tokens, !partial.usage.reported);
+    finish(c, &partial, true);
+}

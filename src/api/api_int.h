@@ -1,0 +1,145 @@
+/* SPDX-License-Identifier: MIT */
+/* Structures shared by the api subsystem's own files; never included from outside. */
+#ifndef BR_API_INT_H
+#define BR_API_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "api/api.h"
+#include "config/config.h"
+#include "core/rand.h"
+#include "http/http.h"
+#include "metrics/metrics.h"
+#include "store/store.h"
+#include "upstream/provider.h"
+
+/* A catalogue model joined with its provider. */
+struct br_runtime_model {
+    const struct br_model_cfg *cfg;
+    const struct br_provider_ops *ops;
+    void *state;                      /* ops->model_create result */
+    struct br_provider_target target; /* what the provider sees */
+};
+
+/*
+ * Everything a request needs that a reload may replace: the config snapshot and the provider
+ * state built from it. Immutable once built; ref-counted; requests hold a reference.
+ */
+struct br_runtime {
+    atomic_int refs;
+    struct br_config *cfg;
+    struct br_runtime_model *models; /* parallel to cfg->models */
+    size_t n_models;
+    char *models_json; /* GET /v1/models body */
+    size_t models_json_len;
+    int64_t created_s; /* load time, the "created" of every model */
+};
+
+/* Metric family ids. */
+struct br_api_metrics {
+    unsigned requests;        /* counter {model, status} */
+    unsigned duration;        /* histogram {model}: request total */
+    unsigned overhead;        /* histogram: what brigade added */
+    unsigned upstream_ttfb;   /* histogram {model} */
+    unsigned ttft;            /* histogram {model}: first token to the client */
+    unsigned tokens;          /* counter {model, kind} */
+    unsigned cost;            /* counter {model}: USD */
+    unsigned upstream_errors; /* counter {model, kind} */
+    unsigned inflight;        /* gauge */
+    unsigned rejected;        /* counter {status}: refused by the http layer */
+    unsigned log_dropped;     /* counter: request-log rows refused because the queue was full */
+    unsigned log_queue;       /* gauge */
+    unsigned log_written;     /* counter */
+    unsigned reloads;         /* counter {result} */
+    unsigned info;            /* gauge {version} */
+};
+
+struct br_gateway {
+    char *config_path;
+    struct br_gateway_overrides ov;
+
+    pthread_mutex_t rt_lock;
+    struct br_runtime *rt; /* current runtime (one reference), under rt_lock */
+    atomic_uint_fast64_t rt_generation;
+
+    br_http_server *http;
+    br_metrics *metrics;
+    struct br_api_metrics m;
+    br_store *store;
+    enum br_log_full_policy log_on_full;
+    atomic_bool draining;
+
+    unsigned n_workers;
+    struct br_worker **workers;
+
+    uv_loop_t main_loop;
+    uv_signal_t sig_term;
+    uv_signal_t sig_int;
+    uv_signal_t sig_hup;
+};
+
+/* Per worker thread (the http layer's worker context). */
+struct br_worker {
+    struct br_gateway *g;
+    unsigned index; /* also the metrics shard */
+    uv_loop_t *loop;
+    br_upstream *upstream;
+    struct br_rng rng;
+    struct br_runtime *rt; /* this worker's reference to the current runtime */
+    uint_fast64_t rt_generation;
+};
+
+/* api_json.c */
+/** Compact JSON text of j in arena memory (NUL-terminated); NULL on OOM. */
+char *br__json_dump(br_arena *a, const json_t *j, size_t *len_out);
+/** Compact JSON text of j in heap memory (caller br_free()s); NULL on OOM. */
+char *br__json_dump_heap(const json_t *j, size_t *len_out);
+
+/* api_runtime.c */
+int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err, size_t errlen);
+void br__runtime_ref(struct br_runtime *rt);
+void br__runtime_unref(struct br_runtime *rt);
+struct br_runtime_model *br__runtime_model(struct br_runtime *rt, const struct br_model_cfg *m);
+/** The worker's current runtime, refreshed if a reload happened; borrowed. */
+struct br_runtime *br__worker_runtime(struct br_worker *w);
+
+/* api_auth.c */
+enum br_auth_result {
+    BR_AUTH_OK,
+    BR_AUTH_MISSING,
+    BR_AUTH_INVALID,
+};
+/**
+ * Checks the request's bearer key (Authorization: Bearer K, or x-api-key: K) against the
+ * config in constant time. *key_id_out gets the key's id ("master" for the master key) or NULL
+ * when auth is off. `admin` requires the master key.
+ */
+enum br_auth_result br__auth_check(const struct br_config *cfg, const br_http_request *req,
+                                   bool admin, const char **key_id_out);
+/** Sends the 401/403 for a failed check and finishes the request. */
+void br__auth_fail(br_http_request *req, enum br_auth_result r, bool admin);
+
+/* api_chat.c */
+void br__chat_handle(struct br_worker *w, br_http_request *req);
+void br__chat_abort(struct br_worker *w, br_http_request *req);
+
+/* api_misc.c */
+void br__models_list(struct br_worker *w, br_http_request *req);
+void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice id);
+void br__health(struct br_worker *w, br_http_request *req);
+void br__metrics_scrape(struct br_worker *w, br_http_request *req);
+void br__admin_config(struct br_worker *w, br_http_request *req);
+void br__admin_reload(struct br_worker *w, br_http_request *req);
+int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids);
+
+/* Per-request handler state tag stored in req->user so on_abort can dispatch. */
+enum br_req_kind {
+    BR_REQ_KIND_NONE = 0,
+    BR_REQ_KIND_CHAT = 1,
+};
+
+#endif

@@ -1,0 +1,226 @@
+/* SPDX-License-Identifier: MIT */
+/* The small endpoints: models, health, metrics, admin. */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "api/api_int.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#define BR_VERSION_STRING "0.1.0"
+
+static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
+                                              BR_SLICE_LIT("application/json")};
+
+/* Serialises j (consumed) into arena memory and responds. */
+static void respond_json(br_http_request *req, int status, json_t *j)
+{
+    size_t len = 0;
+    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
+    json_decref(j);
+    if (!text) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
+}
+
+static bool authorized(struct br_runtime *rt, br_http_request *req, bool admin)
+{
+    const char *key_id;
+    enum br_auth_result r = br__auth_check(rt->cfg, req, admin, &key_id);
+    if (r != BR_AUTH_OK) {
+        br__auth_fail(req, r, admin);
+        return false;
+    }
+    return true;
+}
+
+void br__models_list(struct br_worker *w, br_http_request *req)
+{
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (!authorized(rt, req, false)) {
+        return;
+    }
+    br_http_respond(req, 200, &json_ct, 1, br_slice_make(rt->models_json, rt->models_json_len));
+}
+
+void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice id)
+{
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (!authorized(rt, req, false)) {
+        return;
+    }
+    const struct br_model_cfg *mc = br_config_model_find(rt->cfg, id.ptr, id.len);
+    if (!mc) {
+        char *msg = br_arena_sprintf(req->arena, "The model `%.*s` does not exist.",
+                                     (int)(id.len > 200 ? 200 : id.len), id.ptr);
+        br_http_respond_error(req, 404, "invalid_request_error", "model_not_found", "model",
+                              msg ? msg : "model not found");
+        return;
+    }
+    respond_json(req, 200,
+                 json_pack("{s:s, s:s, s:I, s:s}", "id", mc->name, "object", "model", "created",
+                           (json_int_t)rt->created_s, "owned_by", mc->provider));
+}
+
+void br__health(struct br_worker *w, br_http_request *req)
+{
+    struct br_gateway *g = w->g;
+    bool draining = atomic_load(&g->draining);
+    struct br_runtime *rt = br__worker_runtime(w);
+    respond_json(req, draining ? 503 : 200,
+                 json_pack("{s:s, s:I}", "status", draining ? "draining" : "ok", "models",
+                           (json_int_t)rt->n_models));
+}
+
+void br__metrics_scrape(struct br_worker *w, br_http_request *req)
+{
+    struct br_gateway *g = w->g;
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (rt->cfg->metrics_require_key && !authorized(rt, req, true)) {
+        return;
+    }
+    if (g->store) {
+        struct br_store_stats st;
+        br_store_stats_get(g->store, &st);
+        br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.log_queue, NULL, (double)st.depth);
+        br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.log_written, NULL,
+                       (double)st.written);
+    }
+    struct br_buf out;
+    br_buf_init(&out, 64u << 20);
+    int rc = br_metrics_render(g->metrics, &out);
+    if (rc != BR_OK) {
+        br_buf_cleanup(&out);
+        br_http_respond_error(req, 503, "server_error", "metrics_unavailable", NULL,
+                              "could not render metrics");
+        return;
+    }
+    char *copy = br_arena_strndup(req->arena, out.ptr ? out.ptr : "", out.len);
+    size_t len = out.len;
+    br_buf_cleanup(&out);
+    if (!copy) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    static const struct br_http_header ct = {BR_SLICE_LIT("content-type"),
+                                             BR_SLICE_LIT("text/plain; version=0.0.4")};
+    br_http_respond(req, 200, &ct, 1, br_slice_make(copy, len));
+}
+
+void br__admin_config(struct br_worker *w, br_http_request *req)
+{
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (!authorized(rt, req, true)) {
+        return;
+    }
+    const struct br_config *c = rt->cfg;
+    json_t *models = json_array();
+    for (size_t i = 0; models && i < c->n_models; i++) {
+        const struct br_model_cfg *m = &c->models[i];
+        char in[BR_COST_USD_STRLEN];
+        char out[BR_COST_USD_STRLEN];
+        /* Prices are per million tokens; format them as USD with the cost formatter. */
+        br_cost_format_usd(m->price.input_nano_usd_per_mtok, in);
+        br_cost_format_usd(m->price.output_nano_usd_per_mtok, out);
+        json_array_append_new(
+            models, json_pack("{s:s, s:s, s:s, s:s?, s:s?, s:{s:s, s:s}, s:I}", "name", m->name,
+                              "provider", m->provider, "model", m->upstream_model, "base_url",
+                              m->base_url, "api_key", m->api_key_ref, "price_per_mtok_usd", "input",
+                              in, "output", out, "context_window", (json_int_t)m->context_window));
+    }
+    respond_json(req, 200,
+                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I}", "path", c->path, "listen",
+                           c->listen_host, "port", (json_int_t)c->listen_port, "workers",
+                           (json_int_t)w->g->n_workers, "models", models, "auth",
+                           c->has_master_key || c->n_keys > 0, "api_keys", (json_int_t)c->n_keys));
+}
+
+void br__admin_reload(struct br_worker *w, br_http_request *req)
+{
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (!authorized(rt, req, true)) {
+        return;
+    }
+    char err[1024];
+    int rc = br_gateway_reload(w->g, err, sizeof(err));
+    if (rc != BR_OK) {
+        br_http_respond_error(req, 400, "invalid_request_error", "invalid_config", NULL, err);
+        return;
+    }
+    respond_json(req, 200, json_pack("{s:s}", "status", "reloaded"));
+}
+
+int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids)
+{
+    static const double latency_buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                             0.05,   0.1,   0.25,   0.5,   1,    2.5,
+                                             5,      10,    30,     60,    120,  300};
+    static const double overhead_buckets[] = {0.00001, 0.000025, 0.00005, 0.0001, 0.00025,
+                                              0.0005,  0.001,    0.0025,  0.005,  0.01,
+                                              0.025,   0.05,     0.1,     0.5};
+    static const char *const l_model[] = {"model"};
+    static const char *const l_model_status[] = {"model", "status"};
+    static const char *const l_model_kind[] = {"model", "kind"};
+    static const char *const l_status[] = {"status"};
+    static const char *const l_result[] = {"result"};
+    static const char *const l_version[] = {"version"};
+    const size_t nl = sizeof(latency_buckets) / sizeof(latency_buckets[0]);
+    int rc = 0;
+    rc |= br_metrics_register(m, "brigade_requests_total",
+                              "Chat completion requests by model and HTTP status.",
+                              BR_METRIC_TYPE_COUNTER, l_model_status, 2, NULL, 0, &ids->requests);
+    rc |= br_metrics_register(m, "brigade_request_duration_seconds",
+                              "Total request latency, first request byte to last response byte.",
+                              BR_METRIC_TYPE_HISTOGRAM, l_model, 1, latency_buckets, nl,
+                              &ids->duration);
+    rc |= br_metrics_register(
+        m, "brigade_gateway_overhead_seconds",
+        "Latency added by the gateway: total latency minus the upstream call's duration.",
+        BR_METRIC_TYPE_HISTOGRAM, NULL, 0, overhead_buckets,
+        sizeof(overhead_buckets) / sizeof(overhead_buckets[0]), &ids->overhead);
+    rc |= br_metrics_register(
+        m, "brigade_upstream_ttfb_seconds", "Upstream time to first byte, from sending the call.",
+        BR_METRIC_TYPE_HISTOGRAM, l_model, 1, latency_buckets, nl, &ids->upstream_ttfb);
+    rc |=
+        br_metrics_register(m, "brigade_time_to_first_token_seconds",
+                            "First request byte to the first answer token sent to the client.",
+                            BR_METRIC_TYPE_HISTOGRAM, l_model, 1, latency_buckets, nl, &ids->ttft);
+    rc |= br_metrics_register(m, "brigade_tokens_total",
+                              "Tokens by model and kind (prompt, completion, cached, reasoning).",
+                              BR_METRIC_TYPE_COUNTER, l_model_kind, 2, NULL, 0, &ids->tokens);
+    rc |= br_metrics_register(m, "brigade_cost_usd_total",
+                              "Cost in USD by model, from real token usage and list prices.",
+                              BR_METRIC_TYPE_COUNTER, l_model, 1, NULL, 0, &ids->cost);
+    rc |= br_metrics_register(m, "brigade_upstream_errors_total",
+                              "Upstream failures by model and kind.", BR_METRIC_TYPE_COUNTER,
+                              l_model_kind, 2, NULL, 0, &ids->upstream_errors);
+    rc |= br_metrics_register(m, "brigade_requests_in_flight",
+                              "Chat completion requests being served now.", BR_METRIC_TYPE_GAUGE,
+                              NULL, 0, NULL, 0, &ids->inflight);
+    rc |= br_metrics_register(m, "brigade_http_rejected_total",
+                              "Requests refused by the HTTP layer (framing, limits, timeouts).",
+                              BR_METRIC_TYPE_COUNTER, l_status, 1, NULL, 0, &ids->rejected);
+    rc |= br_metrics_register(m, "brigade_log_rows_dropped_total",
+                              "Request-log rows refused because the log queue was full.",
+                              BR_METRIC_TYPE_COUNTER, NULL, 0, NULL, 0, &ids->log_dropped);
+    rc |= br_metrics_register(m, "brigade_log_queue_depth", "Request-log rows waiting for disk.",
+                              BR_METRIC_TYPE_GAUGE, NULL, 0, NULL, 0, &ids->log_queue);
+    rc |= br_metrics_register(m, "brigade_log_rows_written",
+                              "Request-log rows committed to the database.", BR_METRIC_TYPE_GAUGE,
+                              NULL, 0, NULL, 0, &ids->log_written);
+    rc |= br_metrics_register(m, "brigade_config_reloads_total", "Config reloads by result.",
+                              BR_METRIC_TYPE_COUNTER, l_result, 1, NULL, 0, &ids->reloads);
+    rc |= br_metrics_register(m, "brigade_build_info", "Build information.", BR_METRIC_TYPE_GAUGE,
+                              l_version, 1, NULL, 0, &ids->info);
+    if (rc != 0) {
+        return BR_ERR_NOMEM;
+    }
+    const char *v[] = {BR_VERSION_STRING};
+    br_metrics_set(m, BR_METRICS_SHARD_ANY, ids->info, v, 1);
+    return BR_OK;
+}

@@ -1,0 +1,159 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Runtimes: a config snapshot joined with its providers' state. Built off the hot path (at
+ * start-up and on reload), immutable afterwards, and handed to workers through a generation
+ * counter: a worker notices a new generation at its next request and swaps its reference on
+ * its own thread, so the request path takes no lock unless a reload just happened.
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "api/api_int.h"
+#include "core/alloc.h"
+#include "core/err.h"
+#include "core/log.h"
+
+static void runtime_free(struct br_runtime *rt)
+{
+    if (!rt) {
+        return;
+    }
+    for (size_t i = 0; i < rt->n_models; i++) {
+        struct br_runtime_model *m = &rt->models[i];
+        if (m->ops && m->state) {
+            m->ops->model_destroy(m->state);
+        }
+    }
+    br_free(rt->models);
+    br_free(rt->models_json);
+    br_config_unref(rt->cfg);
+    br_free(rt);
+}
+
+static int build_models_json(struct br_runtime *rt)
+{
+    json_t *root = json_object();
+    json_t *data = json_array();
+    int rc = BR_ERR_NOMEM;
+    if (!root || !data) {
+        json_decref(data);
+        goto out;
+    }
+    json_object_set_new(root, "object", json_string("list"));
+    json_object_set(root, "data", data);
+    for (size_t i = 0; i < rt->n_models; i++) {
+        const struct br_model_cfg *mc = rt->models[i].cfg;
+        json_t *m = json_pack("{s:s, s:s, s:I, s:s}", "id", mc->name, "object", "model", "created",
+                              (json_int_t)rt->created_s, "owned_by", mc->provider);
+        if (!m || json_array_append_new(data, m) != 0) {
+            json_decref(data);
+            goto out;
+        }
+    }
+    json_decref(data);
+    rt->models_json = br__json_dump_heap(root, &rt->models_json_len);
+    rc = rt->models_json ? BR_OK : BR_ERR_NOMEM;
+out:
+    json_decref(root);
+    return rc;
+}
+
+int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err, size_t errlen)
+{
+    int rc = BR_ERR_NOMEM;
+    struct br_runtime *rt = br_calloc(1, sizeof(*rt));
+    if (!rt) {
+        snprintf(err, errlen, "out of memory");
+        return BR_ERR_NOMEM;
+    }
+    atomic_init(&rt->refs, 1);
+    br_config_ref(cfg);
+    rt->cfg = cfg;
+    rt->created_s = (int64_t)time(NULL);
+    rt->models = br_calloc(cfg->n_models, sizeof(*rt->models));
+    if (!rt->models) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    rt->n_models = cfg->n_models;
+    for (size_t i = 0; i < cfg->n_models; i++) {
+        const struct br_model_cfg *mc = &cfg->models[i];
+        struct br_runtime_model *m = &rt->models[i];
+        m->cfg = mc;
+        m->ops = br_provider_find(mc->provider);
+        if (!m->ops) {
+            snprintf(err, errlen,
+                     "%s:%d: model '%s': unknown provider '%s' (known: openai, anthropic, replay)",
+                     cfg->path, mc->line, mc->name, mc->provider);
+            rc = BR_ERR_INVAL;
+            goto fail;
+        }
+        struct br_provider_target *t = &m->target;
+        t->name = mc->name;
+        t->upstream_model = mc->upstream_model;
+        t->base_url = mc->base_url;
+        t->api_key = mc->api_key;
+        t->replay_file = mc->replay_file;
+        t->replay_prompt_field = mc->replay_prompt_field;
+        t->replay_response_field = mc->replay_response_field;
+        t->extra_headers = mc->extra_headers;
+        t->n_extra_headers = mc->n_extra_headers;
+        t->connect_timeout_ms = mc->connect_timeout_ms;
+        t->first_byte_timeout_ms = mc->first_byte_timeout_ms;
+        t->idle_timeout_ms = mc->idle_timeout_ms;
+        t->default_max_tokens = mc->default_max_tokens;
+        char perr[512] = "";
+        rc = m->ops->model_create(t, &m->state, perr, sizeof(perr));
+        if (rc != BR_OK) {
+            snprintf(err, errlen, "%s:%d: model '%s' (%s): %s", cfg->path, mc->line, mc->name,
+                     mc->provider, perr[0] ? perr : br_strerror(rc));
+            m->state = NULL;
+            goto fail;
+        }
+    }
+    rc = build_models_json(rt);
+    if (rc != BR_OK) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    *out = rt;
+    return BR_OK;
+fail:
+    runtime_free(rt);
+    return rc;
+}
+
+void br__runtime_ref(struct br_runtime *rt)
+{
+    atomic_fetch_add_explicit(&rt->refs, 1, memory_order_relaxed);
+}
+
+void br__runtime_unref(struct br_runtime *rt)
+{
+    if (rt && atomic_fetch_sub_explicit(&rt->refs, 1, memory_order_acq_rel) == 1) {
+        runtime_free(rt);
+    }
+}
+
+struct br_runtime_model *br__runtime_model(struct br_runtime *rt, const struct br_model_cfg *m)
+{
+    size_t i = (size_t)(m - rt->cfg->models);
+    return i < rt->n_models ? &rt->models[i] : NULL;
+}
+
+struct br_runtime *br__worker_runtime(struct br_worker *w)
+{
+    struct br_gateway *g = w->g;
+    if (atomic_load_explicit(&g->rt_generation, memory_order_acquire) != w->rt_generation) {
+        pthread_mutex_lock(&g->rt_lock);
+        struct br_runtime *rt = g->rt;
+        br__runtime_ref(rt);
+        w->rt_generation = atomic_load_explicit(&g->rt_generation, memory_order_relaxed);
+        pthread_mutex_unlock(&g->rt_lock);
+        br__runtime_unref(w->rt);
+        w->rt = rt;
+    }
+    return w->rt;
+}

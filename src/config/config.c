@@ -1,0 +1,1140 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The config walker: checks the YAML tree against the schema (unknown keys are errors, so a
+ * typo never silently falls back to a default), resolves secrets, hashes client keys and
+ * builds the immutable snapshot. Everything a snapshot owns lives in one arena.
+ */
+#define _XOPEN_SOURCE 700 /* realpath */
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config_int.h"
+#include "core/alloc.h"
+#include "core/err.h"
+#include "core/log.h"
+
+#define MAX_FILE_BYTES (4u << 20)
+
+struct loader {
+    br_arena *arena;
+    struct br_config *cfg;
+    const char *name;     /* file name for messages */
+    const char *base_dir; /* resolves relative paths; NULL = cwd */
+    char *err;
+    size_t errlen;
+};
+
+/* Snapshot storage: the arena plus the secrets to wipe on free. */
+struct storage {
+    br_arena *arena;
+    char **secrets;
+    size_t n_secrets;
+};
+
+static int errf(struct loader *L, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int errf(struct loader *L, int line, const char *fmt, ...)
+{
+    int k = snprintf(L->err, L->errlen, "%s:%d: ", L->name, line);
+    if (k < 0 || (size_t)k >= L->errlen) {
+        return BR_ERR_INVAL;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
+    va_end(ap);
+    return BR_ERR_INVAL;
+}
+
+static int nomem(struct loader *L)
+{
+    snprintf(L->err, L->errlen, "%s: out of memory", L->name);
+    return BR_ERR_NOMEM;
+}
+
+/* ---------------------------------------------------------------- scalar parsers */
+
+int br_config_parse_duration_ms(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    if (!s || *s < '0' || *s > '9') {
+        return BR_ERR_PARSE;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) {
+        return BR_ERR_RANGE;
+    }
+    unsigned long long mul;
+    if (*end == '\0' || strcmp(end, "ms") == 0) {
+        mul = 1;
+    } else if (strcmp(end, "s") == 0) {
+        mul = 1000;
+    } else if (strcmp(end, "m") == 0 || strcmp(end, "min") == 0) {
+        mul = 60000;
+    } else if (strcmp(end, "h") == 0) {
+        mul = 3600000;
+    } else {
+        return BR_ERR_PARSE;
+    }
+    if (v > (unsigned long long)INT64_MAX / mul) {
+        return BR_ERR_RANGE;
+    }
+    *out = v * mul;
+    return BR_OK;
+}
+
+int br_config_parse_size(const char *s, uint64_t *out)
+{
+    char *end = NULL;
+    if (!s || *s < '0' || *s > '9') {
+        return BR_ERR_PARSE;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno) {
+        return BR_ERR_RANGE;
+    }
+    unsigned long long mul;
+    if (*end == '\0' || strcmp(end, "B") == 0) {
+        mul = 1;
+    } else if (strcmp(end, "KiB") == 0 || strcmp(end, "KB") == 0 || strcmp(end, "k") == 0) {
+        mul = 1024;
+    } else if (strcmp(end, "MiB") == 0 || strcmp(end, "MB") == 0 || strcmp(end, "M") == 0) {
+        mul = 1024 * 1024;
+    } else if (strcmp(end, "GiB") == 0 || strcmp(end, "GB") == 0 || strcmp(end, "G") == 0) {
+        mul = 1024ull * 1024 * 1024;
+    } else {
+        return BR_ERR_PARSE;
+    }
+    if (v > (unsigned long long)INT64_MAX / mul) {
+        return BR_ERR_RANGE;
+    }
+    *out = v * mul;
+    return BR_OK;
+}
+
+void br_config_hash_key(const char *key, size_t n, unsigned char out[BR_CONFIG_KEY_HASH_LEN])
+{
+    unsigned int len = 0;
+    if (!EVP_Digest(key, n, out, &len, EVP_sha256(), NULL) || len != BR_CONFIG_KEY_HASH_LEN) {
+        /* Cannot happen with a working libcrypto; fail closed with a hash nobody matches. */
+        memset(out, 0xff, BR_CONFIG_KEY_HASH_LEN);
+    }
+}
+
+/* ---------------------------------------------------------------- tree helpers */
+
+static const char *kind_name(const struct br_ynode *n)
+{
+    return n->kind == BR_YNODE_MAP ? "a mapping" : n->kind == BR_YNODE_SEQ ? "a list" : "a value";
+}
+
+static int want(struct loader *L, const struct br_ynode *n, enum br_ynode_kind kind,
+                const char *what)
+{
+    if (n->kind != kind) {
+        return errf(L, n->line, "%s: expected %s, got %s", what,
+                    kind == BR_YNODE_MAP   ? "a mapping"
+                    : kind == BR_YNODE_SEQ ? "a list"
+                                           : "a value",
+                    kind_name(n));
+    }
+    return BR_OK;
+}
+
+static int scalar(struct loader *L, const struct br_ynode *n, const char *what, const char **out)
+{
+    int rc = want(L, n, BR_YNODE_SCALAR, what);
+    if (rc == BR_OK) {
+        *out = n->value;
+    }
+    return rc;
+}
+
+static int nonempty(struct loader *L, const struct br_ynode *n, const char *what, const char **out)
+{
+    int rc = scalar(L, n, what, out);
+    if (rc == BR_OK && (*out)[0] == '\0') {
+        return errf(L, n->line, "%s: must not be empty", what);
+    }
+    return rc;
+}
+
+static int boolean(struct loader *L, const struct br_ynode *n, const char *what, bool *out)
+{
+    const char *s;
+    int rc = scalar(L, n, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (strcmp(s, "true") == 0 || strcmp(s, "yes") == 0 || strcmp(s, "on") == 0) {
+        *out = true;
+    } else if (strcmp(s, "false") == 0 || strcmp(s, "no") == 0 || strcmp(s, "off") == 0) {
+        *out = false;
+    } else {
+        return errf(L, n->line, "%s: expected true or false, got '%.60s'", what, s);
+    }
+    return BR_OK;
+}
+
+static int integer(struct loader *L, const struct br_ynode *n, const char *what, int64_t min,
+                   int64_t max, int64_t *out)
+{
+    const char *s;
+    int rc = scalar(L, n, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    unsigned long long v;
+    if (br_slice_to_u64(br_slice_from_cstr(s), (unsigned long long)INT64_MAX, &v) != BR_OK ||
+        (int64_t)v < min || (int64_t)v > max) {
+        return errf(L, n->line, "%s: expected an integer from %lld to %lld, got '%.60s'", what,
+                    (long long)min, (long long)max, s);
+    }
+    *out = (int64_t)v;
+    return BR_OK;
+}
+
+static int duration(struct loader *L, const struct br_ynode *n, const char *what, uint64_t min_ms,
+                    uint64_t *out)
+{
+    const char *s;
+    int rc = scalar(L, n, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (br_config_parse_duration_ms(s, out) != BR_OK || *out < min_ms) {
+        return errf(
+            L, n->line,
+            "%s: expected a duration such as 500ms, 10s or 2m (at least %llu ms), got '%.60s'",
+            what, (unsigned long long)min_ms, s);
+    }
+    return BR_OK;
+}
+
+static int size(struct loader *L, const struct br_ynode *n, const char *what, size_t *out)
+{
+    const char *s;
+    uint64_t v;
+    int rc = scalar(L, n, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (br_config_parse_size(s, &v) != BR_OK || v == 0 || v > (1ull << 32)) {
+        return errf(L, n->line,
+                    "%s: expected a size such as 8KiB or 16MiB (1 B to 4 GiB), got '%.60s'", what,
+                    s);
+    }
+    *out = (size_t)v;
+    return BR_OK;
+}
+
+static int unknown_key(struct loader *L, const struct br_ynode *key, const char *section,
+                       const char *allowed)
+{
+    return errf(L, key->line, "%s: unknown key '%.60s' (allowed: %s)", section, key->value,
+                allowed);
+}
+
+static char *dup(struct loader *L, const char *s)
+{
+    return br_arena_strndup(L->arena, s, strlen(s));
+}
+
+/* A non-empty string field copied into the snapshot. */
+static int set_str(struct loader *L, const struct br_ynode *v, const char *what, const char **dst)
+{
+    const char *s;
+    int rc = nonempty(L, v, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    *dst = dup(L, s);
+    return *dst ? BR_OK : nomem(L);
+}
+
+/* ---------------------------------------------------------------- secrets */
+
+static int remember_secret(struct loader *L, char *secret)
+{
+    struct storage *st = L->cfg->priv;
+    char **n = br_arena_alloc(L->arena, (st->n_secrets + 1) * sizeof(*n));
+    if (!n) {
+        return BR_ERR_NOMEM;
+    }
+    if (st->n_secrets) {
+        memcpy(n, st->secrets, st->n_secrets * sizeof(*n));
+    }
+    n[st->n_secrets++] = secret;
+    st->secrets = n;
+    return BR_OK;
+}
+
+/* Resolves env:NAME, file:PATH or a literal into arena memory (remembered for wiping). */
+static int resolve_secret(struct loader *L, const struct br_ynode *n, const char *what, char **out)
+{
+    const char *ref;
+    int rc = nonempty(L, n, what, &ref);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    char *val = NULL;
+    if (strncmp(ref, "env:", 4) == 0) {
+        /* getenv: the environment is not modified after start-up. */
+        const char *v = getenv(ref + 4); /* NOLINT(concurrency-mt-unsafe) */
+        if (!v || !*v) {
+            return errf(L, n->line, "%s: environment variable %.80s is not set", what, ref + 4);
+        }
+        val = dup(L, v);
+    } else if (strncmp(ref, "file:", 5) == 0) {
+        FILE *f = fopen(ref + 5, "rb");
+        if (!f) {
+            return errf(L, n->line, "%s: cannot read %.200s: %s", what, ref + 5,
+                        strerror(errno)); /* NOLINT(concurrency-mt-unsafe) */
+        }
+        char line[4096];
+        size_t k = fread(line, 1, sizeof(line) - 1, f);
+        fclose(f);
+        line[k] = '\0';
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0]) {
+            return errf(L, n->line, "%s: %.200s is empty", what, ref + 5);
+        }
+        val = dup(L, line);
+        memset(line, 0, sizeof(line));
+    } else {
+        br_log(BR_LOG_WARN, NULL,
+               "event=config_warning file=%s line=%d msg=\"%s is written in the config file; "
+               "prefer env:NAME or file:PATH\"",
+               L->name, n->line, what);
+        val = dup(L, ref);
+    }
+    if (!val || remember_secret(L, val) != BR_OK) {
+        return nomem(L);
+    }
+    *out = val;
+    return BR_OK;
+}
+
+static int parse_hex_hash(const char *s, unsigned char out[BR_CONFIG_KEY_HASH_LEN])
+{
+    if (strlen(s) != 2 * BR_CONFIG_KEY_HASH_LEN) {
+        return BR_ERR_PARSE;
+    }
+    for (size_t i = 0; i < BR_CONFIG_KEY_HASH_LEN; i++) {
+        unsigned v = 0;
+        for (int j = 0; j < 2; j++) {
+            char c = s[2 * i + (size_t)j];
+            unsigned d;
+            if (c >= '0' && c <= '9') {
+                d = (unsigned)(c - '0');
+            } else if (c >= 'a' && c <= 'f') {
+                d = (unsigned)(c - 'a' + 10);
+            } else if (c >= 'A' && c <= 'F') {
+                d = (unsigned)(c - 'A' + 10);
+            } else {
+                return BR_ERR_PARSE;
+            }
+            v = v * 16 + d;
+        }
+        out[i] = (unsigned char)v;
+    }
+    return BR_OK;
+}
+
+/* A key given as `key: <secret ref>` (hashed now) or `sha256: <hex>`. */
+static int key_hash(struct loader *L, const struct br_ynode *n, bool is_hash, const char *what,
+                    unsigned char out[BR_CONFIG_KEY_HASH_LEN])
+{
+    if (is_hash) {
+        const char *s;
+        int rc = nonempty(L, n, what, &s);
+        if (rc == BR_OK && parse_hex_hash(s, out) != BR_OK) {
+            return errf(L, n->line, "%s: expected 64 hex digits (SHA-256 of the key)", what);
+        }
+        return rc;
+    }
+    char *secret;
+    int rc = resolve_secret(L, n, what, &secret);
+    if (rc == BR_OK) {
+        br_config_hash_key(secret, strlen(secret), out);
+    }
+    return rc;
+}
+
+/* ---------------------------------------------------------------- sections */
+
+static int parse_listen(struct loader *L, const struct br_ynode *n)
+{
+    const char *s;
+    int rc = nonempty(L, n, "server.listen", &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    const char *colon = strrchr(s, ':');
+    if (!colon) {
+        return errf(L, n->line, "server.listen: expected HOST:PORT, got '%.80s'", s);
+    }
+    char host[INET6_ADDRSTRLEN + 2];
+    size_t hl = (size_t)(colon - s);
+    if (hl >= sizeof(host)) {
+        return errf(L, n->line, "server.listen: host too long");
+    }
+    memcpy(host, s, hl);
+    host[hl] = '\0';
+    char *h = host;
+    if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+        host[hl - 1] = '\0';
+        h = host + 1;
+    }
+    if (strcmp(h, "localhost") == 0) {
+        h = "127.0.0.1";
+    } else if (h[0] == '\0' || strcmp(h, "*") == 0) {
+        h = "0.0.0.0";
+    }
+    unsigned char addr[16];
+    if (inet_pton(AF_INET, h, addr) != 1 && inet_pton(AF_INET6, h, addr) != 1) {
+        return errf(L, n->line, "server.listen: '%.80s' is not a numeric IPv4/IPv6 address", h);
+    }
+    unsigned long long port;
+    if (br_slice_to_u64(br_slice_from_cstr(colon + 1), 65535, &port) != BR_OK) {
+        return errf(L, n->line, "server.listen: bad port '%.20s'", colon + 1);
+    }
+    L->cfg->listen_host = dup(L, h);
+    L->cfg->listen_port = (uint16_t)port;
+    return L->cfg->listen_host ? BR_OK : nomem(L);
+}
+
+static int parse_limits(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "server.limits");
+    struct br_config *c = L->cfg;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "request_line") == 0) {
+            rc = size(L, v, "server.limits.request_line", &c->request_line_bytes);
+        } else if (strcmp(k->value, "header_block") == 0) {
+            rc = size(L, v, "server.limits.header_block", &c->header_bytes);
+        } else if (strcmp(k->value, "header_fields") == 0) {
+            int64_t x;
+            rc = integer(L, v, "server.limits.header_fields", 1, 10000, &x);
+            c->header_fields = (size_t)x;
+        } else if (strcmp(k->value, "body") == 0) {
+            rc = size(L, v, "server.limits.body", &c->body_bytes);
+        } else {
+            rc = unknown_key(L, k, "server.limits",
+                             "request_line, header_block, header_fields, body");
+        }
+    }
+    return rc;
+}
+
+static int parse_timeouts(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "server.timeouts");
+    struct br_config *c = L->cfg;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "header") == 0) {
+            rc = duration(L, v, "server.timeouts.header", 1, &c->header_timeout_ms);
+        } else if (strcmp(k->value, "body_idle") == 0) {
+            rc = duration(L, v, "server.timeouts.body_idle", 1, &c->body_idle_timeout_ms);
+        } else if (strcmp(k->value, "keepalive") == 0) {
+            rc = duration(L, v, "server.timeouts.keepalive", 1, &c->keepalive_timeout_ms);
+        } else if (strcmp(k->value, "drain") == 0) {
+            rc = duration(L, v, "server.timeouts.drain", 0, &c->drain_timeout_ms);
+        } else {
+            rc = unknown_key(L, k, "server.timeouts", "header, body_idle, keepalive, drain");
+        }
+    }
+    return rc;
+}
+
+static int parse_server(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "server");
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "listen") == 0) {
+            rc = parse_listen(L, v);
+        } else if (strcmp(k->value, "workers") == 0) {
+            int64_t x;
+            rc = integer(L, v, "server.workers", 0, 256, &x);
+            L->cfg->workers = (unsigned)x;
+        } else if (strcmp(k->value, "limits") == 0) {
+            rc = parse_limits(L, v);
+        } else if (strcmp(k->value, "timeouts") == 0) {
+            rc = parse_timeouts(L, v);
+        } else if (strcmp(k->value, "log_level") == 0) {
+            const char *s;
+            enum br_log_level lvl;
+            rc = scalar(L, v, "server.log_level", &s);
+            if (rc == BR_OK && br_log_level_parse(s, &lvl) != BR_OK) {
+                rc = errf(L, v->line, "server.log_level: expected error, warn, info or debug");
+            }
+            L->cfg->log_level = rc == BR_OK ? dup(L, s) : NULL;
+        } else {
+            rc = unknown_key(L, k, "server", "listen, workers, limits, timeouts, log_level");
+        }
+    }
+    return rc;
+}
+
+static int parse_key_entry(struct loader *L, const struct br_ynode *m, struct br_api_key_cfg *out,
+                           size_t idx)
+{
+    char what[64];
+    snprintf(what, sizeof(what), "auth.keys[%zu]", idx);
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    bool have_key = false;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "id") == 0) {
+            const char *s;
+            rc = nonempty(L, v, what, &s);
+            if (rc == BR_OK && strlen(s) > 64) {
+                rc = errf(L, v->line, "%s.id: at most 64 characters", what);
+            }
+            out->id = rc == BR_OK ? dup(L, s) : NULL;
+        } else if (strcmp(k->value, "key") == 0 || strcmp(k->value, "sha256") == 0) {
+            if (have_key) {
+                rc = errf(L, k->line, "%s: give either key or sha256, not both", what);
+            } else {
+                rc = key_hash(L, v, k->value[0] == 's', what, out->sha256);
+                have_key = true;
+            }
+        } else {
+            rc = unknown_key(L, k, what, "id, key, sha256");
+        }
+    }
+    if (rc == BR_OK && (!out->id || !have_key)) {
+        rc = errf(L, m->line, "%s: needs an id and a key (or sha256)", what);
+    }
+    return rc;
+}
+
+static int parse_auth(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "auth");
+    struct br_config *c = L->cfg;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "master_key") == 0 || strcmp(k->value, "master_key_sha256") == 0) {
+            rc = key_hash(L, v, strchr(k->value, '2') != NULL, "auth.master_key",
+                          c->master_key_sha256);
+            c->has_master_key = rc == BR_OK;
+        } else if (strcmp(k->value, "keys") == 0) {
+            rc = want(L, v, BR_YNODE_SEQ, "auth.keys");
+            if (rc != BR_OK) {
+                break;
+            }
+            struct br_api_key_cfg *keys = br_arena_calloc(L->arena, v->n + 1, sizeof(*keys));
+            if (!keys) {
+                return nomem(L);
+            }
+            for (size_t j = 0; rc == BR_OK && j < v->n; j++) {
+                rc = parse_key_entry(L, v->items[j], &keys[j], j);
+                for (size_t q = 0; rc == BR_OK && q < j; q++) {
+                    if (strcmp(keys[q].id, keys[j].id) == 0) {
+                        rc = errf(L, v->items[j]->line, "auth.keys: duplicate id '%s'", keys[j].id);
+                    }
+                }
+            }
+            c->keys = keys;
+            c->n_keys = v->n;
+        } else {
+            rc = unknown_key(L, k, "auth", "master_key, master_key_sha256, keys");
+        }
+    }
+    return rc;
+}
+
+static int parse_log(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "log");
+    struct br_config *c = L->cfg;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        int64_t x;
+        if (strcmp(k->value, "path") == 0) {
+            const char *s;
+            rc = nonempty(L, v, "log.path", &s);
+            if (rc == BR_OK && strcmp(s, "off") == 0 && !v->quoted) {
+                c->log_path = NULL;
+            } else if (rc == BR_OK && s[0] != '/' && L->base_dir) {
+                c->log_path = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+            } else if (rc == BR_OK) {
+                c->log_path = dup(L, s);
+            }
+        } else if (strcmp(k->value, "queue") == 0) {
+            rc = integer(L, v, "log.queue", 1, 1 << 24, &x);
+            c->log_queue = (size_t)x;
+        } else if (strcmp(k->value, "batch") == 0) {
+            rc = integer(L, v, "log.batch", 1, 100000, &x);
+            c->log_batch = (size_t)x;
+        } else if (strcmp(k->value, "flush") == 0) {
+            uint64_t ms;
+            rc = duration(L, v, "log.flush", 1, &ms);
+            c->log_flush_ms = (uint32_t)(ms > 60000 ? 60000 : ms);
+        } else if (strcmp(k->value, "on_full") == 0) {
+            const char *s;
+            rc = scalar(L, v, "log.on_full", &s);
+            if (rc == BR_OK && strcmp(s, "reject") == 0) {
+                c->log_on_full = BR_LOG_FULL_REJECT;
+            } else if (rc == BR_OK && strcmp(s, "drop") == 0) {
+                c->log_on_full = BR_LOG_FULL_DROP;
+            } else if (rc == BR_OK) {
+                rc = errf(L, v->line, "log.on_full: expected reject or drop");
+            }
+        } else {
+            rc = unknown_key(L, k, "log", "path, queue, batch, flush, on_full");
+        }
+    }
+    return rc;
+}
+
+static int parse_metrics(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "metrics");
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        if (strcmp(k->value, "require_key") == 0) {
+            rc = boolean(L, m->items[i + 1], "metrics.require_key", &L->cfg->metrics_require_key);
+        } else {
+            rc = unknown_key(L, k, "metrics", "require_key");
+        }
+    }
+    return rc;
+}
+
+static int parse_price(struct loader *L, const struct br_ynode *m, const char *what,
+                       struct br_price *p)
+{
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    bool in = false;
+    bool outp = false;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        int64_t *dst;
+        if (strcmp(k->value, "input") == 0) {
+            dst = &p->input_nano_usd_per_mtok;
+            in = true;
+        } else if (strcmp(k->value, "output") == 0) {
+            dst = &p->output_nano_usd_per_mtok;
+            outp = true;
+        } else if (strcmp(k->value, "cached_input") == 0) {
+            dst = &p->cached_input_nano_usd_per_mtok;
+        } else {
+            rc = unknown_key(L, k, what, "input, output, cached_input (USD per million tokens)");
+            break;
+        }
+        const char *s;
+        rc = scalar(L, v, what, &s);
+        if (rc == BR_OK && br_cost_parse_usd(s, dst) != BR_OK) {
+            rc = errf(L, v->line,
+                      "%s.%s: expected a USD amount per million tokens such as 0.15, got '%.40s'",
+                      what, k->value, s);
+        }
+    }
+    if (rc == BR_OK && (!in || !outp)) {
+        rc = errf(L, m->line, "%s: needs both input and output (USD per million tokens)", what);
+    }
+    return rc;
+}
+
+static int parse_caps(struct loader *L, const struct br_ynode *n, const char *what, unsigned *out)
+{
+    int rc = want(L, n, BR_YNODE_SEQ, what);
+    for (size_t i = 0; rc == BR_OK && i < n->n; i++) {
+        const char *s;
+        rc = scalar(L, n->items[i], what, &s);
+        if (rc != BR_OK) {
+            break;
+        }
+        if (strcmp(s, "tools") == 0) {
+            *out |= BR_MODEL_CAP_TOOLS;
+        } else if (strcmp(s, "json_mode") == 0) {
+            *out |= BR_MODEL_CAP_JSON_MODE;
+        } else if (strcmp(s, "vision") == 0) {
+            *out |= BR_MODEL_CAP_VISION;
+        } else {
+            rc = errf(L, n->items[i]->line,
+                      "%s: unknown capability '%.40s' (tools, json_mode, vision)", what, s);
+        }
+    }
+    return rc;
+}
+
+static int parse_model_timeouts(struct loader *L, const struct br_ynode *m, const char *what,
+                                struct br_model_cfg *mc)
+{
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        uint64_t ms = 0;
+        uint32_t *dst;
+        if (strcmp(k->value, "connect") == 0) {
+            dst = &mc->connect_timeout_ms;
+        } else if (strcmp(k->value, "first_byte") == 0) {
+            dst = &mc->first_byte_timeout_ms;
+        } else if (strcmp(k->value, "idle") == 0) {
+            dst = &mc->idle_timeout_ms;
+        } else {
+            rc = unknown_key(L, k, what, "connect, first_byte, idle");
+            break;
+        }
+        rc = duration(L, m->items[i + 1], what, 1, &ms);
+        *dst = (uint32_t)(ms > 86400000u ? 86400000u : ms);
+    }
+    return rc;
+}
+
+static int parse_headers(struct loader *L, const struct br_ynode *m, const char *what,
+                         struct br_model_cfg *mc)
+{
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    const char **lines = br_arena_calloc(L->arena, m->n / 2 + 1, sizeof(*lines));
+    if (!lines) {
+        return nomem(L);
+    }
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const char *name = m->items[i]->value;
+        const char *value;
+        rc = scalar(L, m->items[i + 1], what, &value);
+        if (rc != BR_OK) {
+            break;
+        }
+        for (const char *p = name; *p; p++) {
+            unsigned char ch = (unsigned char)*p;
+            if (ch <= 32 || ch >= 127 || ch == ':') {
+                return errf(L, m->items[i]->line, "%s: bad header name '%.60s'", what, name);
+            }
+        }
+        if (strpbrk(value, "\r\n")) {
+            return errf(L, m->items[i]->line, "%s: header value contains a line break", what);
+        }
+        lines[i / 2] = br_arena_sprintf(L->arena, "%s: %s", name, value);
+        if (!lines[i / 2]) {
+            return nomem(L);
+        }
+    }
+    mc->extra_headers = lines;
+    mc->n_extra_headers = m->n / 2;
+    return rc;
+}
+
+static int parse_replay(struct loader *L, const struct br_ynode *m, const char *what,
+                        struct br_model_cfg *mc)
+{
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        const char *s;
+        rc = nonempty(L, v, what, &s);
+        if (rc != BR_OK) {
+            break;
+        }
+        if (strcmp(k->value, "file") == 0) {
+            if (s[0] == '/' || !L->base_dir) {
+                mc->replay_file = dup(L, s);
+            } else {
+                mc->replay_file = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+            }
+            rc = mc->replay_file ? BR_OK : nomem(L);
+        } else if (strcmp(k->value, "prompt") == 0) {
+            rc = set_str(L, v, what, &mc->replay_prompt_field);
+        } else if (strcmp(k->value, "response") == 0) {
+            rc = set_str(L, v, what, &mc->replay_response_field);
+        } else {
+            rc = unknown_key(L, k, what, "file, prompt, response");
+        }
+    }
+    if (rc == BR_OK && !mc->replay_file) {
+        rc = errf(L, m->line, "%s: needs file", what);
+    }
+    return rc;
+}
+
+static int parse_base_url(struct loader *L, const struct br_ynode *v, const char *what,
+                          struct br_model_cfg *mc)
+{
+    const char *s;
+    int rc = nonempty(L, v, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0) {
+        return errf(L, v->line, "%s: must start with http:// or https://", what);
+    }
+    size_t n = strlen(s);
+    while (n > 0 && s[n - 1] == '/') {
+        n--;
+    }
+    mc->base_url = br_arena_strndup(L->arena, s, n);
+    return mc->base_url ? BR_OK : nomem(L);
+}
+
+static int parse_api_key(struct loader *L, const struct br_ynode *v, const char *what,
+                         struct br_model_cfg *mc)
+{
+    char *secret;
+    int rc = resolve_secret(L, v, what, &secret);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    mc->api_key = secret;
+    if (strncmp(v->value, "env:", 4) == 0 || strncmp(v->value, "file:", 5) == 0) {
+        mc->api_key_ref = dup(L, v->value);
+    } else {
+        mc->api_key_ref = "(literal)";
+    }
+    return mc->api_key_ref ? BR_OK : nomem(L);
+}
+
+static int parse_model_field(struct loader *L, const struct br_ynode *k, const struct br_ynode *v,
+                             const char *what, struct br_model_cfg *mc)
+{
+    char sub[96];
+    snprintf(sub, sizeof(sub), "%s.%s", what, k->value);
+    if (strcmp(k->value, "name") == 0) {
+        return set_str(L, v, sub, &mc->name);
+    }
+    if (strcmp(k->value, "provider") == 0) {
+        return set_str(L, v, sub, &mc->provider);
+    }
+    if (strcmp(k->value, "model") == 0) {
+        return set_str(L, v, sub, &mc->upstream_model);
+    }
+    if (strcmp(k->value, "base_url") == 0) {
+        return parse_base_url(L, v, sub, mc);
+    }
+    if (strcmp(k->value, "api_key") == 0) {
+        return parse_api_key(L, v, sub, mc);
+    }
+    if (strcmp(k->value, "replay") == 0) {
+        return parse_replay(L, v, sub, mc);
+    }
+    if (strcmp(k->value, "price") == 0) {
+        return parse_price(L, v, sub, &mc->price);
+    }
+    if (strcmp(k->value, "context_window") == 0) {
+        return integer(L, v, sub, 1, 100000000, &mc->context_window);
+    }
+    if (strcmp(k->value, "max_tokens") == 0) {
+        return integer(L, v, sub, 1, 10000000, &mc->default_max_tokens);
+    }
+    if (strcmp(k->value, "capabilities") == 0) {
+        return parse_caps(L, v, sub, &mc->capabilities);
+    }
+    if (strcmp(k->value, "timeouts") == 0) {
+        return parse_model_timeouts(L, v, sub, mc);
+    }
+    if (strcmp(k->value, "headers") == 0) {
+        return parse_headers(L, v, sub, mc);
+    }
+    return unknown_key(L, k, what,
+                       "name, provider, model, base_url, api_key, replay, price, "
+                       "context_window, max_tokens, capabilities, timeouts, headers");
+}
+
+static int parse_model(struct loader *L, const struct br_ynode *m, size_t idx,
+                       struct br_model_cfg *mc)
+{
+    char what[48];
+    snprintf(what, sizeof(what), "models[%zu]", idx);
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    mc->line = m->line;
+    mc->price.cached_input_nano_usd_per_mtok = -1;
+    mc->connect_timeout_ms = 5000;
+    mc->first_byte_timeout_ms = 60000;
+    mc->idle_timeout_ms = 120000;
+    mc->default_max_tokens = 4096;
+    bool have_price = false;
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        rc = parse_model_field(L, m->items[i], m->items[i + 1], what, mc);
+        have_price |= strcmp(m->items[i]->value, "price") == 0;
+    }
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (!mc->name || !mc->provider) {
+        return errf(L, m->line, "%s: needs name and provider", what);
+    }
+    if (!have_price) {
+        return errf(L, m->line,
+                    "%s (%s): needs price: {input, output} in USD per million tokens "
+                    "(write 0 for free models)",
+                    what, mc->name);
+    }
+    if (!mc->upstream_model) {
+        mc->upstream_model = mc->name;
+    }
+    if (!mc->base_url && strcmp(mc->provider, "openai") == 0) {
+        mc->base_url = "https://api.openai.com/v1";
+    } else if (!mc->base_url && strcmp(mc->provider, "anthropic") == 0) {
+        mc->base_url = "https://api.anthropic.com/v1";
+    }
+    if (strcmp(mc->provider, "replay") == 0 && !mc->replay_file) {
+        return errf(L, m->line, "%s (%s): provider replay needs replay: {file: ...}", what,
+                    mc->name);
+    }
+    if (!mc->replay_prompt_field) {
+        mc->replay_prompt_field = "prompt";
+    }
+    if (!mc->replay_response_field) {
+        mc->replay_response_field = "response";
+    }
+    return BR_OK;
+}
+
+static int parse_models(struct loader *L, const struct br_ynode *s)
+{
+    int rc = want(L, s, BR_YNODE_SEQ, "models");
+    if (rc != BR_OK) {
+        return rc;
+    }
+    struct br_model_cfg *models = br_arena_calloc(L->arena, s->n + 1, sizeof(*models));
+    if (!models) {
+        return nomem(L);
+    }
+    for (size_t i = 0; rc == BR_OK && i < s->n; i++) {
+        rc = parse_model(L, s->items[i], i, &models[i]);
+        if (rc == BR_OK &&
+            br_map_get(&L->cfg->models_by_name, br_slice_from_cstr(models[i].name))) {
+            return errf(L, s->items[i]->line, "models[%zu]: duplicate model name '%s'", i,
+                        models[i].name);
+        }
+        if (rc == BR_OK && br_map_put(&L->cfg->models_by_name, br_slice_from_cstr(models[i].name),
+                                      &models[i]) != BR_OK) {
+            return nomem(L);
+        }
+    }
+    L->cfg->models = models;
+    L->cfg->n_models = s->n;
+    return rc;
+}
+
+static int parse_root(struct loader *L, const struct br_ynode *root)
+{
+    int rc = want(L, root, BR_YNODE_MAP, "configuration");
+    bool have_models = false;
+    for (size_t i = 0; rc == BR_OK && i < root->n; i += 2) {
+        const struct br_ynode *k = root->items[i];
+        const struct br_ynode *v = root->items[i + 1];
+        if (strcmp(k->value, "server") == 0) {
+            rc = parse_server(L, v);
+        } else if (strcmp(k->value, "auth") == 0) {
+            rc = parse_auth(L, v);
+        } else if (strcmp(k->value, "log") == 0) {
+            rc = parse_log(L, v);
+        } else if (strcmp(k->value, "metrics") == 0) {
+            rc = parse_metrics(L, v);
+        } else if (strcmp(k->value, "models") == 0) {
+            rc = parse_models(L, v);
+            have_models = true;
+        } else {
+            rc = unknown_key(L, k, "configuration", "server, auth, log, metrics, models");
+        }
+    }
+    if (rc == BR_OK && (!have_models || L->cfg->n_models == 0)) {
+        rc = errf(L, root->line, "models: the catalogue needs at least one model");
+    }
+    return rc;
+}
+
+static void set_defaults(struct br_config *c)
+{
+    c->listen_host = "127.0.0.1";
+    c->listen_port = 8080;
+    c->workers = 0;
+    c->request_line_bytes = 8 * 1024;
+    c->header_bytes = 32 * 1024;
+    c->header_fields = 100;
+    c->body_bytes = 16 * 1024 * 1024;
+    c->header_timeout_ms = 10000;
+    c->body_idle_timeout_ms = 30000;
+    c->keepalive_timeout_ms = 75000;
+    c->drain_timeout_ms = 30000;
+    c->log_level = "info";
+    c->log_path = "brigade.db";
+    c->log_queue = 65536;
+    c->log_batch = 512;
+    c->log_flush_ms = 50;
+    c->log_on_full = BR_LOG_FULL_REJECT;
+}
+
+static void wipe(volatile char *p)
+{
+    while (*p) {
+        *p++ = '\0';
+    }
+}
+
+static void storage_free(struct br_config *c)
+{
+    struct storage *st = c->priv;
+    br_map_cleanup(&c->models_by_name);
+    if (!st) {
+        br_free(c);
+        return;
+    }
+    for (size_t i = 0; i < st->n_secrets; i++) {
+        wipe(st->secrets[i]);
+    }
+    br_arena *a = st->arena;
+    br_free(c);
+    br_arena_destroy(a); /* st lives in the arena */
+}
+
+int br_config_load_string(const char *text, size_t n, const char *base_dir, struct br_config **out,
+                          char *err, size_t errlen)
+{
+    struct loader L = {.name = "<string>", .base_dir = base_dir, .err = err, .errlen = errlen};
+    struct br_ynode *root = NULL;
+    br_arena *arena = NULL;
+    int rc;
+
+    err[0] = '\0';
+    if (n > MAX_FILE_BYTES) {
+        snprintf(err, errlen, "configuration larger than %u bytes", MAX_FILE_BYTES);
+        return BR_ERR_LIMIT;
+    }
+    rc = br_arena_create(0, &arena);
+    if (rc != BR_OK) {
+        return nomem(&L);
+    }
+    struct br_config *c = br_calloc(1, sizeof(*c));
+    struct storage *st = br_arena_calloc(arena, 1, sizeof(*st));
+    if (!c || !st) {
+        br_free(c);
+        br_arena_destroy(arena);
+        return nomem(&L);
+    }
+    st->arena = arena;
+    c->priv = st;
+    atomic_init(&c->refs, 1);
+    br_map_init(&c->models_by_name);
+    set_defaults(c);
+    c->path = "<string>";
+    L.arena = arena;
+    L.cfg = c;
+
+    rc = br__config_yaml_parse(arena, text, n, L.name, &root, err, errlen);
+    if (rc != BR_OK) {
+        goto fail;
+    }
+    rc = parse_root(&L, root);
+    if (rc != BR_OK) {
+        goto fail;
+    }
+    if (c->log_path && c->log_path[0] != '/' && base_dir) {
+        c->log_path = br_arena_sprintf(arena, "%s/%s", base_dir, c->log_path);
+        if (!c->log_path) {
+            rc = nomem(&L);
+            goto fail;
+        }
+    }
+    *out = c;
+    return BR_OK;
+fail:
+    storage_free(c);
+    return rc;
+}
+
+int br_config_load_file(const char *path, struct br_config **out, char *err, size_t errlen)
+{
+    int rc;
+    char *text = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); /* NOLINT */
+        return br_err_from_errno(errno);
+    }
+    text = br_malloc(MAX_FILE_BYTES + 1);
+    if (!text) {
+        fclose(f);
+        snprintf(err, errlen, "%s: out of memory", path);
+        return BR_ERR_NOMEM;
+    }
+    size_t n = fread(text, 1, MAX_FILE_BYTES + 1, f);
+    int read_err = ferror(f);
+    fclose(f);
+    if (read_err) {
+        snprintf(err, errlen, "%s: read error", path);
+        rc = BR_ERR_IO;
+        goto out;
+    }
+    if (n > MAX_FILE_BYTES) {
+        snprintf(err, errlen, "%s: larger than %u bytes", path, MAX_FILE_BYTES);
+        rc = BR_ERR_LIMIT;
+        goto out;
+    }
+
+    /* Relative paths in the file resolve against the file's own folder. */
+    char dir[PATH_MAX];
+    char *resolved = realpath(path, NULL); /* NOLINT: libc allocation, freed below */
+    if (!resolved) {
+        snprintf(err, errlen, "%s: cannot resolve path", path);
+        rc = BR_ERR_IO;
+        goto out;
+    }
+    snprintf(dir, sizeof(dir), "%s", resolved);
+    char *slash = strrchr(dir, '/');
+    if (slash) {
+        *(slash == dir ? slash + 1 : slash) = '\0';
+    }
+    free(resolved); /* realpath() allocates with malloc */
+
+    rc = br_config_load_string(text, n, dir, out, err, errlen);
+    if (rc == BR_OK) {
+        struct storage *st = (*out)->priv;
+        (*out)->path = br_arena_strndup(st->arena, path, strlen(path));
+    } else if (strncmp(err, "<string>", 8) == 0) {
+        /* Name the file in messages instead of "<string>". */
+        char tmp[1024];
+        snprintf(tmp, sizeof(tmp), "%s%s", path, err + 8);
+        snprintf(err, errlen, "%s", tmp);
+    }
+out:
+    br_free(text);
+    return rc;
+}
+
+void br_config_ref(struct br_config *c)
+{
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void br_config_unref(struct br_config *c)
+{
+    if (c && atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 1) {
+        storage_free(c);
+    }
+}
+
+const struct br_model_cfg *br_config_model_find(const struct br_config *c, const char *name,
+                                                size_t n)
+{
+    return br_map_get(&c->models_by_name, br_slice_make(name, n));
+}
