@@ -396,7 +396,8 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
             /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
             write_sse(c, res->error_body.ptr, res->error_body.len);
         }
-        account(c, client_gone ? 499 : (res->rc == BR_OK ? 200 : res->status), res, kind);
+        /* The status line already said 200; a failure shows in error_kind. */
+        account(c, client_gone ? 499 : 200, res, kind);
         struct br_http_header tr[6];
         size_t nt = brigade_headers(c, res, tr, 6, true);
         /* Only the cost and token trailers; the model went out with the headers. */
