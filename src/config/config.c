@@ -1104,7 +1104,7 @@ int br_config_load_file(const char *path, struct br_config **out, char *err, siz
     if (slash) {
         *(slash == dir ? slash + 1 : slash) = '\0';
     }
-    free(resolved); /* realpath() allocates with malloc */
+    free(resolved); /* NOLINT: realpath() allocates with malloc */
 
     rc = br_config_load_string(text, n, dir, out, err, errlen);
     if (rc == BR_OK) {
