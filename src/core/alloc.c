@@ -15,8 +15,10 @@
 static atomic_size_t live_bytes;
 static atomic_size_t peak_bytes;
 static atomic_uint_fast64_t n_allocs;
-static atomic_uint_fast64_t fail_at;  /* absolute allocation number that fails; 0 = never */
-static atomic_int env_checked;
+static atomic_uint_fast64_t fail_at; /* absolute allocation number that fails; 0 = never */
+#ifndef NDEBUG
+static atomic_int env_checked; /* BR_FAIL_ALLOC_AT read (Debug builds only) */
+#endif
 
 static void check_env(void)
 {
@@ -58,9 +60,9 @@ static void account(size_t add, size_t sub)
     if (add) {
         now = atomic_fetch_add_explicit(&live_bytes, add, memory_order_relaxed) + add;
         size_t peak = atomic_load_explicit(&peak_bytes, memory_order_relaxed);
-        while (now > peak && !atomic_compare_exchange_weak_explicit(
-                                 &peak_bytes, &peak, now, memory_order_relaxed,
-                                 memory_order_relaxed)) {
+        while (now > peak &&
+               !atomic_compare_exchange_weak_explicit(&peak_bytes, &peak, now, memory_order_relaxed,
+                                                      memory_order_relaxed)) {
         }
     }
     if (sub) {

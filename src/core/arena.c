@@ -32,8 +32,8 @@ struct cleanup {
 struct br_arena {
     struct block *head; /* block being filled */
     struct cleanup *cleanups;
-    size_t used;        /* bytes handed out */
-    size_t max_bytes;   /* 0 = unlimited */
+    size_t used;      /* bytes handed out */
+    size_t max_bytes; /* 0 = unlimited */
     bool hit_limit;
     _Alignas(16) struct block first; /* must be last: its payload continues into the allocation */
 };
@@ -200,7 +200,7 @@ char *br_arena_sprintf(br_arena *a, const char *fmt, ...)
         return NULL;
     }
     va_start(ap, fmt);
-    vsnprintf(d, (size_t)n + 1, fmt, ap);
+    (void)vsnprintf(d, (size_t)n + 1, fmt, ap);
     va_end(ap);
     return d;
 }

@@ -2,6 +2,7 @@
 /* Capped growable buffer. */
 #include "core/buf.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,7 +27,8 @@ void br_buf_cleanup(struct br_buf *b)
 
 int br_buf_reserve(struct br_buf *b, size_t extra)
 {
-    if (extra > b->max || b->len > b->max - extra) {
+    /* The last test keeps len + extra + 1 (room for the NUL) from wrapping when max is huge. */
+    if (extra > b->max || b->len > b->max - extra || b->len + extra == SIZE_MAX) {
         return BR_ERR_LIMIT;
     }
     size_t need = b->len + extra + 1; /* + NUL */
@@ -37,7 +39,7 @@ int br_buf_reserve(struct br_buf *b, size_t extra)
     while (ncap < need) {
         ncap = ncap > SIZE_MAX / 2 ? need : ncap * 2;
     }
-    if (ncap > b->max + 1) {
+    if (ncap - 1 > b->max) { /* not ncap > max + 1, which wraps to 0 when max == SIZE_MAX */
         ncap = b->max + 1;
     }
     char *p = br_realloc(b->ptr, ncap);
@@ -85,7 +87,7 @@ int br_buf_vprintf(struct br_buf *b, const char *fmt, va_list ap)
     if (rc != BR_OK) {
         return rc;
     }
-    vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
+    (void)vsnprintf(b->ptr + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;
     return BR_OK;
 }

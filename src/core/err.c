@@ -25,7 +25,7 @@ const char *br_err_name(int code)
     if (code == BR_AGAIN) {
         return "BR_AGAIN"; /* not an error: the table row says BR_ERR_AGAIN */
     }
-    if (code < 0 && -code <= BR__E_COUNT - 1) {
+    if (code < 0 && code >= -(BR__E_COUNT - 1)) { /* not -code: -INT_MIN overflows */
         return err_table[-code - 1].name;
     }
     return "BR_ERR_UNKNOWN";
@@ -36,7 +36,7 @@ const char *br_strerror(int code)
     if (code == 0) {
         return "success";
     }
-    if (code < 0 && -code <= BR__E_COUNT - 1) {
+    if (code < 0 && code >= -(BR__E_COUNT - 1)) {
         return err_table[-code - 1].msg;
     }
     return "unknown error";

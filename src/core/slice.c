@@ -62,7 +62,7 @@ int br_slice_to_u64(struct br_slice a, unsigned long long max, unsigned long lon
         if (d > 9) {
             return BR_ERR_PARSE;
         }
-        if (v > (max - d) / 10) {
+        if (d > max || v > (max - d) / 10) { /* d > max first: max - d would wrap */
             return BR_ERR_RANGE;
         }
         v = v * 10 + d;

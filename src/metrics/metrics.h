@@ -28,25 +28,44 @@ enum br_metric_type {
 /* A shard for threads that are not workers (store writer, main thread). */
 #define BR_METRICS_SHARD_ANY ((unsigned)-1)
 
-#define BR_METRICS_MAX_LABELS  4
-#define BR_METRICS_MAX_BUCKETS 24
+#define BR_METRICS_MAX_LABELS      4
+#define BR_METRICS_MAX_BUCKETS     24
+/* Series per family per shard; observations for further label tuples are dropped (counted). */
+#define BR_METRICS_MAX_SERIES      4096
+/* Longest label value in bytes; longer values are dropped (counted). */
+#define BR_METRICS_MAX_LABEL_VALUE 1024
 
-/** Creates a registry with n_shards worker shards (plus the shared one). Caller destroys. */
+/**
+ * Creates a registry with n_shards worker shards (plus the shared one; n_shards may be 0, at
+ * most 4096). Caller destroys. BR_ERR_INVAL, BR_ERR_NOMEM.
+ */
 int br_metrics_create(unsigned n_shards, br_metrics **out);
 
 /** Frees the registry. NULL is a no-op. */
 void br_metrics_destroy(br_metrics *m);
 
 /**
- * Registers a family. `name` must match [a-zA-Z_:][a-zA-Z0-9_:]*; labels likewise and at most
- * BR_METRICS_MAX_LABELS. Histograms need ascending upper bounds (+Inf is implicit), at most
- * BR_METRICS_MAX_BUCKETS. Strings are copied. *id_out identifies the family.
+ * Registers a family. `name` must match [a-zA-Z_:][a-zA-Z0-9_:]*; label names must match
+ * [a-zA-Z_][a-zA-Z0-9_]*, be distinct, not start with "__" (reserved) and not be "le" for a
+ * histogram; at most BR_METRICS_MAX_LABELS. Histograms need finite, strictly ascending upper
+ * bounds (+Inf is implicit), at most BR_METRICS_MAX_BUCKETS; other types take no buckets.
+ * `help` may be NULL. Strings are copied. *id_out identifies the family; families render in
+ * registration order. BR_ERR_INVAL, BR_ERR_EXISTS (name taken), BR_ERR_NOMEM.
  */
 int br_metrics_register(br_metrics *m, const char *name, const char *help, enum br_metric_type type,
                         const char *const *label_names, size_t n_labels, const double *buckets,
                         size_t n_buckets, unsigned *id_out);
 
-/** Adds v (>= 0 for counters) to the series of `family` with these label values. */
+/*
+ * Recording. label_values holds one value per label name (NULL entries, or a NULL array for a
+ * family without labels, mean ""); the values are copied when a series is created. Recording
+ * never fails loudly: an unknown shard or family, the wrong operation for the family's type,
+ * a negative or NaN counter increment are ignored; a series that cannot be created (out of
+ * memory, BR_METRICS_MAX_SERIES, BR_METRICS_MAX_LABEL_VALUE) drops the observation and counts
+ * it in br_metrics_dropped.
+ */
+
+/** Adds v (>= 0 for counters) to a counter or gauge series of `family`. */
 void br_metrics_add(br_metrics *m, unsigned shard, unsigned family, const char *const *label_values,
                     double v);
 
@@ -54,14 +73,19 @@ void br_metrics_add(br_metrics *m, unsigned shard, unsigned family, const char *
 void br_metrics_set(br_metrics *m, unsigned shard, unsigned family, const char *const *label_values,
                     double v);
 
-/** Records one observation in a histogram series. */
+/** Records one observation in a histogram series (NaN lands in the +Inf bucket). */
 void br_metrics_observe(br_metrics *m, unsigned shard, unsigned family,
                         const char *const *label_values, double v);
 
 /**
  * Appends the exposition text of every family (merged over shards, label values escaped,
- * series in a stable order) to out. BR_ERR_NOMEM / BR_ERR_LIMIT from the buffer.
+ * series sorted by label values byte-wise) to out. An unlabelled family always shows its one
+ * series (0 before any recording); HELP is omitted when empty. BR_ERR_NOMEM / BR_ERR_LIMIT
+ * from the buffer, in which case out holds a partial text. Takes each shard's lock briefly.
  */
 int br_metrics_render(br_metrics *m, struct br_buf *out);
+
+/** Observations dropped because their series could not be created. Any thread. */
+uint64_t br_metrics_dropped(const br_metrics *m);
 
 #endif

@@ -6,8 +6,9 @@
  * When the queue is full the row is refused with BR_ERR_BUSY and counted as dropped: nothing is
  * lost silently, and the caller can apply backpressure (see br_store_queue_full).
  *
- * Thread-safety: br_store_log, br_store_stats and br_store_queue_full from any thread; open and
- * close from one thread.
+ * Thread-safety: br_store_log, br_store_stats_get, br_store_queue_full and br_store_flush from
+ * any thread; open and close from one thread. The read-side queries are independent functions
+ * that open their own read-only connection and may run in any thread or process.
  */
 #ifndef BR_STORE_H
 #define BR_STORE_H
@@ -18,53 +19,74 @@
 
 typedef struct br_store br_store;
 
-/* One request. Strings are copied by br_store_log; NULL is stored as NULL. */
+/*
+ * One request. Strings are copied by br_store_log (each truncated to BR_STORE_MAX_STR bytes, on
+ * a UTF-8 character boundary); NULL is stored as NULL. Integers are stored as given.
+ */
 struct br_log_row {
-    const char *id;               /* request id */
-    int64_t ts_ms;                /* wall clock at request start, ms since epoch */
-    const char *key_id;           /* API key id (never the key), NULL when auth is off */
-    const char *model;            /* catalogue model that answered (or was asked for) */
-    const char *provider;         /* provider name */
-    const char *route;            /* route name, NULL for a direct model request */
-    const char *endpoint;         /* "/v1/chat/completions" */
-    int status;                   /* HTTP status sent to the client (499: client went away) */
+    const char *id;       /* request id */
+    int64_t ts_ms;        /* wall clock at request start, ms since epoch */
+    const char *key_id;   /* API key id (never the key), NULL when auth is off */
+    const char *model;    /* catalogue model that answered (or was asked for) */
+    const char *provider; /* provider name */
+    const char *route;    /* route name, NULL for a direct model request */
+    const char *endpoint; /* "/v1/chat/completions" */
+    int status;           /* HTTP status sent to the client (499: client went away) */
     bool stream;
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t cached_tokens;
     int64_t reasoning_tokens;
-    bool usage_estimated;         /* true when tokens were estimated, not reported */
+    bool usage_estimated; /* true when tokens were estimated, not reported */
     int64_t cost_nano_usd;
-    int64_t latency_us;           /* request received -> response finished */
-    int64_t ttft_us;              /* request received -> first token sent (-1 when none) */
-    int64_t upstream_latency_us;  /* upstream call start -> upstream done (-1 when none) */
-    int64_t overhead_us;          /* latency minus upstream time: what brigade added */
-    const char *error_kind;       /* NULL on success; e.g. "upstream_timeout_first_byte" */
-    const char *upstream_model;   /* model id reported by the upstream */
+    int64_t latency_us;          /* request received -> response finished */
+    int64_t ttft_us;             /* request received -> first token sent (-1 when none) */
+    int64_t upstream_latency_us; /* upstream call start -> upstream done (-1 when none) */
+    int64_t overhead_us;         /* latency minus upstream time: what brigade added */
+    const char *error_kind;      /* NULL on success; e.g. "upstream_timeout_first_byte" */
+    const char *upstream_model;  /* model id reported by the upstream */
 };
 
+/* Longest string kept per field, in bytes (longer ones are truncated). */
+#define BR_STORE_MAX_STR 1024
+
+/* Zero in any field selects its default. */
 struct br_store_opts {
-    const char *path;         /* SQLite file; created with its schema when missing */
-    size_t queue_capacity;    /* rows waiting for the writer (default 65536) */
-    size_t batch_max;         /* rows per transaction at most (default 512) */
+    const char *path;           /* SQLite file; created with its schema when missing; copied */
+    size_t queue_capacity;      /* rows waiting for the writer (default 65536) */
+    size_t batch_max;           /* rows per transaction at most (default 512; <= capacity) */
     uint32_t flush_interval_ms; /* longest a row waits before a commit (default 50) */
+    uint32_t busy_timeout_ms;   /* SQLite busy timeout per attempt (default 5000) */
 };
 
 struct br_store_stats {
-    uint64_t queued;   /* accepted by br_store_log */
-    uint64_t written;  /* committed */
-    uint64_t dropped;  /* refused because the queue was full */
-    uint64_t failed;   /* lost to a database error (logged) */
-    size_t depth;      /* rows waiting now */
+    uint64_t queued;       /* accepted by br_store_log */
+    uint64_t written;      /* committed */
+    uint64_t dropped;      /* refused: queue full (BR_ERR_BUSY) or out of memory */
+    uint64_t failed;       /* lost to a database error (logged) */
+    uint64_t transactions; /* batches committed */
+    size_t depth;          /* rows waiting now (not counting the batch being written) */
 };
 
-/** Opens (creating if needed) the database and starts the writer thread. Caller closes. */
+/**
+ * Opens (creating if needed) the database in WAL mode with synchronous=NORMAL (a committed row
+ * survives a crash of the process, not necessarily a power loss) and starts the writer thread.
+ * Caller closes. BR_ERR_INVAL (bad opts), BR_ERR_IO (SQLite could not open or set up the file,
+ * logged), BR_ERR_UNSUPPORTED (schema newer than this build), BR_ERR_NOMEM.
+ */
 int br_store_open(const struct br_store_opts *opts, br_store **out);
 
-/** Flushes every queued row, stops the writer and closes the database. NULL is a no-op. */
+/**
+ * Commits every queued row, stops the writer and closes the database. NULL is a no-op. Must not
+ * race with br_store_log on other threads.
+ */
 void br_store_close(br_store *s);
 
-/** Queues a copy of row. BR_ERR_BUSY when the queue is full (counted as dropped). */
+/**
+ * Queues a copy of row; never waits for the disk (only for a short mutex). BR_ERR_BUSY when the
+ * queue is full, BR_ERR_NOMEM when the copy cannot be made (both counted as dropped);
+ * BR_ERR_INVAL for NULL arguments.
+ */
 int br_store_log(br_store *s, const struct br_log_row *row);
 
 /** True when the queue is at or above capacity (used for admission backpressure). */
@@ -73,7 +95,10 @@ bool br_store_queue_full(const br_store *s);
 /** Counters; safe from any thread. */
 void br_store_stats_get(const br_store *s, struct br_store_stats *out);
 
-/** Blocks until every row queued before the call is committed (tests, shutdown). */
+/**
+ * Blocks until every row queued before the call has been written (committed, or failed with a
+ * logged database error). BR_OK when no row failed while waiting, BR_ERR_IO otherwise.
+ */
 int br_store_flush(br_store *s);
 
 /* ---- read side, for the CLI (opens the file read-only; independent of a running writer) ---- */
@@ -85,20 +110,33 @@ enum br_store_group {
 };
 
 struct br_store_total {
-    const char *group;        /* model name, key id or YYYY-MM-DD (UTC) */
+    const char *group; /* model name, key id or YYYY-MM-DD (UTC) */
     int64_t requests;
-    int64_t errors;           /* status >= 400 */
+    int64_t errors; /* status >= 400 */
     int64_t prompt_tokens;
     int64_t completion_tokens;
     int64_t cost_nano_usd;
     double mean_latency_ms;
 };
 
-/** Calls fn for the `limit` most recent rows since since_ms (0 = all), newest first. */
+/*
+ * Read side errors: BR_ERR_NOTFOUND (no such file), BR_ERR_UNSUPPORTED (not a brigade store of
+ * this schema version), BR_ERR_IO (SQLite error, logged), BR_ERR_INVAL. A callback returning
+ * non-zero stops the iteration, and that value is returned.
+ */
+
+/**
+ * Calls fn for the `limit` most recent rows (limit <= 0: all) with ts_ms >= since_ms (since_ms
+ * <= 0: all), newest first. The row and its strings are borrowed until fn returns.
+ */
 int br_store_query_recent(const char *path, int limit, int64_t since_ms,
                           int (*fn)(void *user, const struct br_log_row *row), void *user);
 
-/** Calls fn for each group's totals since since_ms (0 = all), largest cost first. */
+/**
+ * Calls fn for each group's totals over rows with ts_ms >= since_ms (<= 0: all), largest cost
+ * first, then by group name. A missing model or key id is grouped as "-". t is borrowed until
+ * fn returns.
+ */
 int br_store_query_totals(const char *path, enum br_store_group group, int64_t since_ms,
                           int (*fn)(void *user, const struct br_store_total *t), void *user);
 
