@@ -61,6 +61,16 @@ static void respond_error(br_http_request *req, int status, const char *type, co
                           const char *param, const char *message,
                           const struct br_http_header *extra, size_t n_extra)
 {
+    /* Messages may quote client bytes (a JSON parser's context): keep them printable ASCII so
+     * that they are valid UTF-8 and cannot carry control characters into logs or terminals. */
+    char clean[512];
+    size_t k = 0;
+    for (; message[k] && k < sizeof(clean) - 1; k++) {
+        unsigned char ch = (unsigned char)message[k];
+        clean[k] = (ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
+    }
+    clean[k] = '\0';
+    message = clean;
     json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s?}}", "error", "message", message, "type", type,
                           "param", param, "code", code);
     size_t len = 0;
@@ -271,7 +281,9 @@ static void account(struct chat *c, int status, const struct br_provider_result 
 
     char st[8];
     status_str(status, st);
-    const char *lbl_ms[] = {model ? model : "", st};
+    /* Label values come from the catalogue only: a client-chosen model name would let anyone
+     * grow the metrics without bound. */
+    const char *lbl_ms[] = {mc ? mc->name : "(none)", st};
     br_metrics_add(g->metrics, w->index, g->m.requests, lbl_ms, 1);
     if (!mc) {
         return;

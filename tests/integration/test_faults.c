@@ -4,6 +4,7 @@
  * failures become 502/504 in OpenAI's shape, a stream cut short ends with an SSE error event,
  * and a client that hangs up mid-stream is still billed for what was produced.
  */
+#define _DEFAULT_SOURCE /* usleep */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
