@@ -1971,7 +1971,8 @@ static int handle_anthropic_messages(const struct req *r, struct out *o)
     char id[64];
     int rc;
 
-    if (g.require_key && (!key || strcmp(key, g.require_key) != 0)) {
+    /* current Anthropic SDKs send the API key as a bearer token: accept either header */
+    if (g.require_key && !(key && strcmp(key, g.require_key) == 0) && !check_bearer(r)) {
         send_provider_error(o, P_ANTHROPIC, 401,
                             anthropic_error("authentication_error", "invalid x-api-key"),
                             r->keep_alive);
