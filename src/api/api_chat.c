@@ -442,6 +442,29 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
     }
     int status = res->status >= 400 ? res->status : 502;
     struct br_slice body = res->error_body;
+    char retry[24];
+    if (res->retry_after_ms && n < 8) {
+        /* Whole seconds, rounded up, as HTTP's Retry-After wants. */
+        snprintf(retry, sizeof(retry), "%u", (unsigned)((res->retry_after_ms + 999) / 1000));
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"), br_slice_from_cstr(retry)};
+    }
+    if (res->error_kind == BR_UPSTREAM_ERROR_HTTP_STATUS && (status == 401 || status == 403)) {
+        /* The upstream refused the gateway's provider key. Its message may quote part of that
+         * key, and it is not about the client's key: say what it is instead. */
+        kind = "upstream_auth";
+        char msg[400];
+        snprintf(msg, sizeof(msg),
+                 "The upstream provider of model '%s' refused the gateway's credentials (HTTP "
+                 "%d). This is a gateway configuration problem (the model's api_key), not your "
+                 "API key.",
+                 c->rm->cfg->name, status);
+        json_t *e = json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", msg, "type",
+                              "upstream_error", "param", "code", "upstream_auth_failed");
+        size_t len = 0;
+        char *text = e ? br__json_dump(req->arena, e, &len) : NULL;
+        json_decref(e);
+        body = br_slice_make(text, text ? len : 0);
+    }
     if (res->rc == BR_OK) {
         /* Success without a body: a provider bug, reported as such. */
         kind = "provider_no_body";
