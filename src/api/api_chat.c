@@ -220,9 +220,9 @@ static int64_t us_between(uint64_t from_ns, uint64_t to_ns)
     return (from_ns && to_ns >= from_ns) ? (int64_t)((to_ns - from_ns) / 1000) : -1;
 }
 
-static void status_str(int status, char out[8])
+static void status_str(int status, char out[12])
 {
-    snprintf(out, 8, "%d", status);
+    snprintf(out, 12, "%d", status);
 }
 
 /* Records the request-log row and the metrics. Call before the http request is finished. */
@@ -279,7 +279,7 @@ static void account(struct chat *c, int status, const struct br_provider_result 
         }
     }
 
-    char st[8];
+    char st[12];
     status_str(status, st);
     /* Label values come from the catalogue only: a client-chosen model name would let anyone
      * grow the metrics without bound. */
@@ -496,7 +496,8 @@ static void sink_begin(void *user)
     h[n++] = (struct br_http_header){BR_SLICE_LIT("cache-control"), BR_SLICE_LIT("no-cache")};
     h[n++] = (struct br_http_header){
         BR_SLICE_LIT("trailer"),
-        BR_SLICE_LIT("x-brigade-cost-usd, x-brigade-prompt-tokens, x-brigade-completion-tokens")};
+        BR_SLICE_LIT("x-brigade-cost-usd, x-brigade-prompt-tokens, x-brigade-completion-tokens, "
+                     "x-brigade-usage-estimated")};
     n += brigade_headers(c, NULL, h + n, 5, false);
     c->state = CHAT_STREAMING;
     br_http_stream_begin(c->req, 200, h, n);

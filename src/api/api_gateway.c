@@ -109,7 +109,7 @@ static void on_abort(void *wctx, br_http_request *req)
 static void on_reject(void *wctx, int status, const char *reason, const char *req_id)
 {
     struct br_worker *w = wctx;
-    char st[8];
+    char st[12];
     snprintf(st, sizeof(st), "%d", status);
     const char *l[] = {st};
     br_metrics_add(w->g->metrics, w->index, w->g->m.rejected, l, 1);
