@@ -4,6 +4,7 @@
  * anthropic answer takes. Invariants: every emitted chunk is a JSON object of type
  * chat.completion.chunk, no usage number is ever negative, and feeding the same bytes in
  * arbitrary pieces gives exactly the same chunks, result code and usage as feeding them whole.
+ * The same bytes also go through the whole-message path (a JSON answer to a stream request).
  */
 #include <jansson.h>
 #include <stdint.h>
@@ -117,5 +118,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check(whole.st.finished == pieces.st.finished);
     br__anthropic_stream_cleanup(&whole.st);
     br__anthropic_stream_cleanup(&pieces.st);
+
+    struct run msg;
+    memset(&msg, 0, sizeof(msg));
+    br__anthropic_stream_init(&msg.st, "fuzz-model", 1700000000, usage, on_chunk, &msg);
+    msg.rc = br__anthropic_stream_from_message(&msg.st, (const char *)data, size);
+    check(msg.rc != BR_OK || msg.st.finished);
+    check(br__anthropic_stream_output_tokens(&msg.st) >= 0);
+    br__anthropic_stream_cleanup(&msg.st);
     return 0;
 }

@@ -206,6 +206,16 @@ static int on_sse_event(void *user, const struct br_sse_event *ev)
     return rc;
 }
 
+static bool has_json_type(struct br_slice ct)
+{
+    for (size_t i = 0; i + 4 <= ct.len; i++) {
+        if (br_slice_case_eq_cstr(br_slice_make(ct.ptr + i, 4), "json")) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static void up_on_head(void *user, const struct br_upstream_head *head)
 {
     struct an_call *ac = user;
@@ -213,7 +223,9 @@ static void up_on_head(void *user, const struct br_upstream_head *head)
     ac->t_first_byte_ns = br_clock_now_ns();
     br_buf_cleanup(&ac->buf);
     if (head->status >= 200 && head->status <= 299) {
-        ac->mode = ac->call->stream ? MODE_SSE : MODE_BODY;
+        /* A JSON answer to a stream request is collected and replayed as events. */
+        bool json = has_json_type(br__provider_header(head, "content-type"));
+        ac->mode = ac->call->stream && !json ? MODE_SSE : MODE_BODY;
         br_buf_init(&ac->buf, SUCCESS_BODY_MAX);
     } else {
         ac->mode = MODE_ERROR;
@@ -264,8 +276,29 @@ static void up_on_data(void *user, const char *data, size_t n)
     }
 }
 
+/* A stream request answered with a whole message: the same chunks a stream would give. */
+static void finish_body_as_stream(struct an_call *ac, struct br_provider_result *res)
+{
+    int rc = br__anthropic_stream_from_message(&ac->st, ac->buf.ptr, ac->buf.len);
+    if (ac->canceled) {
+        return;
+    }
+    if (rc != BR_OK) {
+        stream_failed(ac, rc, res);
+        return;
+    }
+    fill_common(ac, res, true);
+    res->rc = BR_OK;
+    res->status = 200;
+    res->error_kind = BR_UPSTREAM_ERROR_NONE;
+}
+
 static void finish_body(struct an_call *ac, struct br_provider_result *res)
 {
+    if (ac->call->stream) {
+        finish_body_as_stream(ac, res);
+        return;
+    }
     json_t *out = NULL;
     const char *model = NULL;
     struct br_buf b;

@@ -161,4 +161,12 @@ int br__anthropic_stream_feed(struct br__anthropic_stream *s, struct br_slice ev
 /** completion_tokens to bill for a stream that stopped early: reported, else estimated. */
 int64_t br__anthropic_stream_output_tokens(const struct br__anthropic_stream *s);
 
+/**
+ * Replays a whole Messages API message (an upstream that answered a stream request with JSON)
+ * through the translator as the events a stream of it would have had, so that the client gets
+ * the same chunks. Returns as br__anthropic_stream_feed; BR_ERR_PARSE when body is not a
+ * message.
+ */
+int br__anthropic_stream_from_message(struct br__anthropic_stream *s, const char *body, size_t len);
+
 #endif

@@ -295,3 +295,103 @@ out:
     json_decref(ev);
     return rc;
 }
+
+/* Serialises ev (consumed) and feeds it as one event. */
+static int feed_json(struct br__anthropic_stream *s, json_t *ev)
+{
+    struct br_buf b;
+    if (!ev) {
+        return BR_ERR_NOMEM;
+    }
+    br_buf_init(&b, CHUNK_MAX);
+    int rc = br__anthropic_json_dump(ev, &b);
+    json_decref(ev);
+    if (rc == BR_OK) {
+        rc = br__anthropic_stream_feed(s, BR_SLICE_LIT(""), br_slice_make(b.ptr, b.len));
+    }
+    br_buf_cleanup(&b);
+    return rc;
+}
+
+/* content_block_start (with an empty body), one delta carrying it all, content_block_stop. */
+static int feed_block(struct br__anthropic_stream *s, const json_t *block, size_t i)
+{
+    const char *type = json_string_value(json_object_get(block, "type"));
+    json_t *start = json_deep_copy(block);
+    json_t *delta = NULL;
+    int rc = BR_OK;
+    if (!start) {
+        return BR_ERR_NOMEM;
+    }
+    if (type && strcmp(type, "text") == 0 && json_is_string(json_object_get(block, "text"))) {
+        delta =
+            json_pack("{s:s, s:O}", "type", "text_delta", "text", json_object_get(block, "text"));
+        rc = json_object_set_new(start, "text", json_string("")) == 0 ? BR_OK : BR_ERR_NOMEM;
+    } else if (type && strcmp(type, "tool_use") == 0) {
+        struct br_buf args;
+        const json_t *input = json_object_get(block, "input");
+        br_buf_init(&args, CHUNK_MAX);
+        rc = input ? br__anthropic_json_dump(input, &args) : br_buf_append_cstr(&args, "{}");
+        if (rc == BR_OK) {
+            delta = json_pack("{s:s, s:s%}", "type", "input_json_delta", "partial_json", args.ptr,
+                              args.len);
+            rc = json_object_set_new(start, "input", json_object()) == 0 ? BR_OK : BR_ERR_NOMEM;
+        }
+        br_buf_cleanup(&args);
+    }
+    if (rc != BR_OK) {
+        json_decref(start);
+        json_decref(delta);
+        return rc;
+    }
+    rc = feed_json(s, json_pack("{s:s, s:I, s:o}", "type", "content_block_start", "index",
+                                (json_int_t)i, "content_block", start));
+    if (rc == BR_OK && delta) {
+        rc = feed_json(s, json_pack("{s:s, s:I, s:O}", "type", "content_block_delta", "index",
+                                    (json_int_t)i, "delta", delta));
+    }
+    json_decref(delta);
+    return rc == BR_OK ? feed_json(s, json_pack("{s:s, s:I}", "type", "content_block_stop", "index",
+                                                (json_int_t)i))
+                       : rc;
+}
+
+int br__anthropic_stream_from_message(struct br__anthropic_stream *s, const char *body, size_t len)
+{
+    json_t *msg = json_loadb(body ? body : "", len, 0, NULL);
+    const json_t *content = json_object_get(msg, "content");
+    const char *type = json_string_value(json_object_get(msg, "type"));
+    const json_t *stop = json_object_get(msg, "stop_reason");
+    int rc = BR_ERR_PARSE;
+    if (!json_is_array(content) || (type && strcmp(type, "message") != 0) ||
+        (stop && !json_is_null(stop) && !json_is_string(stop))) {
+        goto out;
+    }
+    json_t *head = json_copy(msg);
+    if (!head || json_object_set_new(head, "content", json_array()) != 0) {
+        json_decref(head);
+        rc = BR_ERR_NOMEM;
+        goto out;
+    }
+    rc = feed_json(s, json_pack("{s:s, s:o}", "type", "message_start", "message", head));
+    size_t i;
+    const json_t *block;
+    json_array_foreach(content, i, block)
+    {
+        rc = rc == BR_OK ? feed_block(s, block, i) : rc;
+    }
+    if (rc == BR_OK) {
+        const json_t *usage = json_object_get(msg, "usage");
+        json_t *ev =
+            json_pack("{s:s, s:{s:O?}}", "type", "message_delta", "delta", "stop_reason", stop);
+        if (ev && json_is_object(usage) && json_object_set(ev, "usage", (json_t *)usage) != 0) {
+            json_decref(ev);
+            ev = NULL;
+        }
+        rc = feed_json(s, ev);
+    }
+    rc = rc == BR_OK ? feed_json(s, json_pack("{s:s}", "type", "message_stop")) : rc;
+out:
+    json_decref(msg);
+    return rc;
+}

@@ -507,6 +507,30 @@ static void streamed_tool_use_in_odd_pieces(void **state)
     free(resp);
 }
 
+static void stream_request_answered_with_json(void **state)
+{
+    (void)state;
+    char *resp = http_response("200 OK", "content-type: application/json\r\n", json_answer_body);
+    struct fx f;
+    fx_open(&f, resp);
+    fx_call(&f, HELLO_REQ, true, true);
+    assert_int_equal(f.rec.n_done, 1);
+    assert_int_equal(f.rec.res.rc, BR_OK);
+    assert_int_equal(f.rec.res.status, 200);
+    assert_null(f.rec.body);
+    /* role, text, finish, usage */
+    assert_int_equal(json_array_size(f.rec.chunks), 4);
+    assert_string_equal(
+        json_string_value(json_object_get(
+            json_object_get(choice0(json_array_get(f.rec.chunks, 1)), "delta"), "content")),
+        "Hi! How can I help?");
+    assert_true(f.rec.res.usage.reported);
+    assert_int_equal(f.rec.res.usage.prompt_tokens, 20);
+    assert_int_equal(f.rec.res.usage.completion_tokens, 9);
+    fx_close(&f);
+    free(resp);
+}
+
 static void upstream_error_keeps_status(void **state)
 {
     (void)state;
@@ -826,6 +850,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(whole_answer),
         cmocka_unit_test(streamed_tool_use_in_odd_pieces),
+        cmocka_unit_test(stream_request_answered_with_json),
         cmocka_unit_test(upstream_error_keeps_status),
         cmocka_unit_test(error_event_before_output_gets_its_status),
         cmocka_unit_test(error_event_mid_stream_is_partial),

@@ -464,6 +464,49 @@ static void emit_failure_stops_feed(void **state)
     json_decref(c.chunks);
 }
 
+static void whole_message_replayed_as_stream(void **state)
+{
+    (void)state;
+    static const char body[] =
+        "{\"id\":\"msg_9\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m-1\","
+        "\"content\":[{\"type\":\"thinking\",\"thinking\":\"hm\",\"signature\":\"s\"},"
+        "{\"type\":\"text\",\"text\":\"Let me check.\"},{\"type\":\"tool_use\",\"id\":"
+        "\"toolu_9\",\"name\":\"get_weather\",\"input\":{\"city\":\"Paris\"}}],"
+        "\"stop_reason\":\"tool_use\",\"usage\":{\"input_tokens\":30,"
+        "\"cache_read_input_tokens\":10,\"output_tokens\":12}}";
+    struct collect c = {json_array(), 0};
+    struct br__anthropic_stream s;
+    br__anthropic_stream_init(&s, "fallback", 1718000000, true, collect_emit, &c);
+    assert_int_equal(br__anthropic_stream_from_message(&s, body, sizeof(body) - 1), BR_OK);
+    assert_true(s.finished);
+    /* role, text, tool start, tool arguments, finish, usage */
+    assert_int_equal(json_array_size(c.chunks), 6);
+    assert_common_fields(c.chunks, "chatcmpl-msg_9", "m-1");
+    assert_json_eq(delta_of(json_array_get(c.chunks, 1)), "{\"content\":\"Let me check.\"}");
+    assert_json_eq(delta_of(json_array_get(c.chunks, 3)),
+                   "{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":"
+                   "\"{\\\"city\\\":\\\"Paris\\\"}\"}}]}");
+    assert_string_equal(finish_of(json_array_get(c.chunks, 4)), "tool_calls");
+    assert_json_eq(json_object_get(json_array_get(c.chunks, 5), "usage"),
+                   "{\"prompt_tokens\":40,\"completion_tokens\":12,\"total_tokens\":52,"
+                   "\"prompt_tokens_details\":{\"cached_tokens\":10}}");
+    assert_true(s.saw_output_usage);
+    br__anthropic_stream_cleanup(&s);
+    json_decref(c.chunks);
+
+    static const char *const bad[] = {"", "[]", "{\"type\":\"error\",\"content\":[]}",
+                                      "{\"content\":{}}", "{\"content\":[],\"stop_reason\":1}"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct collect c2 = {json_array(), 0};
+        br__anthropic_stream_init(&s, "fallback", 1, false, collect_emit, &c2);
+        assert_int_equal(br__anthropic_stream_from_message(&s, bad[i], strlen(bad[i])),
+                         BR_ERR_PARSE);
+        assert_int_equal(json_array_size(c2.chunks), 0);
+        br__anthropic_stream_cleanup(&s);
+        json_decref(c2.chunks);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +519,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(unknown_events_are_skipped),
         cmocka_unit_test(order_violations_are_refused),
         cmocka_unit_test(emit_failure_stops_feed),
+        cmocka_unit_test(whole_message_replayed_as_stream),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
