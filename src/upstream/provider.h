@@ -39,25 +39,27 @@ struct br_provider_target {
                                           (default "response") */
     const char *const *extra_headers;  /* "Name: value" lines added to every upstream call */
     size_t n_extra_headers;
-    uint32_t connect_timeout_ms;       /* default 5000 */
-    uint32_t first_byte_timeout_ms;    /* default 60000 */
-    uint32_t idle_timeout_ms;          /* between SSE events; default 120000 */
-    int64_t default_max_tokens;        /* anthropic needs max_tokens; used when absent */
+    uint32_t connect_timeout_ms;    /* default 5000 */
+    uint32_t first_byte_timeout_ms; /* default 60000 */
+    uint32_t idle_timeout_ms;       /* between SSE events; default 120000 */
+    int64_t default_max_tokens;     /* anthropic needs max_tokens; used when absent */
 };
 
 struct br_provider_result {
-    int rc;                          /* BR_OK, or the failure */
-    int status;                      /* status for the client: 200, the upstream's own error
-                                        status, 502 for transport/protocol failures, 504 for
-                                        upstream timeouts, 404 for a replay miss */
+    int rc;                            /* BR_OK, or the failure */
+    int status;                        /* status for the client: 200, the upstream's own error
+                                          status, 502 for transport/protocol failures, 504 for
+                                          upstream timeouts, 404 for a replay miss */
     enum br_upstream_error error_kind; /* NONE on success */
-    struct br_slice error_body;      /* rc != BR_OK: OpenAI-shaped error JSON for the client */
-    struct br_usage usage;           /* tokens; usage.reported false when estimated */
-    const char *upstream_model;      /* model named in the upstream's response, or NULL */
-    const char *finish_reason;       /* last finish_reason seen, or NULL */
-    uint64_t t_first_byte_ns;        /* monotonic: first upstream response byte, 0 if none */
-    uint64_t t_first_token_ns;       /* monotonic: first content delta (streams), 0 if none */
-    bool partial;                    /* a stream ended early (error or cancel) after output */
+    struct br_slice error_body;        /* rc != BR_OK: OpenAI-shaped error JSON for the client */
+    struct br_usage usage;             /* tokens; usage.reported false when estimated */
+    const char *upstream_model;        /* model named in the upstream's response, or NULL */
+    const char *finish_reason;         /* last finish_reason seen, or NULL */
+    uint64_t t_first_byte_ns;          /* monotonic: first upstream response byte, 0 if none */
+    uint64_t t_first_token_ns;         /* monotonic: first content delta (streams), 0 if none */
+    bool partial;                      /* a stream ended early (error or cancel) after output */
+    uint32_t retry_after_ms;           /* upstream 429/503 Retry-After (or retry-after-ms),
+                                          capped at 1 h; 0 when absent */
 };
 
 /* Where a call delivers its output; implemented by the API layer. */
@@ -76,15 +78,15 @@ struct br_provider_sink {
 struct br_provider_call {
     /* in */
     const struct br_provider_target *target;
-    void *model_state;                 /* from ops->model_create */
-    uv_loop_t *loop;                   /* the worker loop the call runs on */
-    br_upstream *upstream;             /* this worker's HTTP client */
-    br_arena *arena;                   /* request arena: the provider allocates from it */
-    json_t *request;                   /* decoded client body; the provider may modify it */
-    struct br_slice raw_body;          /* the client body as received */
-    bool stream;                       /* the client asked for SSE */
-    bool client_wants_usage;           /* stream_options.include_usage was true */
-    const char *request_id;            /* for logs */
+    void *model_state;        /* from ops->model_create */
+    uv_loop_t *loop;          /* the worker loop the call runs on */
+    br_upstream *upstream;    /* this worker's HTTP client */
+    br_arena *arena;          /* request arena: the provider allocates from it */
+    json_t *request;          /* decoded client body; the provider may modify it */
+    struct br_slice raw_body; /* the client body as received */
+    bool stream;              /* the client asked for SSE */
+    bool client_wants_usage;  /* stream_options.include_usage was true */
+    const char *request_id;   /* for logs */
     const struct br_provider_sink *sink;
     void *sink_user;
     /* provider-private */

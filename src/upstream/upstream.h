@@ -21,20 +21,20 @@ typedef struct br_upstream br_upstream;
 typedef struct br_upstream_call br_upstream_call;
 
 /* Why a call failed, for the client's status, the log row and metrics. */
-#define BR_UPSTREAM_ERROR_MAP(X)                                                                   \
-    X(NONE, "none")                                                                                \
-    X(DNS, "dns")                                                                                  \
-    X(CONNECT, "connect")                                                                          \
-    X(TLS, "tls")                                                                                  \
-    X(TIMEOUT_CONNECT, "timeout_connect")                                                          \
-    X(TIMEOUT_FIRST_BYTE, "timeout_first_byte")                                                    \
-    X(TIMEOUT_IDLE, "timeout_idle")                                                                \
-    X(CLOSED, "closed")                                                                            \
-    X(PROTOCOL, "protocol")                                                                        \
-    X(TOO_LARGE, "too_large")                                                                      \
-    X(HTTP_STATUS, "http_status")                                                                  \
-    X(BAD_RESPONSE, "bad_response")                                                                \
-    X(CANCELED, "canceled")                                                                        \
+#define BR_UPSTREAM_ERROR_MAP(X)                \
+    X(NONE, "none")                             \
+    X(DNS, "dns")                               \
+    X(CONNECT, "connect")                       \
+    X(TLS, "tls")                               \
+    X(TIMEOUT_CONNECT, "timeout_connect")       \
+    X(TIMEOUT_FIRST_BYTE, "timeout_first_byte") \
+    X(TIMEOUT_IDLE, "timeout_idle")             \
+    X(CLOSED, "closed")                         \
+    X(PROTOCOL, "protocol")                     \
+    X(TOO_LARGE, "too_large")                   \
+    X(HTTP_STATUS, "http_status")               \
+    X(BAD_RESPONSE, "bad_response")             \
+    X(CANCELED, "canceled")                     \
     X(OTHER, "other")
 
 enum br_upstream_error {
@@ -54,14 +54,14 @@ struct br_upstream_opts {
 };
 
 struct br_upstream_request {
-    const char *method;          /* "POST", "GET" */
-    const char *url;             /* absolute http(s) URL */
-    const char *const *headers;  /* "Name: value" lines, borrowed until on_done */
+    const char *method;         /* "POST", "GET" */
+    const char *url;            /* absolute http(s) URL */
+    const char *const *headers; /* "Name: value" lines, borrowed until on_done */
     size_t n_headers;
-    struct br_slice body;        /* borrowed until on_done */
-    uint32_t connect_timeout_ms; /* TCP + TLS handshake (default 5000 when 0) */
+    struct br_slice body;           /* borrowed until on_done */
+    uint32_t connect_timeout_ms;    /* TCP + TLS handshake (default 5000 when 0) */
     uint32_t first_byte_timeout_ms; /* request sent -> first response byte (default 60000) */
-    uint32_t idle_timeout_ms;    /* longest silence between response bytes (default 120000) */
+    uint32_t idle_timeout_ms;       /* longest silence between response bytes (default 120000) */
 };
 
 struct br_upstream_header {
@@ -76,13 +76,15 @@ struct br_upstream_head {
 };
 
 struct br_upstream_stats {
-    enum br_upstream_error error;  /* NONE on success (any HTTP status counts as success) */
-    const char *error_text;        /* short human text for logs; never contains secrets */
-    uint64_t t_start_ns;           /* monotonic: call started */
-    uint64_t t_connected_ns;       /* connection ready (0 when reused: equals t_start_ns) */
-    uint64_t t_first_byte_ns;      /* first response byte, 0 if none */
-    uint64_t t_done_ns;            /* call ended */
-    long http_version;             /* 10, 11, 20 */
+    enum br_upstream_error error; /* NONE on success (any HTTP status counts as success) */
+    const char *error_text;       /* short human text for logs, NULL on success; never
+                                     contains request headers or secrets */
+    uint64_t t_start_ns;          /* monotonic: call started */
+    uint64_t t_connected_ns;      /* connection ready; equals t_start_ns when reused, 0 if
+                                     no connection was made */
+    uint64_t t_first_byte_ns;     /* first response byte, 0 if none */
+    uint64_t t_done_ns;           /* call ended */
+    long http_version;            /* 10, 11, 20 */
     bool reused_connection;
 };
 
@@ -95,21 +97,38 @@ struct br_upstream_callbacks {
     void (*on_done)(void *user, const struct br_upstream_stats *stats);
 };
 
+/**
+ * Process-wide libcurl set-up (curl_global_init_mem with brigade's allocators). Call once from
+ * main before any thread or client exists. Returns BR_OK, BR_ERR_NOMEM or BR_ERR_IO.
+ */
+int br_upstream_global_init(void);
+
+/** Undoes br_upstream_global_init; call once at exit, after every client is destroyed. */
+void br_upstream_global_cleanup(void);
+
 /** Creates the client on `loop`. Caller destroys (after the loop stops running calls). */
 int br_upstream_create(uv_loop_t *loop, const struct br_upstream_opts *opts, br_upstream **out);
 
-/** Cancels outstanding calls (no callbacks) and frees the client. NULL is a no-op. */
+/**
+ * Cancels outstanding calls (no callbacks) and frees the client. NULL is a no-op. Not from
+ * inside one of its callbacks. Handle memory is released by libuv close callbacks: run the
+ * loop once more (uv_run) before uv_loop_close.
+ */
 void br_upstream_destroy(br_upstream *u);
 
 /**
- * Starts a call. Callbacks run later on the loop, never inside this function. `*out` (may be
- * NULL) stays valid until on_done returns or the call is canceled.
+ * Starts a call. Callbacks run later on the loop, never inside this function; on a non-zero
+ * return (BR_ERR_INVAL, BR_ERR_NOMEM) none will run. `*out` (may be NULL) stays valid until
+ * on_done returns or the call is canceled. May be called from inside callbacks.
  */
 int br_upstream_call_start(br_upstream *u, const struct br_upstream_request *req,
                            const struct br_upstream_callbacks *cb, void *user,
                            br_upstream_call **out);
 
-/** Aborts a call: the connection is closed, no further callbacks. Safe inside callbacks. */
+/**
+ * Aborts a call: the connection is closed (an HTTP/2 stream is reset), no further callbacks.
+ * Safe inside callbacks (of this or any call of the client); a no-op once on_done has begun.
+ */
 void br_upstream_call_cancel(br_upstream_call *c);
 
 /** Number of calls in flight on this client. */
