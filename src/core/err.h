@@ -8,22 +8,22 @@
 #define BR_CORE_ERR_H
 
 /* X(name, message) */
-#define BR_ERR_MAP(X)                                                                              \
-    X(AGAIN, "need more input; call again")                                                        \
-    X(NOMEM, "out of memory")                                                                      \
-    X(LIMIT, "size limit exceeded")                                                                \
-    X(INVAL, "invalid argument")                                                                   \
-    X(PARSE, "malformed input")                                                                    \
-    X(IO, "input/output error")                                                                    \
-    X(NOTFOUND, "not found")                                                                       \
-    X(EXISTS, "already exists")                                                                    \
-    X(TIMEOUT, "timed out")                                                                        \
-    X(CLOSED, "connection closed")                                                                 \
-    X(UPSTREAM, "upstream error")                                                                  \
-    X(AUTH, "authentication failed")                                                               \
-    X(UNSUPPORTED, "not supported")                                                                \
-    X(BUSY, "resource busy")                                                                       \
-    X(CANCELED, "operation canceled")                                                              \
+#define BR_ERR_MAP(X)                       \
+    X(AGAIN, "need more input; call again") \
+    X(NOMEM, "out of memory")               \
+    X(LIMIT, "size limit exceeded")         \
+    X(INVAL, "invalid argument")            \
+    X(PARSE, "malformed input")             \
+    X(IO, "input/output error")             \
+    X(NOTFOUND, "not found")                \
+    X(EXISTS, "already exists")             \
+    X(TIMEOUT, "timed out")                 \
+    X(CLOSED, "connection closed")          \
+    X(UPSTREAM, "upstream error")           \
+    X(AUTH, "authentication failed")        \
+    X(UNSUPPORTED, "not supported")         \
+    X(BUSY, "resource busy")                \
+    X(CANCELED, "operation canceled")       \
     X(RANGE, "value out of range")
 
 /* Positive row numbers, generated from the table; the public codes below are their negations. */
@@ -32,7 +32,7 @@ enum {
 #define BR__ERR_ENUM(name, msg) BR__E_##name,
     BR_ERR_MAP(BR__ERR_ENUM)
 #undef BR__ERR_ENUM
-    BR__E_COUNT
+        BR__E_COUNT
 };
 
 #define BR_OK              0

@@ -41,11 +41,11 @@ void br__log_emit(enum br_log_level level, const char *req_id, const char *fmt, 
     __attribute__((format(printf, 3, 4)));
 
 /** br_log(BR_LOG_INFO, req_id_or_NULL, "event=listen addr=%s", addr) */
-#define br_log(level, req_id, ...)                                                                 \
-    do {                                                                                           \
-        if ((level) != BR_LOG_DEBUG || BR_LOG_DEBUG_ENABLED) {                                     \
-            br__log_emit((level), (req_id), __VA_ARGS__);                                          \
-        }                                                                                          \
+#define br_log(level, req_id, ...)                             \
+    do {                                                       \
+        if ((level) != BR_LOG_DEBUG || BR_LOG_DEBUG_ENABLED) { \
+            br__log_emit((level), (req_id), __VA_ARGS__);      \
+        }                                                      \
     } while (0)
 
 #endif
