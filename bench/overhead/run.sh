@@ -107,12 +107,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A port nothing listens on now (checked with a connect through bash's /dev/tcp).
+# A port nothing listens on now (checked with a connect through bash's /dev/tcp), taken below
+# the kernel's ephemeral range so that no client socket's source port can hold it.
+eph_low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "${eph_low:-0}" -gt 12000 ] 2>/dev/null || eph_low=32768
 used_ports=" "
 free_port() {
     local p i
     for i in $(seq 1 200); do
-        p=$((20000 + (RANDOM * 32768 + RANDOM) % 40000))
+        p=$((10000 + RANDOM % (eph_low - 10000)))
         case "$used_ports" in *" $p "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
             used_ports="$used_ports$p "
@@ -433,7 +436,11 @@ env_info() {
     echo "wrk: $(wrk -v 2>&1 | head -n 1 | awk '{print $2}')"
     echo "brigade: $brigade ($([ -n "$brigade_build" ] && echo "$brigade_build" || echo "absent"))"
     echo "pinning: $pinning"
-    echo "duration: $duration per run, warm-up $warmup, $reps repetition(s), wrk -t1 -c$conns (req/s) and -c1 (latency)"
+    if [ -n "$soak" ]; then
+        echo "soak: $soak, wrk -t1 -c$conns, non-streamed, brigade RSS every 5 s"
+    else
+        echo "duration: $duration per run, warm-up $warmup, $reps repetition(s), wrk -t1 -c$conns (req/s) and -c1 (latency)"
+    fi
 }
 
 copy_artifacts() {
@@ -450,12 +457,14 @@ if [ -n "$soak" ]; then
     [ "$brigade_ok" = 1 ] || die "soak needs brigade: $brigade_why"
     why=$(check_path brigade plain) || die "brigade plain path fails: $why"
     note "soak: brigade only, wrk -t1 -c$conns for $soak, non-streamed, RSS every 5 s"
+    # warm up first, so that the first sample is a warmed-up gateway, not an idle one
+    run_wrk brigade.plain "$conns" "$warmup" "$results/wrk-soak-warmup.txt"
     start_sampler 5 "$results/rss_soak.tsv"
     echo "soak" >"$tmp/phase"
     run_wrk brigade.plain "$conns" "$soak" "$results/wrk-soak.txt"
-    hwm=$(hwm_kb "$brigade_pid")
-    sleep 0.2
     kill "$sampler_pid" 2>/dev/null || true
+    wait "$sampler_pid" 2>/dev/null || true
+    hwm=$(hwm_kb "$brigade_pid")
     rows=$(awk -F'\t' 'NR > 1 && $2 != "" {print $2}' "$results/rss_soak.tsv")
     first=$(echo "$rows" | head -n 1)
     last=$(echo "$rows" | tail -n 1)
@@ -531,8 +540,9 @@ done
 
 hwm=
 if [ "$brigade_ok" = 1 ]; then
-    hwm=$(hwm_kb "$brigade_pid")
     kill "$sampler_pid" 2>/dev/null || true
+    wait "$sampler_pid" 2>/dev/null || true
+    hwm=$(hwm_kb "$brigade_pid")
     cp "$tmp/brigade.log" "$results/" 2>/dev/null || true
 fi
 
