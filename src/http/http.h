@@ -23,19 +23,29 @@
 typedef struct br_http_server br_http_server;
 typedef struct br_http_request br_http_request;
 
-/* Limits and timeouts; every field is configurable and each violation has its own status. */
+/*
+ * Limits and timeouts; every field is configurable and each violation has its own status.
+ * A timeout of 0 disables that timeout, except drain_timeout_ms, where 0 aborts in-flight
+ * requests at once. Start from br_http_limits_default.
+ */
 struct br_http_limits {
-    size_t request_line_bytes;     /* method SP target SP version; over it: 414 */
-    size_t header_bytes;           /* whole header block; over it: 431 */
-    size_t header_fields;          /* number of header fields; over it: 431 */
-    size_t body_bytes;             /* de-chunked body; over it: 413 (before reading if CL says so) */
-    uint64_t header_timeout_ms;    /* first byte to end of head; over it: 408 and close */
+    size_t request_line_bytes;  /* method SP target SP version; over it: 414 */
+    size_t header_bytes;        /* whole header block (CRLFs included); over it: 431 */
+    size_t header_fields;       /* number of header fields; over it: 431 */
+    size_t body_bytes;          /* de-chunked body; over it: 413 (before reading if CL says so) */
+    uint64_t header_timeout_ms; /* first byte to end of head; over it: 408 and close. Also
+                                   the longest wait for the first byte of a new connection
+                                   (then closed silently) */
     uint64_t body_idle_timeout_ms; /* longest gap between body bytes; over it: 408 and close */
     uint64_t keepalive_timeout_ms; /* idle keep-alive connection is closed silently */
     uint64_t drain_timeout_ms;     /* on drain, in-flight requests get this long to finish */
+    size_t write_buffer_bytes;     /* streamed bytes the client has not read yet; a stream_write
+                                      past it drops the client (BR_ERR_CLOSED). 0 = 8 MiB */
+    size_t arena_bytes;            /* cap on one request's arena (handler allocations
+                                      included). 0 = 64 MiB */
 };
 
-/** Fills the defaults: 8 KiB, 32 KiB, 100, 16 MiB, 10 s, 30 s, 75 s, 30 s. */
+/** Fills the defaults: 8 KiB, 32 KiB, 100, 16 MiB, 10 s, 30 s, 75 s, 30 s, 8 MiB, 64 MiB. */
 void br_http_limits_default(struct br_http_limits *out);
 
 struct br_http_server_config {
@@ -66,23 +76,24 @@ enum br_http_method {
  * until the handler finishes the request (br_http_respond or br_http_stream_end).
  */
 struct br_http_request {
-    br_arena *arena;                     /* request lifetime; the handler may allocate from it */
+    br_arena *arena; /* request lifetime; the handler may allocate from it */
     enum br_http_method method;
-    struct br_slice method_name;         /* as sent */
-    struct br_slice target;              /* request-target as sent (origin-form) */
-    struct br_slice path;                /* target up to '?' */
-    struct br_slice query;               /* after '?', empty when absent */
-    int http_minor;                      /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
+    struct br_slice method_name; /* as sent */
+    struct br_slice target;      /* request-target as sent (origin-, absolute- or
+                                    asterisk-form; CONNECT is refused with 501) */
+    struct br_slice path;        /* target up to '?' */
+    struct br_slice query;       /* after '?', empty when absent */
+    int http_minor;              /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
     const struct br_http_header *headers;
     size_t n_headers;
-    struct br_slice body;                /* complete, de-chunked */
-    const char *id;                      /* NUL-terminated request id: the client's x-request-id
-                                            when it is 1..128 visible ASCII chars, else generated */
-    const char *peer;                    /* NUL-terminated "ip:port" of the client */
-    uint64_t t_start_ns;                 /* monotonic clock at the request's first byte */
-    uint64_t t_ready_ns;                 /* monotonic clock when handed to on_request */
-    unsigned worker;                     /* index of the worker thread that owns it */
-    void *user;                          /* free for the handler */
+    struct br_slice body; /* complete, de-chunked */
+    const char *id;       /* NUL-terminated request id: the client's x-request-id
+                             when it is 1..128 visible ASCII chars, else generated */
+    const char *peer;     /* NUL-terminated "ip:port" ("[ip6]:port") */
+    uint64_t t_start_ns;  /* monotonic clock at the request's first byte */
+    uint64_t t_ready_ns;  /* monotonic clock when handed to on_request */
+    unsigned worker;      /* index of the worker thread that owns it */
+    void *user;           /* free for the handler */
 };
 
 struct br_http_handler {
@@ -149,10 +160,13 @@ const struct br_slice *br_http_request_header(const br_http_request *req, const 
 
 /**
  * Sends a complete response with Content-Length and finishes the request. The http layer adds
- * x-request-id, Content-Length and Connection: close when the connection will close; the
- * handler supplies Content-Type and anything else. Header names/values containing CR, LF or NUL
- * are refused (BR_ERR_INVAL, and a 500 is sent instead). Returns BR_ERR_CLOSED when the client
- * is gone (the request is still finished and freed). `req` is invalid after the call.
+ * Date, x-request-id, Content-Length and Connection (close when the connection will close,
+ * keep-alive for a persistent HTTP/1.0 client); handler fields with those names are dropped.
+ * The handler supplies Content-Type and anything else. Header names that are not tokens and
+ * values containing CR, LF or NUL are refused (BR_ERR_INVAL, and a 500 is sent instead), as is
+ * a status outside 200..599. HEAD requests and 204/304 get no body bytes. Returns
+ * BR_ERR_CLOSED when the client is gone (the request is still finished and freed). `req` is
+ * invalid after the call. Must run on the request's worker thread.
  */
 int br_http_respond(br_http_request *req, int status, const struct br_http_header *headers,
                     size_t n_headers, struct br_slice body);
@@ -166,14 +180,19 @@ int br_http_respond_error(br_http_request *req, int status, const char *type, co
 
 /**
  * Starts a streamed response: the status line and headers are written now, the body follows as
- * chunks (HTTP/1.1 chunked; HTTP/1.0 clients get a body delimited by close).
+ * chunks (HTTP/1.1 chunked; HTTP/1.0 clients get a body delimited by close). BR_ERR_INVAL for
+ * a bad status or header (nothing is written; the handler may still respond), BR_ERR_CLOSED
+ * when the client is gone. Either way the handler still ends with br_http_stream_end (or, when
+ * nothing was begun, br_http_respond).
  */
 int br_http_stream_begin(br_http_request *req, int status, const struct br_http_header *headers,
                          size_t n_headers);
 
 /**
- * Writes one chunk; the bytes are copied and handed to the socket at once (no batching across
- * calls). BR_ERR_CLOSED when the client is gone.
+ * Writes one chunk; the bytes are handed to the socket at once (no batching across calls) and
+ * whatever the socket does not take is copied and queued. A zero-length write does nothing.
+ * BR_ERR_CLOSED when the client is gone, or when more than limits.write_buffer_bytes are
+ * already queued (the client is then dropped and on_abort follows).
  */
 int br_http_stream_write(br_http_request *req, const void *data, size_t n);
 
@@ -182,7 +201,8 @@ size_t br_http_stream_pending(const br_http_request *req);
 
 /**
  * Ends the stream with the last chunk and optional trailers (HTTP/1.1 only; announce them in a
- * `Trailer` header at stream_begin), and finishes the request. `req` is invalid after the call.
+ * `Trailer` header at stream_begin), and finishes the request. Invalid trailers are dropped
+ * (BR_ERR_INVAL, the stream still ends cleanly). `req` is invalid after the call.
  */
 int br_http_stream_end(br_http_request *req, const struct br_http_header *trailers,
                        size_t n_trailers);
