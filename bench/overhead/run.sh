@@ -377,6 +377,23 @@ start_sampler() { # $1 = interval seconds, $2 = output file
 
 # ---------------------------------------------------------------- wrk and parsing
 
+# After a brigade run: 0 if brigade is still alive; else records why it died (once) and
+# returns 1, so that the run is discarded and the remaining brigade runs are skipped.
+brigade_died=
+brigade_alive() { # $1 = what was running
+    local st
+    [ -z "$brigade_died" ] || return 1
+    kill -0 "$brigade_pid" 2>/dev/null && return 0
+    st=0
+    wait "$brigade_pid" 2>/dev/null || st=$?
+    brigade_died="brigade exited during $1 with status $st"
+    if [ "$st" -gt 128 ]; then
+        brigade_died="$brigade_died (signal $((st - 128)): $(kill -l $((st - 128)) 2>/dev/null || echo '?'))"
+    fi
+    note "$brigade_died"
+    return 1
+}
+
 # Moves a gateway (all threads of the process and of its child processes) to CPU $2.
 move_gateway() { # $1 = path (hop|brigade), $2 = cpu
     local pid p
@@ -525,14 +542,26 @@ for rep in $(seq 1 "$reps"); do
         for p in "${paths[@]}"; do
             n=$((n + 1))
             key="$p.$mode"
+            if [ "$p" = brigade ] && ! brigade_alive "(before) $key rep $rep"; then
+                continue
+            fi
             note "[$n/$runs] rep $rep: $p $mode"
             echo "$key rep$rep" >"$tmp/phase"
             run_wrk "$key" "$conns" "$warmup" "$results/wrk-$rep-$mode-$p-warmup.txt"
+            if [ "$p" = brigade ] && ! brigade_alive "the $key warm-up (c=$conns), rep $rep"; then
+                continue
+            fi
             run_wrk "$key" "$conns" "$duration" "$results/wrk-$rep-$mode-$p-c$conns.txt"
+            if [ "$p" = brigade ] && ! brigade_alive "the $key c=$conns run, rep $rep"; then
+                continue
+            fi
             record "$rep" "$mode" "$p" c64 "$results/wrk-$rep-$mode-$p-c$conns.txt"
             if [ "$c1_same_cpu" = 1 ]; then move_gateway "$p" 1; fi
             run_wrk "$key" 1 "$duration" "$results/wrk-$rep-$mode-$p-c1.txt"
             if [ "$c1_same_cpu" = 1 ]; then move_gateway "$p" 0; fi
+            if [ "$p" = brigade ] && ! brigade_alive "the $key c=1 run, rep $rep"; then
+                continue
+            fi
             record "$rep" "$mode" "$p" c1 "$results/wrk-$rep-$mode-$p-c1.txt"
         done
     done
@@ -543,11 +572,13 @@ if [ "$brigade_ok" = 1 ]; then
     kill "$sampler_pid" 2>/dev/null || true
     wait "$sampler_pid" 2>/dev/null || true
     hwm=$(hwm_kb "$brigade_pid")
+    brigade_alive "the end of the run" || true
     cp "$tmp/brigade.log" "$results/" 2>/dev/null || true
 fi
 
 fmt() { awk -v v="$1" -v d="${2:-0}" 'BEGIN { if (v == "") print "-"; else printf "%.*f", d, v }'; }
 diff_us() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; else printf "%+.0f", a - b }'; }
+minus() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "" && b != "") print a - b }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 
 {
@@ -572,6 +603,10 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
                 continue
             fi
             r=$(median "$mode" "$p" rps)
+            if [ "$p" = brigade ] && [ -z "$r" ]; then
+                echo "| $mode | brigade | not measured (died) | | | | | |"
+                continue
+            fi
             p50=$(median "$mode" "$p" p50_us)
             p99=$(median "$mode" "$p" p99_us)
             a50=-
@@ -592,14 +627,18 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b == 0) pri
         for mode in plain sse; do
             d50=$(median "$mode" direct p50_us)
             d99=$(median "$mode" direct p99_us)
-            h50=$(awk -v a="$(median "$mode" hop p50_us)" -v b="$d50" 'BEGIN {print a - b}')
-            h99=$(awk -v a="$(median "$mode" hop p99_us)" -v b="$d99" 'BEGIN {print a - b}')
-            b50=$(awk -v a="$(median "$mode" brigade p50_us)" -v b="$d50" 'BEGIN {print a - b}')
-            b99=$(awk -v a="$(median "$mode" brigade p99_us)" -v b="$d99" 'BEGIN {print a - b}')
+            h50=$(minus "$(median "$mode" hop p50_us)" "$d50")
+            h99=$(minus "$(median "$mode" hop p99_us)" "$d99")
+            b50=$(minus "$(median "$mode" brigade p50_us)" "$d50")
+            b99=$(minus "$(median "$mode" brigade p99_us)" "$d99")
             echo "| $mode | $(ratio "$(median "$mode" brigade rps)" "$(median "$mode" hop rps)") | $(ratio "$b50" "$h50") | $(ratio "$b99" "$h99") |"
         done
         echo
         rows=$(awk -F'\t' 'NR > 1 && $2 != "" {print $2}' "$results/rss.tsv")
+        if [ -n "$brigade_died" ]; then
+            echo "**$brigade_died**; its runs from then on are missing (log: $results/brigade.log)."
+            echo
+        fi
         echo "brigade RSS (sampled every 1 s, $(echo "$rows" | wc -l) samples): first $(kib_to_mib "$(echo "$rows" | head -n 1)") MiB," \
             "last $(kib_to_mib "$(echo "$rows" | tail -n 1)") MiB, max $(kib_to_mib "$(echo "$rows" | sort -n | tail -n 1)") MiB;" \
             "peak (VmHWM) $(kib_to_mib "$hwm") MiB."
