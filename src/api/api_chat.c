@@ -667,6 +667,13 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     c->t_call_start = br_clock_now_ns();
     c->call_active = true;
     int rc = c->rm->ops->call_start(call);
+    if (rc == BR_ERR_PARSE) {
+        /* The provider's strict body scanner refused bytes jansson tolerated (raw NULs). */
+        c->call_active = false;
+        reject(c, 400, "invalid_request_error", "invalid_json", NULL,
+               "We could not parse the JSON body of your request.");
+        return;
+    }
     if (rc != BR_OK) {
         c->call_active = false;
         br_log(BR_LOG_ERR, req->id, "event=provider_start_failed model=%s err=%s", c->rm->cfg->name,

@@ -37,6 +37,8 @@ static void worker_cleanup(void *wctx)
     struct br_worker *w = wctx;
     br_upstream_destroy(w->upstream);
     w->upstream = NULL;
+    /* Let the client's handles finish closing before the http layer closes the loop. */
+    uv_run(w->loop, UV_RUN_NOWAIT);
 }
 
 static bool path_is(const br_http_request *req, const char *p)
