@@ -52,7 +52,7 @@ bool ht_wait_for(bool (*cond)(void), int timeout_ms)
 
 /* ---- handler ---------------------------------------------------------------------------- */
 
-enum op_kind { OP_SLOW, OP_STREAM, OP_HOLD };
+enum op_kind { OP_SLOW, OP_STREAM, OP_HOLD, OP_FLOOD };
 
 struct op {
     uv_timer_t timer;
@@ -61,7 +61,10 @@ struct op {
     int remaining;
     int sent;
     bool finished;
+    bool failed;
 };
+
+static char flood_chunk[256 * 1024];
 
 static void op_closed(uv_handle_t *h)
 {
@@ -89,6 +92,21 @@ static void op_tick(uv_timer_t *t)
     br_http_request *req = op->req;
     if (op->kind == OP_SLOW) {
         op_finish(op, br_http_respond(req, 200, NULL, 0, BR_SLICE_LIT("slow")));
+        return;
+    }
+    if (op->kind == OP_FLOOD) {
+        if (op->failed) {
+            return;
+        }
+        size_t pending = br_http_stream_pending(req);
+        if (pending > atomic_load(&ht.flood_max_pending)) {
+            atomic_store(&ht.flood_max_pending, pending);
+        }
+        int rc = br_http_stream_write(req, flood_chunk, sizeof(flood_chunk));
+        if (rc != BR_OK) {
+            op->failed = true;
+            atomic_store(&ht.flood_write_rc, rc);
+        }
         return;
     }
     if (op->kind == OP_STREAM) {
@@ -163,7 +181,7 @@ static void start_op(void *wctx, br_http_request *req, enum op_kind kind, int ms
     req->user = op;
     if (kind == OP_SLOW) {
         uv_timer_start(&op->timer, op_tick, (uint64_t)ms, 0);
-    } else if (kind == OP_STREAM) {
+    } else if (kind == OP_STREAM || kind == OP_FLOOD) {
         uv_timer_start(&op->timer, op_tick, (uint64_t)ms, (uint64_t)ms);
     }
 }
@@ -207,6 +225,12 @@ static void on_request(void *wctx, br_http_request *req)
             return;
         }
         start_op(wctx, req, OP_STREAM, ms, n);
+    } else if (br_slice_eq_cstr(p, "/flood")) {
+        if (br_http_stream_begin(req, 200, NULL, 0) != BR_OK) {
+            br_http_stream_end(req, NULL, 0);
+            return;
+        }
+        start_op(wctx, req, OP_FLOOD, 1, 0);
     } else if (br_slice_eq_cstr(p, "/badheader")) {
         struct br_http_header h[] = {{BR_SLICE_LIT("X-Bad"), BR_SLICE_LIT("a\r\nInjected: yes")}};
         br_http_respond(req, 200, h, 1, BR_SLICE_LIT("never"));
@@ -227,7 +251,7 @@ static void on_abort(void *wctx, br_http_request *req)
     if (!op || !atomic_load(&ht.abort_finishes)) {
         return;
     }
-    if (op->kind == OP_STREAM) {
+    if (op->kind == OP_STREAM || op->kind == OP_FLOOD) {
         op_finish(op, br_http_stream_end(req, NULL, 0));
     } else {
         op_finish(op, br_http_respond(req, 200, NULL, 0, BR_SLICE_LIT("aborted")));

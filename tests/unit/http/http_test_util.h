@@ -11,6 +11,7 @@
  *   /slow?MS       200 "slow" after MS milliseconds (a uv timer on the worker loop)
  *   /hold          never answered until on_abort
  *   /stream?N,MS   text/event-stream: N chunks "data: i\n\n" every MS ms, trailer x-done: yes
+ *   /flood         streams 256 KiB chunks every millisecond until a write fails
  *   /badheader     responds with a header value containing CR LF (the layer must send 500)
  *   /error         br_http_respond_error(429, ...)
  *   /head          200 with a 5-byte body (for HEAD)
@@ -48,7 +49,9 @@ struct ht_state {
     atomic_int n_finished_async; /* slow/stream/hold requests finished by the handler */
     atomic_int n_closed_results; /* ... of which the finishing call returned BR_ERR_CLOSED */
     atomic_int n_stream_writes_ok;
-    atomic_bool abort_finishes; /* on_abort finishes the request at once (default true) */
+    atomic_int flood_write_rc;       /* first failing br_http_stream_write result of /flood */
+    atomic_size_t flood_max_pending; /* highest br_http_stream_pending seen by /flood */
+    atomic_bool abort_finishes;      /* on_abort finishes the request at once (default true) */
     atomic_int n_worker_init;
     atomic_int n_worker_cleanup;
 };
