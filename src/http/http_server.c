@@ -370,7 +370,11 @@ void br__http_conn_finish(struct br__http_conn *c)
         return;
     }
     if (c->wq_bytes) {
+        /* A client that stops reading does not hold the connection forever: the body-idle
+         * timeout doubles as the send timeout. */
         c->state = BR__HTTP_CONN_FLUSH;
+        uint64_t ms = c->w->lim.body_idle_timeout_ms;
+        conn_timer(c, BR__HTTP_TIMER_LINGER, ms ? ms : BR__HTTP_LINGER_MS);
         return;
     }
     after_response(c);

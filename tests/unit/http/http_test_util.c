@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/arena.h"
 #include "core/err.h"
 
 struct ht_state ht;
@@ -225,6 +226,11 @@ static void on_request(void *wctx, br_http_request *req)
             return;
         }
         start_op(wctx, req, OP_STREAM, ms, n);
+    } else if (br_slice_eq_cstr(p, "/big")) {
+        size_t n = (size_t)query_int(req, 1) * 1024;
+        char *b = br_arena_alloc(req->arena, n);
+        memset(b, 'b', n);
+        br_http_respond(req, 200, NULL, 0, br_slice_make(b, n));
     } else if (br_slice_eq_cstr(p, "/flood")) {
         if (br_http_stream_begin(req, 200, NULL, 0) != BR_OK) {
             br_http_stream_end(req, NULL, 0);

@@ -11,6 +11,7 @@
  *   /slow?MS       200 "slow" after MS milliseconds (a uv timer on the worker loop)
  *   /hold          never answered until on_abort
  *   /stream?N,MS   text/event-stream: N chunks "data: i\n\n" every MS ms, trailer x-done: yes
+ *   /big?KIB       200 with KIB kibibytes of 'b'
  *   /flood         streams 256 KiB chunks every millisecond until a write fails
  *   /badheader     responds with a header value containing CR LF (the layer must send 500)
  *   /error         br_http_respond_error(429, ...)

@@ -705,8 +705,6 @@ static void test_slow_client_dropped(void **state)
     ht_start(&l, 1);
     struct ht_conn c;
     ht_conn_open(&c);
-    int small = 4096;
-    setsockopt(c.fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     assert_int_equal(ht_send_str(c.fd, "GET /flood HTTP/1.1\r\n\r\n"), 0);
     /* Never read: the layer must give up on the client instead of queueing without bound. */
     assert_true(ht_wait_for(aborted_and_finished, 5000));
@@ -714,6 +712,24 @@ static void test_slow_client_dropped(void **state)
     assert_true(atomic_load(&ht.flood_max_pending) > 0);
     assert_true(atomic_load(&ht.flood_max_pending) <= l.write_buffer_bytes + 512 * 1024);
     ht_conn_close(&c);
+}
+
+/* A finished response the client never reads: dropped after the send (body-idle) timeout. */
+static void test_unread_response_times_out(void **state)
+{
+    (void)state;
+    ht_start(NULL, 1); /* body idle timeout 200 ms */
+    struct ht_conn c;
+    ht_conn_open(&c);
+    assert_int_equal(ht_send_str(c.fd, "GET /big?32768 HTTP/1.1\r\n\r\n"), 0);
+    ht_sleep_ms(1000);
+    /* Whatever was in flight can still be read, then the connection ends: far less than the
+     * 32 MiB body ever arrives. */
+    size_t got = 0;
+    assert_true(ht_wait_closed(&c, 3000, &got));
+    assert_true(got < (size_t)32 * 1024 * 1024);
+    ht_conn_close(&c);
+    assert_int_equal(br_http_server_inflight(ht.s), 0);
 }
 
 /* ---- drain and limits ------------------------------------------------------------------- */
@@ -922,6 +938,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_abort_slow_request, teardown),
         cmocka_unit_test_teardown(test_abort_handler_finishes_later, teardown),
         cmocka_unit_test_teardown(test_slow_client_dropped, teardown),
+        cmocka_unit_test_teardown(test_unread_response_times_out, teardown),
         cmocka_unit_test_teardown(test_drain_inflight, teardown),
         cmocka_unit_test_teardown(test_drain_timeout_aborts, teardown),
         cmocka_unit_test_teardown(test_set_limits, teardown),
