@@ -9,6 +9,7 @@
  *   brigade version
  */
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -479,6 +480,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "serve") == 0) {
+        /* A peer that closes while we write must be an EPIPE error, not process death. */
+        signal(SIGPIPE, SIG_IGN);
         if (br_upstream_global_init() != BR_OK) {
             fprintf(stderr, "brigade: cannot initialise libcurl\n");
             return 1;
