@@ -33,7 +33,6 @@ struct chat {
     struct br_runtime *rt; /* reference held until the request ends */
     const struct br_runtime_model *rm;
     const char *key_id;
-    json_t *body;
     const char *model_requested;
     bool stream;
     bool wants_usage;
@@ -50,11 +49,6 @@ struct chat {
 };
 
 /* ------------------------------------------------------------------ errors */
-
-static void json_free(void *p)
-{
-    json_decref(p);
-}
 
 /* An OpenAI-shaped error with extra headers (the http layer's helper has none). */
 static void respond_error(br_http_request *req, int status, const char *type, const char *code,
@@ -88,129 +82,6 @@ static void respond_error(br_http_request *req, int status, const char *type, co
         return;
     }
     br_http_respond(req, status, h, n, br_slice_make(text, len));
-}
-
-/* ------------------------------------------------------------------ validation */
-
-static bool is_int_in(const json_t *v, json_int_t lo, json_int_t hi)
-{
-    return json_is_integer(v) && json_integer_value(v) >= lo && json_integer_value(v) <= hi;
-}
-
-static bool is_num_in(const json_t *v, double lo, double hi)
-{
-    return json_is_number(v) && json_number_value(v) >= lo && json_number_value(v) <= hi;
-}
-
-struct verr {
-    const char *param;
-    const char *code;
-    char msg[256];
-};
-
-static int vfail(struct verr *e, const char *param, const char *code, const char *msg)
-{
-    e->param = param;
-    e->code = code;
-    snprintf(e->msg, sizeof(e->msg), "%s", msg);
-    return BR_ERR_INVAL;
-}
-
-static int validate_message(const json_t *m, size_t i, struct verr *e, br_arena *a)
-{
-    static const char *const roles[] = {"system",    "developer", "user",
-                                        "assistant", "tool",      "function"};
-    char *param = br_arena_sprintf(a, "messages[%zu]", i);
-    if (!json_is_object(m)) {
-        return vfail(e, param, "invalid_type", "Each message must be a JSON object.");
-    }
-    const json_t *role = json_object_get(m, "role");
-    bool known = false;
-    for (size_t r = 0; json_is_string(role) && r < sizeof(roles) / sizeof(roles[0]); r++) {
-        known |= strcmp(json_string_value(role), roles[r]) == 0;
-    }
-    if (!known) {
-        char *p = br_arena_sprintf(a, "messages[%zu].role", i);
-        return vfail(e, p, "invalid_value",
-                     "Each message needs a role: one of system, developer, user, assistant, "
-                     "tool, function.");
-    }
-    const json_t *content = json_object_get(m, "content");
-    bool may_be_null = strcmp(json_string_value(role), "assistant") == 0;
-    if (!(json_is_string(content) || json_is_array(content) ||
-          (may_be_null && (!content || json_is_null(content))))) {
-        char *p = br_arena_sprintf(a, "messages[%zu].content", i);
-        return vfail(e, p, "invalid_type",
-                     "Message content must be a string or an array of parts.");
-    }
-    return BR_OK;
-}
-
-static int validate(const json_t *body, struct verr *e, br_arena *a)
-{
-    if (!json_is_object(body)) {
-        return vfail(e, NULL, "invalid_type", "The request body must be a JSON object.");
-    }
-    const json_t *model = json_object_get(body, "model");
-    if (!json_is_string(model) || json_string_length(model) == 0) {
-        return vfail(e, "model", "missing_required_parameter",
-                     "You must provide a model parameter (a string naming a catalogue model).");
-    }
-    const json_t *messages = json_object_get(body, "messages");
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        return vfail(e, "messages", "missing_required_parameter",
-                     "You must provide messages: a non-empty array of message objects.");
-    }
-    size_t i;
-    const json_t *m;
-    json_array_foreach(messages, i, m)
-    {
-        int rc = validate_message(m, i, e, a);
-        if (rc != BR_OK) {
-            return rc;
-        }
-    }
-    const json_t *stream = json_object_get(body, "stream");
-    if (stream && !json_is_boolean(stream) && !json_is_null(stream)) {
-        return vfail(e, "stream", "invalid_type", "stream must be a boolean.");
-    }
-    const json_t *so = json_object_get(body, "stream_options");
-    if (so && !json_is_null(so)) {
-        if (!json_is_object(so)) {
-            return vfail(e, "stream_options", "invalid_type", "stream_options must be an object.");
-        }
-        if (!json_is_true(stream)) {
-            return vfail(
-                e, "stream_options", "invalid_value",
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.");
-        }
-        const json_t *iu = json_object_get(so, "include_usage");
-        if (iu && !json_is_boolean(iu)) {
-            return vfail(e, "stream_options.include_usage", "invalid_type",
-                         "include_usage must be a boolean.");
-        }
-    }
-    static const char *const tok_fields[] = {"max_tokens", "max_completion_tokens"};
-    for (size_t k = 0; k < 2; k++) {
-        const json_t *v = json_object_get(body, tok_fields[k]);
-        if (v && !json_is_null(v) && !is_int_in(v, 1, 100000000)) {
-            return vfail(e, tok_fields[k], "invalid_value", "must be a positive integer.");
-        }
-    }
-    const json_t *n = json_object_get(body, "n");
-    if (n && !json_is_null(n) && !is_int_in(n, 1, 128)) {
-        return vfail(e, "n", "invalid_value", "n must be an integer from 1 to 128.");
-    }
-    const json_t *t = json_object_get(body, "temperature");
-    if (t && !json_is_null(t) && !is_num_in(t, 0.0, 2.0)) {
-        return vfail(e, "temperature", "invalid_value",
-                     "temperature must be a number from 0 to 2.");
-    }
-    const json_t *tp = json_object_get(body, "top_p");
-    if (tp && !json_is_null(tp) && !is_num_in(tp, 0.0, 1.0)) {
-        return vfail(e, "top_p", "invalid_value", "top_p must be a number from 0 to 1.");
-    }
-    return BR_OK;
 }
 
 /* ------------------------------------------------------------------ accounting */
@@ -609,37 +480,18 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
         return;
     }
 
-    json_error_t jerr;
-    c->body = json_loadb(req->body.ptr, req->body.len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!c->body) {
-        char msg[320];
-        snprintf(msg, sizeof(msg),
-                 "We could not parse the JSON body of your request: %s (line %d, column %d).",
-                 jerr.text, jerr.line, jerr.column);
-        reject(c, 400, "invalid_request_error", "invalid_json", NULL, msg);
-        return;
-    }
-    if (br_arena_cleanup_add(req->arena, json_free, c->body) != BR_OK) {
-        json_decref(c->body);
-        c->body = NULL;
-        reject(c, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    struct verr ve = {0};
-    if (validate(c->body, &ve, req->arena) != BR_OK) {
-        const json_t *mv = json_object_get(c->body, "model");
-        c->model_requested = json_is_string(mv) ? json_string_value(mv) : NULL;
+    struct br__chat_request cr;
+    struct br__verr ve = {0};
+    if (br__chat_request_parse(req->arena, req->body, &cr, &ve) != BR_OK) {
+        c->model_requested = cr.model;
         reject(c, 400, "invalid_request_error", ve.code, ve.param, ve.msg);
         return;
     }
-    const json_t *model = json_object_get(c->body, "model");
-    c->model_requested = json_string_value(model);
-    c->stream = json_is_true(json_object_get(c->body, "stream"));
-    c->wants_usage =
-        c->stream &&
-        json_is_true(json_object_get(json_object_get(c->body, "stream_options"), "include_usage"));
+    c->model_requested = cr.model;
+    c->stream = cr.stream;
+    c->wants_usage = cr.wants_usage;
 
-    if (br_route_plan(cfg, c->model_requested, json_string_length(model), &c->plan) != BR_OK) {
+    if (br_route_plan(cfg, cr.model, cr.model_len, &c->plan) != BR_OK) {
         char *msg = br_arena_sprintf(req->arena,
                                      "The model `%.200s` does not exist or you do not have access "
                                      "to it. GET /v1/models lists the models this gateway serves.",
@@ -656,7 +508,7 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     call->loop = w->loop;
     call->upstream = w->upstream;
     call->arena = req->arena;
-    call->request = c->body;
+    call->request = NULL; /* built only if the provider needs a document */
     call->raw_body = req->body;
     call->stream = c->stream;
     call->client_wants_usage = c->wants_usage;

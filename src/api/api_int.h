@@ -123,6 +123,26 @@ enum br_auth_result br__auth_check(const struct br_config *cfg, const br_http_re
 /** Sends the 401/403 for a failed check and finishes the request. */
 void br__auth_fail(br_http_request *req, enum br_auth_result r, bool admin);
 
+/* api_request.c */
+struct br__verr {
+    const char *param; /* OpenAI's "param", or NULL */
+    const char *code;  /* OpenAI's "code" */
+    char msg[320];
+};
+/* What the gateway reads from a chat request; strings live in the request arena. */
+struct br__chat_request {
+    const char *model; /* decoded "model" (NULL when unreadable) */
+    size_t model_len;
+    bool stream;
+    bool wants_usage; /* stream_options.include_usage */
+};
+/**
+ * Validates the raw body strictly and reads the fields above. On failure returns
+ * BR_ERR_INVAL and fills e with the OpenAI error fields (status 400).
+ */
+int br__chat_request_parse(br_arena *a, struct br_slice body, struct br__chat_request *out,
+                           struct br__verr *e);
+
 /* api_chat.c */
 void br__chat_handle(struct br_worker *w, br_http_request *req);
 void br__chat_abort(struct br_worker *w, br_http_request *req);

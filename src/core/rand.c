@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "core/err.h"
 
@@ -70,11 +71,19 @@ double br_rng_uniform(struct br_rng *r)
 void br_rng_request_id(struct br_rng *r, char out[BR_REQUEST_ID_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
-    for (int half = 0; half < 2; half++) {
-        uint64_t v = br_rng_next(r);
-        for (int i = 0; i < 16; i++) {
-            out[half * 16 + i] = hex[(v >> (60 - 4 * i)) & 0xf];
-        }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 0; i < 12; i++) {
+        out[i] = hex[(ms >> (44 - 4 * i)) & 0xf];
+    }
+    uint64_t a = br_rng_next(r);
+    uint64_t b = br_rng_next(r);
+    for (int i = 0; i < 16; i++) {
+        out[12 + i] = hex[(a >> (60 - 4 * i)) & 0xf];
+    }
+    for (int i = 0; i < 4; i++) {
+        out[28 + i] = hex[(b >> (60 - 4 * i)) & 0xf];
     }
     out[BR_REQUEST_ID_LEN] = '\0';
 }

@@ -28,7 +28,11 @@ double br_rng_uniform(struct br_rng *r);
 /** Length of a request id without the NUL. */
 #define BR_REQUEST_ID_LEN 32
 
-/** Writes a fresh 128-bit request id as 32 lowercase hex digits plus NUL. */
+/**
+ * Writes a fresh request id as 32 lowercase hex digits plus NUL: 48 bits of wall-clock
+ * milliseconds followed by 80 random bits. Ids sort by time (like UUIDv7/ULID), so the request
+ * log's index on them grows at its end instead of being rewritten at random pages.
+ */
 void br_rng_request_id(struct br_rng *r, char out[BR_REQUEST_ID_LEN + 1]);
 
 #endif

@@ -82,7 +82,8 @@ struct br_provider_call {
     uv_loop_t *loop;          /* the worker loop the call runs on */
     br_upstream *upstream;    /* this worker's HTTP client */
     br_arena *arena;          /* request arena: the provider allocates from it */
-    json_t *request;          /* decoded client body; the provider may modify it */
+    json_t *request;          /* decoded client body, or NULL until someone needs it:
+                                 read it through br_provider_call_request() */
     struct br_slice raw_body; /* the client body as received */
     bool stream;              /* the client asked for SSE */
     bool client_wants_usage;  /* stream_options.include_usage was true */
@@ -115,6 +116,13 @@ struct br_provider_ops {
      */
     void (*call_cancel)(struct br_provider_call *call, struct br_provider_result *partial);
 };
+
+/**
+ * The client's request as a jansson document, parsed from raw_body on first use and cached in
+ * call->request (released with the arena). Providers that pass bytes through never pay for
+ * the parse. NULL when the body does not parse or memory runs out. The provider may modify it.
+ */
+json_t *br_provider_call_request(struct br_provider_call *call);
 
 extern const struct br_provider_ops br_provider_openai;
 extern const struct br_provider_ops br_provider_anthropic;

@@ -123,7 +123,7 @@ static void fill_common(struct an_call *ac, struct br_provider_result *res, bool
     }
     if (billed && !res->usage.reported && res->usage.prompt_tokens == 0) {
         /* No message_start (or no usage in the body): the prompt is estimated. */
-        res->usage.prompt_tokens = br_tokens_estimate_chat(ac->call->request);
+        res->usage.prompt_tokens = br_tokens_estimate_chat(br_provider_call_request(ac->call));
     }
     res->t_first_byte_ns = ac->t_first_byte_ns;
     res->t_first_token_ns = st->t_first_token_ns;
@@ -509,8 +509,8 @@ static int an_call_start(struct br_provider_call *call)
 
     json_t *body_json = NULL;
     struct br__anthropic_err terr = {0};
-    int rc =
-        br__anthropic_request_build(call->request, call->target, call->stream, &body_json, &terr);
+    int rc = br__anthropic_request_build(br_provider_call_request(call), call->target, call->stream,
+                                         &body_json, &terr);
     if (rc == BR_ERR_INVAL) {
         rc = defer_client_error(ac, &terr);
         if (rc == BR_OK) {

@@ -525,7 +525,7 @@ static void stream_chunk(void *user, struct br_slice json)
 static void fill_common(struct oa_call *oc, struct br_provider_result *res)
 {
     br_arena *a = oc->call->arena;
-    br__openai_stream_usage(&oc->st, oc->call->request, &res->usage);
+    br__openai_stream_usage(&oc->st, br_provider_call_request(oc->call), &res->usage);
     res->upstream_model =
         oc->st.model[0] ? br_arena_strndup(a, oc->st.model, strlen(oc->st.model)) : NULL;
     res->finish_reason = oc->st.finish_reason[0] ? br_arena_strndup(a, oc->st.finish_reason,
@@ -766,9 +766,9 @@ static int build_body(struct oa_call *oc, struct br_slice *out)
     if (call->stream) {
         edits[1].value = BR_SLICE_LIT("true");
         edits[1].only_if_present = false;
-        struct br__json_member m;
+        struct br_json_member m;
         static const char force[] = "{\"include_usage\":true}";
-        rc = br__json_find(raw, "stream_options", &m);
+        rc = br_json_obj_find(raw, "stream_options", &m);
         if (rc == BR_OK && m.value.len > 0 && m.value.ptr[0] == '{') {
             struct br__json_edit usage_on = {.key = "include_usage", .value = BR_SLICE_LIT("true")};
             rc = br__json_edit(m.value, &usage_on, 1, &opts);

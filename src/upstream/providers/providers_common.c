@@ -3,8 +3,8 @@
  * Shared provider helpers (see providers_int.h): raw JSON member iteration and editing, the
  * OpenAI error shapes and status rules, redaction of the upstream key, Retry-After.
  *
- * The JSON scanner never recurses: nested values are skipped by matching brackets with a bit
- * stack, so hostile nesting costs a bounded amount of memory and no stack.
+ * Member iteration comes from core/json, which never recurses: nested values are skipped by
+ * matching brackets with a bit stack, so hostile nesting costs bounded memory and no stack.
  */
 #include <curl/curl.h>
 #include <stdio.h>
@@ -16,7 +16,6 @@
 #include "core/err.h"
 #include "upstream/providers/providers_int.h"
 
-#define JSON_MAX_DEPTH   2048
 #define MAX_EDITS        16
 #define SNIPPET_MAX      200
 #define RETRY_AFTER_MAX  3600000u
@@ -83,8 +82,6 @@ int br__json_append_string(struct br_buf *b, const char *s, size_t n)
     return rc;
 }
 
-enum { ITER_START, ITER_FIRST, ITER_AFTER, ITER_DONE, ITER_ERROR };
-
 static size_t skip_ws(const char *p, size_t len, size_t i)
 {
     while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) {
@@ -93,294 +90,11 @@ static size_t skip_ws(const char *p, size_t len, size_t i)
     return i;
 }
 
-/* *i is at the opening quote; leaves it just past the closing one. */
-static int skip_string(const char *p, size_t len, size_t *i)
-{
-    size_t k = *i + 1;
-    while (k < len) {
-        unsigned char c = (unsigned char)p[k];
-        if (c == '"') {
-            *i = k + 1;
-            return BR_OK;
-        }
-        if (c < 0x20) {
-            return BR_ERR_PARSE;
-        }
-        k += c == '\\' ? 2 : 1;
-    }
-    return BR_ERR_PARSE;
-}
-
-static int skip_container(const char *p, size_t len, size_t *i)
-{
-    unsigned char stack[JSON_MAX_DEPTH / 8] = {0}; /* bit set = object */
-    size_t depth = 0;
-    size_t k = *i;
-    while (k < len) {
-        char c = p[k];
-        if (c == '"') {
-            int rc = skip_string(p, len, &k);
-            if (rc != BR_OK) {
-                return rc;
-            }
-            continue;
-        }
-        if (c == '{' || c == '[') {
-            if (depth == JSON_MAX_DEPTH) {
-                return BR_ERR_PARSE;
-            }
-            if (c == '{') {
-                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
-            } else {
-                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
-            }
-            depth++;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0) {
-                return BR_ERR_PARSE;
-            }
-            depth--;
-            bool is_obj = (stack[depth / 8] >> (depth % 8)) & 1u;
-            if (is_obj != (c == '}')) {
-                return BR_ERR_PARSE;
-            }
-            if (depth == 0) {
-                *i = k + 1;
-                return BR_OK;
-            }
-        }
-        k++;
-    }
-    return BR_ERR_PARSE;
-}
-
-static bool scalar_char(char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '+' ||
-           c == '-' || c == '.';
-}
-
-static int skip_value(const char *p, size_t len, size_t *i)
-{
-    if (*i >= len) {
-        return BR_ERR_PARSE;
-    }
-    char c = p[*i];
-    if (c == '"') {
-        return skip_string(p, len, i);
-    }
-    if (c == '{' || c == '[') {
-        return skip_container(p, len, i);
-    }
-    size_t k = *i;
-    while (k < len && scalar_char(p[k])) {
-        k++;
-    }
-    if (k == *i) {
-        return BR_ERR_PARSE;
-    }
-    *i = k;
-    return BR_OK;
-}
-
-int br__json_iter_init(struct br__json_iter *it, struct br_slice obj)
-{
-    it->p = obj.ptr;
-    it->len = obj.len;
-    it->pos = skip_ws(obj.ptr, obj.len, 0);
-    if (it->pos >= it->len || it->p[it->pos] != '{') {
-        it->state = ITER_ERROR;
-        return BR_ERR_PARSE;
-    }
-    it->pos++;
-    it->state = ITER_FIRST;
-    return BR_OK;
-}
-
-int br__json_iter_next(struct br__json_iter *it, struct br__json_member *m)
-{
-    if (it->state == ITER_DONE) {
-        return BR_ERR_NOTFOUND;
-    }
-    if (it->state != ITER_FIRST && it->state != ITER_AFTER) {
-        return BR_ERR_PARSE;
-    }
-    const char *p = it->p;
-    size_t len = it->len;
-    size_t i = skip_ws(p, len, it->pos);
-    if (i < len && p[i] == '}') {
-        it->state = ITER_DONE;
-        it->pos = i + 1;
-        return BR_ERR_NOTFOUND;
-    }
-    if (it->state == ITER_AFTER) {
-        if (i >= len || p[i] != ',') {
-            goto fail;
-        }
-        i = skip_ws(p, len, i + 1);
-    }
-    if (i >= len || p[i] != '"') {
-        goto fail;
-    }
-    size_t start = i;
-    if (skip_string(p, len, &i) != BR_OK) {
-        goto fail;
-    }
-    m->key = br_slice_make(p + start + 1, i - start - 2);
-    i = skip_ws(p, len, i);
-    if (i >= len || p[i] != ':') {
-        goto fail;
-    }
-    i = skip_ws(p, len, i + 1);
-    size_t vstart = i;
-    if (skip_value(p, len, &i) != BR_OK) {
-        goto fail;
-    }
-    m->value = br_slice_make(p + vstart, i - vstart);
-    m->start = start;
-    m->end = i;
-    it->pos = i;
-    it->state = ITER_AFTER;
-    return BR_OK;
-
-fail:
-    it->state = ITER_ERROR;
-    return BR_ERR_PARSE;
-}
-
-static int hex4(const char *s, size_t avail, unsigned *out)
-{
-    unsigned v = 0;
-    if (avail < 4) {
-        return -1;
-    }
-    for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        unsigned d;
-        if (c >= '0' && c <= '9') {
-            d = (unsigned)(c - '0');
-        } else if (c >= 'a' && c <= 'f') {
-            d = (unsigned)(c - 'a' + 10);
-        } else if (c >= 'A' && c <= 'F') {
-            d = (unsigned)(c - 'A' + 10);
-        } else {
-            return -1;
-        }
-        v = v * 16 + d;
-    }
-    *out = v;
-    return 0;
-}
-
-static size_t utf8_encode(unsigned cp, char out[4])
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
-}
-
-/* Decodes the escape at s[0] == '\\' into out; returns bytes consumed, 0 if malformed. */
-static size_t decode_escape(const char *s, size_t avail, char out[4], size_t *out_len)
-{
-    if (avail < 2) {
-        return 0;
-    }
-    static const char from[] = "\"\\/bfnrt";
-    static const char to[] = "\"\\/\b\f\n\r\t";
-    const char *hit = strchr(from, s[1]);
-    if (s[1] != 'u') {
-        if (!hit || s[1] == '\0') {
-            return 0;
-        }
-        out[0] = to[hit - from];
-        *out_len = 1;
-        return 2;
-    }
-    unsigned cp;
-    if (hex4(s + 2, avail - 2, &cp) != 0) {
-        return 0;
-    }
-    size_t used = 6;
-    if (cp >= 0xD800 && cp <= 0xDBFF && avail >= 12 && s[6] == '\\' && s[7] == 'u') {
-        unsigned lo;
-        if (hex4(s + 8, avail - 8, &lo) == 0 && lo >= 0xDC00 && lo <= 0xDFFF) {
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-            used = 12;
-        }
-    }
-    *out_len = utf8_encode(cp, out);
-    return used;
-}
-
-bool br__json_key_eq(struct br_slice raw_key, const char *key)
-{
-    const char *s = raw_key.ptr;
-    size_t n = raw_key.len;
-    size_t klen = strlen(key);
-    size_t j = 0;
-    size_t i = 0;
-    while (i < n) {
-        if (s[i] != '\\') {
-            if (j >= klen || s[i] != key[j]) {
-                return false;
-            }
-            i++;
-            j++;
-            continue;
-        }
-        char dec[4];
-        size_t dec_len = 0;
-        size_t used = decode_escape(s + i, n - i, dec, &dec_len);
-        if (used == 0 || dec_len > klen - j || memcmp(dec, key + j, dec_len) != 0) {
-            return false;
-        }
-        i += used;
-        j += dec_len;
-    }
-    return j == klen;
-}
-
-int br__json_find(struct br_slice obj, const char *key, struct br__json_member *out)
-{
-    struct br__json_iter it;
-    struct br__json_member m;
-    int rc = br__json_iter_init(&it, obj);
-    bool found = false;
-    while (rc == BR_OK) {
-        rc = br__json_iter_next(&it, &m);
-        if (rc == BR_OK && br__json_key_eq(m.key, key)) {
-            *out = m;
-            found = true;
-        }
-    }
-    if (rc != BR_ERR_NOTFOUND) {
-        return rc;
-    }
-    return found ? BR_OK : BR_ERR_NOTFOUND;
-}
-
 /* Index of the edit for raw key, or n_edits. */
 static size_t edit_index(struct br_slice raw_key, const struct br__json_edit *edits, size_t n_edits)
 {
     size_t k = 0;
-    while (k < n_edits && !br__json_key_eq(raw_key, edits[k].key)) {
+    while (k < n_edits && !br_json_key_eq(raw_key, edits[k].key)) {
         k++;
     }
     return k;
@@ -413,7 +127,7 @@ static int append_missing(const struct br__json_edit *edits, size_t n_edits, con
 }
 
 /* Appends member m of obj, with its value replaced when edit is not NULL. */
-static int copy_member(struct br_slice obj, const struct br__json_member *m,
+static int copy_member(struct br_slice obj, const struct br_json_member *m,
                        const struct br__json_edit *edit, struct br_buf *out)
 {
     if (!edit) {
@@ -434,15 +148,15 @@ int br__json_edit(struct br_slice obj, const struct br__json_edit *edits, size_t
         return BR_ERR_INVAL;
     }
     bool seen[MAX_EDITS] = {false};
-    struct br__json_iter it;
-    struct br__json_member m;
+    struct br_json_iter it;
+    struct br_json_member m;
     bool first = true;
-    int rc = br__json_iter_init(&it, obj);
+    int rc = br_json_obj_iter_init(&it, obj);
     if (rc == BR_OK) {
         rc = br_buf_append(out, "{", 1);
     }
     if (rc == BR_OK) {
-        rc = br__json_iter_next(&it, &m);
+        rc = br_json_obj_iter_next(&it, &m);
     }
     while (rc == BR_OK) {
         size_t k = edit_index(m.key, edits, n_edits);
@@ -459,7 +173,7 @@ int br__json_edit(struct br_slice obj, const struct br__json_edit *edits, size_t
             }
         }
         if (rc == BR_OK) {
-            rc = br__json_iter_next(&it, &m);
+            rc = br_json_obj_iter_next(&it, &m);
         }
     }
     if (rc != BR_ERR_NOTFOUND) {

@@ -23,6 +23,7 @@
 
 #include "core/arena.h"
 #include "core/buf.h"
+#include "core/json.h"
 #include "core/slice.h"
 #include "core/usage.h"
 #include "upstream/provider.h"
@@ -37,43 +38,8 @@
  */
 int br__json_append_string(struct br_buf *b, const char *s, size_t n);
 
-/** One top-level member of a JSON object, as offsets into the object's text. */
-struct br__json_member {
-    struct br_slice key;   /* raw key between the quotes; escapes not decoded */
-    struct br_slice value; /* the value's text, exactly as written */
-    size_t start;          /* offset of the key's opening quote */
-    size_t end;            /* offset just past the value */
-};
-
-/** Iterator over the top-level members of an object; fields are private. */
-struct br__json_iter {
-    const char *p;
-    size_t len;
-    size_t pos;
-    int state;
-};
-
-/**
- * Starts iterating over the object text `obj` (leading whitespace allowed). Returns BR_OK or
- * BR_ERR_PARSE when obj does not start with '{'. The text is borrowed for the iteration.
- */
-int br__json_iter_init(struct br__json_iter *it, struct br_slice obj);
-
-/**
- * Next member: BR_OK, BR_ERR_NOTFOUND after the last one, BR_ERR_PARSE on malformed text.
- * Nested values are skipped by bracket matching (up to 2048 levels), not validated: the
- * object is expected to have been validated already, but any input is handled safely.
- */
-int br__json_iter_next(struct br__json_iter *it, struct br__json_member *m);
-
-/** True when the raw (escaped) key equals `key` once its escapes are decoded. */
-bool br__json_key_eq(struct br_slice raw_key, const char *key);
-
-/**
- * Finds the LAST top-level member named key (the one a decoder keeps). BR_OK,
- * BR_ERR_NOTFOUND or BR_ERR_PARSE.
- */
-int br__json_find(struct br_slice obj, const char *key, struct br__json_member *out);
+/* Member iteration and lookup on raw text come from core/json.h (br_json_obj_iter_*,
+ * br_json_obj_find, br_json_key_eq). */
 
 /** One change for br__json_edit. */
 struct br__json_edit {

@@ -361,7 +361,7 @@ static int replay_call_start(struct br_provider_call *call)
     br_buf_init(&rc->head, 4096 + strlen(rc->model) * 6);
     br_buf_init(&key, OUT_MAX);
 
-    int key_rc = br__replay_request_key(call->request, &key);
+    int key_rc = br__replay_request_key(br_provider_call_request(call), &key);
     if (key_rc == BR_OK) {
         rc->entry = br__replay_model_lookup(m, br_slice_make(key.ptr, key.len));
     }
@@ -374,8 +374,8 @@ static int replay_call_start(struct br_provider_call *call)
     } else {
         const struct br__replay_entry *e = rc->entry;
         (void)snprintf(rc->id, sizeof(rc->id), "chatcmpl-replay-%016" PRIx64, e->hash);
-        rc->prompt_tokens =
-            e->has_usage ? e->prompt_tokens : br_tokens_estimate_chat(call->request);
+        rc->prompt_tokens = e->has_usage ? e->prompt_tokens
+                                         : br_tokens_estimate_chat(br_provider_call_request(call));
         rc->usage.prompt_tokens = rc->prompt_tokens;
         rc->usage.completion_tokens = e->completion_tokens;
         rc->usage.reported = e->has_usage;

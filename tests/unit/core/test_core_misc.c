@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "br_test.h"
@@ -308,7 +309,13 @@ static void test_rng_reference(void **state)
     br_rng_seed(&r, 42);
     char id[BR_REQUEST_ID_LEN + 1];
     br_rng_request_id(&r, id);
-    assert_string_equal(id, "15780b2e0c2ec7166104d9866d113a7e");
+    /* 12 hex digits of wall-clock ms, then the first 80 bits of the generator's output. */
+    assert_string_equal(id + 12, "15780b2e0c2ec7166104");
+    unsigned long long ms = strtoull((char[13]){id[0], id[1], id[2], id[3], id[4], id[5], id[6],
+                                                id[7], id[8], id[9], id[10], id[11], 0},
+                                     NULL, 16);
+    long long now = br_clock_wall_ms();
+    assert_true((long long)ms <= now && (long long)ms > now - 60000);
 }
 
 static void test_rng_properties(void **state)
@@ -336,6 +343,8 @@ static void test_rng_properties(void **state)
     assert_int_equal(strlen(a), BR_REQUEST_ID_LEN);
     assert_int_equal(strspn(a, "0123456789abcdef"), BR_REQUEST_ID_LEN);
     assert_string_not_equal(a, b);
+    /* Ids made later sort later (the request log's index relies on it). */
+    assert_true(memcmp(a, b, 12) <= 0);
     unsigned char buf[64] = {0};
     unsigned char zero[64] = {0};
     assert_int_equal(br_rand_bytes(buf, sizeof(buf)), BR_OK);

@@ -52,19 +52,19 @@ static void test_json_iter_members(void **state)
     (void)state;
     static const char obj[] = " { \"a\" : 1 ,\"b\":[1,{\"c\":\"}]\"}],\"d\\\"q\":\"x\",\"e\":null,"
                               "\"f\":{\"g\":[[],{}]},\"h\":-1.5e3}  ";
-    struct br__json_iter it;
-    struct br__json_member m;
-    assert_int_equal(br__json_iter_init(&it, BR_SLICE_LIT(obj)), BR_OK);
+    struct br_json_iter it;
+    struct br_json_member m;
+    assert_int_equal(br_json_obj_iter_init(&it, BR_SLICE_LIT(obj)), BR_OK);
     const char *keys[] = {"a", "b", "d\\\"q", "e", "f", "h"};
     const char *vals[] = {"1", "[1,{\"c\":\"}]\"}]", "\"x\"", "null", "{\"g\":[[],{}]}", "-1.5e3"};
     for (int i = 0; i < 6; i++) {
-        assert_int_equal(br__json_iter_next(&it, &m), BR_OK);
+        assert_int_equal(br_json_obj_iter_next(&it, &m), BR_OK);
         assert_true(br_slice_eq_cstr(m.key, keys[i]));
         assert_true(br_slice_eq_cstr(m.value, vals[i]));
         assert_int_equal(obj[m.start], '"');
     }
-    assert_int_equal(br__json_iter_next(&it, &m), BR_ERR_NOTFOUND);
-    assert_int_equal(br__json_iter_next(&it, &m), BR_ERR_NOTFOUND);
+    assert_int_equal(br_json_obj_iter_next(&it, &m), BR_ERR_NOTFOUND);
+    assert_int_equal(br_json_obj_iter_next(&it, &m), BR_ERR_NOTFOUND);
 }
 
 static void test_json_iter_malformed(void **state)
@@ -87,11 +87,11 @@ static void test_json_iter_malformed(void **state)
         "{\"a\":\"\\",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        struct br__json_iter it;
-        struct br__json_member m;
-        int rc = br__json_iter_init(&it, br_slice_from_cstr(bad[i]));
+        struct br_json_iter it;
+        struct br_json_member m;
+        int rc = br_json_obj_iter_init(&it, br_slice_from_cstr(bad[i]));
         while (rc == BR_OK) {
-            rc = br__json_iter_next(&it, &m);
+            rc = br_json_obj_iter_next(&it, &m);
         }
         assert_int_equal(rc, BR_ERR_PARSE);
     }
@@ -106,8 +106,8 @@ static void test_json_iter_malformed(void **state)
         deep[n++] = ']';
     }
     deep[n++] = '}';
-    struct br__json_member m;
-    assert_int_equal(br__json_find(br_slice_make(deep, n), "a", &m), BR_ERR_PARSE);
+    struct br_json_member m;
+    assert_int_equal(br_json_obj_find(br_slice_make(deep, n), "a", &m), BR_ERR_PARSE);
     /* 2000 levels are fine. */
     n = (size_t)snprintf(deep, sizeof(deep), "{\"a\":");
     for (int i = 0; i < 2000; i++) {
@@ -117,22 +117,22 @@ static void test_json_iter_malformed(void **state)
         deep[n++] = ']';
     }
     deep[n++] = '}';
-    assert_int_equal(br__json_find(br_slice_make(deep, n), "a", &m), BR_OK);
+    assert_int_equal(br_json_obj_find(br_slice_make(deep, n), "a", &m), BR_OK);
     assert_int_equal(m.value.len, 4000);
 }
 
 static void test_json_key_escapes(void **state)
 {
     (void)state;
-    assert_true(br__json_key_eq(BR_SLICE_LIT("model"), "model"));
-    assert_true(br__json_key_eq(BR_SLICE_LIT("mod\\u0065l"), "model"));
-    assert_true(br__json_key_eq(BR_SLICE_LIT("a\\/b\\n"), "a/b\n"));
-    assert_true(br__json_key_eq(BR_SLICE_LIT("\\ud83d\\ude00"), "\xF0\x9F\x98\x80"));
-    assert_true(br__json_key_eq(BR_SLICE_LIT("\\u00e9"), "\xC3\xA9"));
-    assert_false(br__json_key_eq(BR_SLICE_LIT("models"), "model"));
-    assert_false(br__json_key_eq(BR_SLICE_LIT("mode"), "model"));
-    assert_false(br__json_key_eq(BR_SLICE_LIT("mod\\u00"), "model"));
-    assert_false(br__json_key_eq(BR_SLICE_LIT("mod\\x"), "model"));
+    assert_true(br_json_key_eq(BR_SLICE_LIT("model"), "model"));
+    assert_true(br_json_key_eq(BR_SLICE_LIT("mod\\u0065l"), "model"));
+    assert_true(br_json_key_eq(BR_SLICE_LIT("a\\/b\\n"), "a/b\n"));
+    assert_true(br_json_key_eq(BR_SLICE_LIT("\\ud83d\\ude00"), "\xF0\x9F\x98\x80"));
+    assert_true(br_json_key_eq(BR_SLICE_LIT("\\u00e9"), "\xC3\xA9"));
+    assert_false(br_json_key_eq(BR_SLICE_LIT("models"), "model"));
+    assert_false(br_json_key_eq(BR_SLICE_LIT("mode"), "model"));
+    assert_false(br_json_key_eq(BR_SLICE_LIT("mod\\u00"), "model"));
+    assert_false(br_json_key_eq(BR_SLICE_LIT("mod\\x"), "model"));
 }
 
 static void edit(const char *obj, const struct br__json_edit *edits, size_t n, char *out,
