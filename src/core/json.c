@@ -52,6 +52,7 @@ static int hex4(const char *s, size_t avail, unsigned *out)
 struct vstate {
     const char *p;
     size_t n;
+    bool allow_nul;
     size_t off;      /* error offset */
     const char *msg; /* error reason */
 };
@@ -146,7 +147,7 @@ static int scan_string(struct vstate *v, size_t *i)
         if (hex4((const char *)p + k + 2, n - k - 2, &cp) != 0) {
             return vfail(v, k, "invalid \\u escape");
         }
-        if (cp == 0) {
+        if (cp == 0 && !v->allow_nul) {
             return vfail(v, k, "\\u0000 is not allowed");
         }
         if (cp >= 0xDC00 && cp <= 0xDFFF) {
@@ -270,17 +271,15 @@ static int scan_value(struct vstate *v, size_t *i, int *state, unsigned char *st
     }
 }
 
-int br_json_validate(const char *text, size_t n, size_t max_depth, size_t *err_off,
+int br_json_validate(const char *text, size_t n, unsigned flags, size_t *err_off,
                      const char **err_msg)
 {
-    struct vstate v = {.p = text, .n = n};
+    struct vstate v = {.p = text, .n = n, .allow_nul = (flags & BR_JSON_ALLOW_NUL) != 0};
+    const size_t max_depth = BR_JSON_MAX_DEPTH;
     unsigned char stack[BR_JSON_MAX_DEPTH / 8] = {0}; /* bit set = object */
     size_t depth = 0;
     int state = V_VALUE;
     int rc = BR_OK;
-    if (max_depth == 0 || max_depth > BR_JSON_MAX_DEPTH) {
-        max_depth = BR_JSON_MAX_DEPTH;
-    }
     size_t i = skip_ws(text, n, 0);
     for (;;) {
         i = skip_ws(text, n, i);
@@ -333,27 +332,36 @@ int br_json_validate(const char *text, size_t n, size_t max_depth, size_t *err_o
 
 /* ------------------------------------------------------------------ navigation */
 
-/* *i is at the opening quote; leaves it just past the closing one. */
+/* *i is at the opening quote; leaves it just past the closing one. The closing quote is the
+ * first '"' preceded by an even number of backslashes; memchr finds candidates quickly. */
 static int skip_string(const char *p, size_t len, size_t *i)
 {
-    size_t k = *i + 1;
+    size_t open = *i;
+    size_t k = open + 1;
     while (k < len) {
-        unsigned char c = (unsigned char)p[k];
-        if (c == '"') {
-            *i = k + 1;
-            return BR_OK;
-        }
-        if (c < 0x20) {
+        const char *q = memchr(p + k, '"', len - k);
+        if (!q) {
             return BR_ERR_PARSE;
         }
-        k += c == '\\' ? 2 : 1;
+        size_t j = (size_t)(q - p);
+        size_t b = j;
+        while (b > open + 1 && p[b - 1] == '\\') {
+            b--;
+        }
+        if ((j - b) % 2 == 0) {
+            *i = j + 1;
+            return BR_OK;
+        }
+        k = j + 1;
     }
     return BR_ERR_PARSE;
 }
 
 static int skip_container(const char *p, size_t len, size_t *i)
 {
-    unsigned char stack[BR_JSON_MAX_DEPTH / 8] = {0}; /* bit set = object */
+    /* bit set = object; a level's bit is written when it is entered, before it is read, so
+     * the array needs no clearing (this runs for every nested value skipped) */
+    unsigned char stack[BR_JSON_MAX_DEPTH / 8];
     size_t depth = 0;
     size_t k = *i;
     while (k < len) {

@@ -33,15 +33,19 @@ enum br_json_type {
     BR_JSON_NULL,
 };
 
+/* Flags for br_json_validate. */
+#define BR_JSON_ALLOW_NUL 1u /* accept \u0000 escapes (upstream answers may carry them) */
+
 /**
  * Checks that text is exactly one JSON value with optional surrounding whitespace, per RFC
  * 8259: strict number grammar, strings of valid UTF-8 (no overlong forms, no encoded
- * surrogates) with valid escapes (\u0000 and unpaired surrogate escapes are refused, as
- * jansson does by default), no control characters, nesting at most max_depth (0 =
- * BR_JSON_MAX_DEPTH). Returns BR_OK or BR_ERR_PARSE; on error *err_off (may be NULL) is the
- * offset of the first bad byte and *err_msg (may be NULL) a short static reason.
+ * surrogates) with valid escapes (unpaired surrogate escapes are refused, and \u0000 too
+ * unless BR_JSON_ALLOW_NUL: a NUL in a decoded C string would silently truncate it), no
+ * control characters, nesting at most BR_JSON_MAX_DEPTH. Returns BR_OK or BR_ERR_PARSE; on
+ * error *err_off (may be NULL) is the offset of the first bad byte and *err_msg (may be NULL)
+ * a short static reason.
  */
-int br_json_validate(const char *text, size_t n, size_t max_depth, size_t *err_off,
+int br_json_validate(const char *text, size_t n, unsigned flags, size_t *err_off,
                      const char **err_msg);
 
 /** Type of the value that starts at v.ptr (leading whitespace skipped); INVALID if none. */

@@ -5,7 +5,8 @@
  * untouched: the raw bytes are spliced (model replaced, stream_options.include_usage forced on
  * for streams) rather than re-serialised, so unknown fields and number spellings survive.
  * Answers come back unchanged too: a non-streamed body goes to on_body as received, streamed
- * chunks go to on_chunk as received; jansson only reads them for accounting.
+ * chunks go to on_chunk as received; they are validated and read for accounting on their raw
+ * text (core/json), without building documents.
  *
  * The stream handling (br__openai_stream_*) is a pure function of the upstream bytes so that
  * it is unit-tested and fuzzed without sockets; the call plumbing below feeds it.
@@ -50,49 +51,60 @@ void br__openai_stream_cleanup(struct br__openai_stream *st)
     br_buf_cleanup(&st->error_body);
 }
 
-/* Copies a JSON string into a fixed buffer, truncating on a UTF-8 boundary. */
-static void copy_str(char *dst, size_t cap, const json_t *s)
+/* Decodes the JSON string v into dst (cap bytes), truncating on a UTF-8 boundary. */
+static void copy_str(char *dst, size_t cap, struct br_slice v)
 {
-    size_t n = json_string_length(s);
-    if (n >= cap) {
-        n = cap - 1;
-        while (n > 0 && ((unsigned char)json_string_value(s)[n] & 0xC0) == 0x80) {
-            n--;
+    size_t len = 0;
+    if (br_json_string_decode(v, dst, cap, &len) == BR_ERR_LIMIT) {
+        size_t n = strlen(dst);
+        while (n > 0 && ((unsigned char)dst[n - 1] & 0xC0) == 0x80) {
+            n--; /* drop continuation bytes of a cut sequence ... */
         }
+        if (n > 0 && ((unsigned char)dst[n - 1] & 0xC0) == 0xC0) {
+            n--; /* ... and its lead byte */
+        }
+        dst[n] = '\0';
     }
-    memcpy(dst, json_string_value(s), n);
-    dst[n] = '\0';
 }
 
-static void count_text(struct br__openai_stream *st, const json_t *s, bool visible)
+/* Token estimate of a string value: decoded when short (the usual delta), raw otherwise. */
+static int64_t estimate_str(struct br_slice v)
 {
-    if (!json_is_string(s) || json_string_length(s) == 0) {
+    char buf[1024];
+    size_t len = 0;
+    if (br_json_string_decode(v, buf, sizeof(buf), &len) == BR_OK) {
+        return br_tokens_estimate(buf, len);
+    }
+    return br_tokens_estimate(v.ptr + 1, v.len > 2 ? v.len - 2 : 0);
+}
+
+static void count_text(struct br__openai_stream *st, struct br_slice v, bool visible)
+{
+    if (br_json_type_of(v) != BR_JSON_STRING || v.len <= 2) {
         return;
     }
     st->n_deltas++;
-    st->est_completion += br_tokens_estimate(json_string_value(s), json_string_length(s));
+    st->est_completion += estimate_str(v);
     if (visible && st->t_first_token_ns == 0) {
         st->t_first_token_ns = br_clock_now_ns();
     }
 }
 
-static void count_tool_calls(struct br__openai_stream *st, const json_t *calls)
+static void count_tool_calls(struct br__openai_stream *st, struct br_slice calls)
 {
-    size_t i;
-    const json_t *tc;
-    json_array_foreach(calls, i, tc)
-    {
-        const json_t *fn = json_object_get(tc, "function");
-        const json_t *name = json_object_get(fn, "name");
-        const json_t *args = json_object_get(fn, "arguments");
+    struct br_json_iter it;
+    struct br_slice tc;
+    int rc = br_json_arr_iter_init(&it, calls);
+    while (rc == BR_OK && (rc = br_json_arr_iter_next(&it, &tc)) == BR_OK) {
+        struct br_slice fn = br_json_obj_get(tc, "function");
+        struct br_slice name = br_json_obj_get(fn, "name");
+        struct br_slice args = br_json_obj_get(fn, "arguments");
         st->n_deltas++;
-        if (json_is_string(name)) {
-            st->est_completion +=
-                br_tokens_estimate(json_string_value(name), json_string_length(name));
+        if (br_json_type_of(name) == BR_JSON_STRING) {
+            st->est_completion += estimate_str(name);
         }
-        if (json_is_string(args)) {
-            st->est_completion +=
-                br_tokens_estimate(json_string_value(args), json_string_length(args));
+        if (br_json_type_of(args) == BR_JSON_STRING) {
+            st->est_completion += estimate_str(args);
         }
         if (st->t_first_token_ns == 0) {
             st->t_first_token_ns = br_clock_now_ns();
@@ -178,22 +190,87 @@ static struct br_slice trim_json_ws(struct br_slice s)
     return s;
 }
 
-static void scan_choice_delta(struct br__openai_stream *st, const json_t *choice)
+static void scan_choice_delta(struct br__openai_stream *st, struct br_slice choice)
 {
-    const json_t *delta = json_object_get(choice, "delta");
-    count_text(st, json_object_get(delta, "content"), true);
-    count_text(st, json_object_get(delta, "refusal"), true);
-    count_text(st, json_object_get(delta, "reasoning_content"), false);
-    count_text(st, json_object_get(delta, "reasoning"), false);
-    const json_t *calls = json_object_get(delta, "tool_calls");
-    if (json_is_array(calls)) {
-        count_tool_calls(st, calls);
+    struct br_slice delta = {NULL, 0};
+    struct br_slice fr = {NULL, 0};
+    struct br_json_iter it;
+    struct br_json_member m;
+    int rc = br_json_obj_iter_init(&it, choice);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "delta")) {
+            delta = m.value;
+        } else if (br_json_key_eq(m.key, "finish_reason")) {
+            fr = m.value;
+        }
     }
-    const json_t *fr = json_object_get(choice, "finish_reason");
-    if (json_is_string(fr)) {
+    rc = br_json_obj_iter_init(&it, delta);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "content") || br_json_key_eq(m.key, "refusal")) {
+            count_text(st, m.value, true);
+        } else if (br_json_key_eq(m.key, "reasoning_content") ||
+                   br_json_key_eq(m.key, "reasoning")) {
+            count_text(st, m.value, false);
+        } else if (br_json_key_eq(m.key, "tool_calls") &&
+                   br_json_type_of(m.value) == BR_JSON_ARRAY) {
+            count_tool_calls(st, m.value);
+        }
+    }
+    if (br_json_type_of(fr) == BR_JSON_STRING) {
         copy_str(st->finish_reason, sizeof(st->finish_reason), fr);
         st->saw_finish = true;
     }
+}
+
+/* The members of a chunk or completion the accounting reads (last occurrence wins). */
+struct top_fields {
+    struct br_slice error;
+    struct br_slice choices;
+    struct br_slice usage;
+    struct br_slice model;
+};
+
+static void top_fields(struct br_slice obj, struct top_fields *f)
+{
+    struct br_json_iter it;
+    struct br_json_member m;
+    memset(f, 0, sizeof(*f));
+    int rc = br_json_obj_iter_init(&it, obj);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "choices")) {
+            f->choices = m.value;
+        } else if (br_json_key_eq(m.key, "usage")) {
+            f->usage = m.value;
+        } else if (br_json_key_eq(m.key, "model")) {
+            f->model = m.value;
+        } else if (br_json_key_eq(m.key, "error")) {
+            f->error = m.value;
+        }
+    }
+}
+
+static bool array_empty(struct br_slice arr)
+{
+    struct br_json_iter it;
+    struct br_slice el;
+    return br_json_arr_iter_init(&it, arr) == BR_OK &&
+           br_json_arr_iter_next(&it, &el) == BR_ERR_NOTFOUND;
+}
+
+/* A valid JSON object (upstream text may carry \u0000, which is fine to pass on). */
+static bool is_object(struct br_slice data)
+{
+    return br_json_validate(data.ptr, data.len, BR_JSON_ALLOW_NUL, NULL, NULL) == BR_OK &&
+           br_json_type_of(data) == BR_JSON_OBJECT;
+}
+
+/* The error path is rare: there a document is fine. */
+static int stream_error_text(struct br__openai_stream *st, struct br_slice data)
+{
+    json_t *doc = json_loadb(data.ptr, data.len, JSON_ALLOW_NUL, NULL);
+    int rc = stream_error(st, data, doc);
+    json_decref(doc);
+    return rc;
 }
 
 static int payload(struct br__openai_stream *st, struct br_slice data, bool error_event)
@@ -209,36 +286,32 @@ static int payload(struct br__openai_stream *st, struct br_slice data, bool erro
     if (st->done) {
         return BR_OK; /* nothing counts after [DONE] */
     }
-    json_error_t jerr;
-    json_t *doc = json_loadb(data.ptr, data.len, JSON_ALLOW_NUL, &jerr);
-    if (!json_is_object(doc)) {
-        json_decref(doc);
+    if (!is_object(data)) {
         return error_event ? stream_error(st, data, NULL) : BR_ERR_PARSE;
     }
-    const json_t *err = json_object_get(doc, "error");
-    const json_t *choices = json_object_get(doc, "choices");
-    if (error_event || (err && !json_is_null(err) && !choices)) {
-        int rc = stream_error(st, data, doc);
-        json_decref(doc);
-        return rc;
+    struct top_fields f;
+    top_fields(data, &f);
+    enum br_json_type et = f.error.ptr ? br_json_type_of(f.error) : BR_JSON_NULL;
+    if (error_event || (et != BR_JSON_NULL && !f.choices.ptr)) {
+        return stream_error_text(st, data);
     }
-    const json_t *usage = json_object_get(doc, "usage");
-    if (br__openai_usage_read(usage, &st->usage)) {
+    if (br__openai_usage_read(f.usage, &st->usage)) {
         st->have_usage = true;
     }
-    bool usage_only = json_is_object(usage) &&
-                      (!choices || (json_is_array(choices) && json_array_size(choices) == 0));
-    size_t i;
-    const json_t *choice;
-    json_array_foreach(choices, i, choice)
-    {
-        scan_choice_delta(st, choice);
+    enum br_json_type ct = f.choices.ptr ? br_json_type_of(f.choices) : BR_JSON_NULL;
+    bool usage_only = br_json_type_of(f.usage) == BR_JSON_OBJECT &&
+                      (ct == BR_JSON_NULL || (ct == BR_JSON_ARRAY && array_empty(f.choices)));
+    if (ct == BR_JSON_ARRAY) {
+        struct br_json_iter it;
+        struct br_slice choice;
+        int rc = br_json_arr_iter_init(&it, f.choices);
+        while (rc == BR_OK && (rc = br_json_arr_iter_next(&it, &choice)) == BR_OK) {
+            scan_choice_delta(st, choice);
+        }
     }
-    const json_t *model = json_object_get(doc, "model");
-    if (st->model[0] == '\0' && json_is_string(model)) {
-        copy_str(st->model, sizeof(st->model), model);
+    if (st->model[0] == '\0' && br_json_type_of(f.model) == BR_JSON_STRING) {
+        copy_str(st->model, sizeof(st->model), f.model);
     }
-    json_decref(doc);
     if (usage_only && !st->client_wants_usage) {
         return BR_OK; /* accounted, not shown: the client did not ask for usage */
     }
@@ -427,42 +500,40 @@ void br__openai_stream_usage(const struct br__openai_stream *st, const json_t *r
 
 int br__openai_body_scan(struct br__openai_stream *st, struct br_slice body)
 {
-    json_error_t jerr;
-    json_t *doc = json_loadb(body.ptr ? body.ptr : "", body.len, JSON_ALLOW_NUL, &jerr);
-    const json_t *choices = json_object_get(doc, "choices");
-    if (!json_is_object(doc) || !json_is_array(choices)) {
-        json_decref(doc);
+    if (!body.ptr || !is_object(body)) {
         return BR_ERR_PARSE;
     }
-    if (br__openai_usage_read(json_object_get(doc, "usage"), &st->usage)) {
+    struct top_fields f;
+    top_fields(body, &f);
+    if (br_json_type_of(f.choices) != BR_JSON_ARRAY) {
+        return BR_ERR_PARSE;
+    }
+    if (br__openai_usage_read(f.usage, &st->usage)) {
         st->have_usage = true;
     }
-    const json_t *model = json_object_get(doc, "model");
-    if (json_is_string(model)) {
-        copy_str(st->model, sizeof(st->model), model);
+    if (br_json_type_of(f.model) == BR_JSON_STRING) {
+        copy_str(st->model, sizeof(st->model), f.model);
     }
-    size_t i;
-    const json_t *choice;
-    json_array_foreach(choices, i, choice)
-    {
-        const json_t *msg = json_object_get(choice, "message");
+    struct br_json_iter it;
+    struct br_slice choice;
+    int rc = br_json_arr_iter_init(&it, f.choices);
+    while (rc == BR_OK && (rc = br_json_arr_iter_next(&it, &choice)) == BR_OK) {
+        struct br_slice msg = br_json_obj_get(choice, "message");
         /* For the estimate when the server reports no usage. */
-        const json_t *content = json_object_get(msg, "content");
-        if (json_is_string(content)) {
-            st->est_completion +=
-                br_tokens_estimate(json_string_value(content), json_string_length(content));
+        struct br_slice content = br_json_obj_get(msg, "content");
+        if (br_json_type_of(content) == BR_JSON_STRING) {
+            st->est_completion += estimate_str(content);
         }
-        const json_t *calls = json_object_get(msg, "tool_calls");
-        if (json_is_array(calls)) {
+        struct br_slice calls = br_json_obj_get(msg, "tool_calls");
+        if (br_json_type_of(calls) == BR_JSON_ARRAY) {
             count_tool_calls(st, calls);
         }
-        const json_t *fr = json_object_get(choice, "finish_reason");
-        if (json_is_string(fr)) {
+        struct br_slice fr = br_json_obj_get(choice, "finish_reason");
+        if (br_json_type_of(fr) == BR_JSON_STRING) {
             copy_str(st->finish_reason, sizeof(st->finish_reason), fr);
             st->saw_finish = true;
         }
     }
-    json_decref(doc);
     return BR_OK;
 }
 
@@ -525,7 +596,9 @@ static void stream_chunk(void *user, struct br_slice json)
 static void fill_common(struct oa_call *oc, struct br_provider_result *res)
 {
     br_arena *a = oc->call->arena;
-    br__openai_stream_usage(&oc->st, br_provider_call_request(oc->call), &res->usage);
+    /* The request document is only needed (and only built) for an estimate. */
+    br__openai_stream_usage(&oc->st, oc->st.have_usage ? NULL : br_provider_call_request(oc->call),
+                            &res->usage);
     res->upstream_model =
         oc->st.model[0] ? br_arena_strndup(a, oc->st.model, strlen(oc->st.model)) : NULL;
     res->finish_reason = oc->st.finish_reason[0] ? br_arena_strndup(a, oc->st.finish_reason,

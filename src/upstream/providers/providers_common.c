@@ -476,31 +476,29 @@ uint32_t br__provider_retry_after_ms(const struct br_upstream_head *head)
 
 /* ---- OpenAI usage --------------------------------------------------------------------- */
 
-static int64_t count(const json_t *v)
+/* A token count: a non-negative integer, anything else reads as 0. */
+static int64_t count_raw(struct br_slice v)
 {
-    if (!json_is_integer(v)) {
-        return 0;
-    }
-    json_int_t n = json_integer_value(v);
-    return n > 0 ? (int64_t)n : 0;
+    int64_t x = 0;
+    return (v.ptr && br_json_int(v, &x) == BR_OK && x > 0) ? x : 0;
 }
 
-bool br__openai_usage_read(const json_t *usage, struct br_usage *out)
+bool br__openai_usage_read(struct br_slice usage, struct br_usage *out)
 {
-    if (!json_is_object(usage)) {
+    if (br_json_type_of(usage) != BR_JSON_OBJECT) {
         return false;
     }
     struct br_usage u = {0};
-    u.prompt_tokens = count(json_object_get(usage, "prompt_tokens"));
-    u.completion_tokens = count(json_object_get(usage, "completion_tokens"));
-    const json_t *cached =
-        json_object_get(json_object_get(usage, "prompt_tokens_details"), "cached_tokens");
-    if (!json_is_integer(cached)) {
-        cached = json_object_get(usage, "prompt_cache_hit_tokens");
+    u.prompt_tokens = count_raw(br_json_obj_get(usage, "prompt_tokens"));
+    u.completion_tokens = count_raw(br_json_obj_get(usage, "completion_tokens"));
+    struct br_slice cached =
+        br_json_obj_get(br_json_obj_get(usage, "prompt_tokens_details"), "cached_tokens");
+    if (br_json_type_of(cached) != BR_JSON_NUMBER) {
+        cached = br_json_obj_get(usage, "prompt_cache_hit_tokens");
     }
-    u.cached_tokens = count(cached);
-    u.reasoning_tokens = count(
-        json_object_get(json_object_get(usage, "completion_tokens_details"), "reasoning_tokens"));
+    u.cached_tokens = count_raw(cached);
+    u.reasoning_tokens = count_raw(
+        br_json_obj_get(br_json_obj_get(usage, "completion_tokens_details"), "reasoning_tokens"));
     u.reported = true;
     *out = u;
     return true;

@@ -116,7 +116,7 @@ uint32_t br__provider_retry_after_ms(const struct br_upstream_head *head);
  * completion_tokens_details.reasoning_tokens. Missing or non-integer fields read as 0,
  * negatives as 0. Returns false (and leaves out alone) when usage is not an object.
  */
-bool br__openai_usage_read(const json_t *usage, struct br_usage *out);
+bool br__openai_usage_read(struct br_slice usage, struct br_usage *out);
 
 /*
  * The OpenAI stream processor: fed the bytes of a streamed chat completion (SSE), it hands

@@ -92,6 +92,7 @@ static void test_accepts_and_rejects(void **state)
     assert_int_equal(br_json_validate("[1, 2, x]", 9, 0, &off, &msg), BR_ERR_PARSE);
     assert_int_equal(off, 7);
     assert_non_null(msg);
+    assert_int_equal(br_json_validate("\"a\\u0000b\"", 10, BR_JSON_ALLOW_NUL, NULL, NULL), BR_OK);
 }
 
 static void test_depth_limit(void **state)
@@ -103,7 +104,6 @@ static void test_depth_limit(void **state)
         buf[4095 - i] = ']';
     }
     assert_int_equal(br_json_validate(buf, 4096, 0, NULL, NULL), BR_OK);
-    assert_int_equal(br_json_validate(buf, 4096, 100, NULL, NULL), BR_ERR_PARSE);
     memmove(buf + 1, buf, 4096);
     buf[0] = '[';
     buf[4097] = ']';

@@ -70,6 +70,8 @@ static void test_json_iter_members(void **state)
 static void test_json_iter_malformed(void **state)
 {
     (void)state;
+    /* Structure errors stop the iterator; byte-level checks (control characters, UTF-8) are
+     * the validator's job (core/json, tested there), which the provider runs first. */
     static const char *const bad[] = {
         "",
         "[1]",
@@ -83,7 +85,6 @@ static void test_json_iter_malformed(void **state)
         "{a:1}",
         "{\"a\":{]}",
         "{\"a\":[1,2}",
-        "{\"a\":\"\x01\"}",
         "{\"a\":\"\\",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -200,32 +201,28 @@ static void test_usage_read(void **state)
 {
     (void)state;
     struct br_usage u;
-    json_t *j = json_loads("{\"prompt_tokens\":120,\"completion_tokens\":30,\"total_tokens\":150,"
-                           "\"prompt_tokens_details\":{\"cached_tokens\":100},"
-                           "\"completion_tokens_details\":{\"reasoning_tokens\":12}}",
-                           0, NULL);
-    assert_true(br__openai_usage_read(j, &u));
+    assert_true(br__openai_usage_read(
+        BR_SLICE_LIT("{\"prompt_tokens\":120,\"completion_tokens\":30,\"total_tokens\":150,"
+                     "\"prompt_tokens_details\":{\"cached_tokens\":100},"
+                     "\"completion_tokens_details\":{\"reasoning_tokens\":12}}"),
+        &u));
     assert_int_equal(u.prompt_tokens, 120);
     assert_int_equal(u.completion_tokens, 30);
     assert_int_equal(u.cached_tokens, 100);
     assert_int_equal(u.reasoning_tokens, 12);
     assert_int_equal(u.cache_write_tokens, 0);
     assert_true(u.reported);
-    json_decref(j);
-    j = json_loads(
-        "{\"prompt_tokens\":-5,\"completion_tokens\":\"7\",\"prompt_cache_hit_tokens\":4}", 0,
-        NULL);
-    assert_true(br__openai_usage_read(j, &u));
+    assert_true(br__openai_usage_read(
+        BR_SLICE_LIT(
+            "{\"prompt_tokens\":-5,\"completion_tokens\":\"7\",\"prompt_cache_hit_tokens\":4}"),
+        &u));
     assert_int_equal(u.prompt_tokens, 0);
     assert_int_equal(u.completion_tokens, 0);
     assert_int_equal(u.cached_tokens, 4);
-    json_decref(j);
-    j = json_null();
     u.prompt_tokens = 99;
-    assert_false(br__openai_usage_read(j, &u));
-    assert_false(br__openai_usage_read(NULL, &u));
+    assert_false(br__openai_usage_read(BR_SLICE_LIT("null"), &u));
+    assert_false(br__openai_usage_read(br_slice_make(NULL, 0), &u));
     assert_int_equal(u.prompt_tokens, 99);
-    json_decref(j);
 }
 
 static void check_error_shape(struct br_slice body, const char *code)
