@@ -40,7 +40,7 @@ struct chat {
     bool call_active;
     struct br_plan plan;
     struct br_provider_call call;
-    struct br_buf frame; /* scratch for SSE framing */
+    struct br_buf frame; /* SSE frames waiting for the batch's flush */
     char *answer;        /* non-streamed body, copied from on_body */
     size_t answer_len;
     uint64_t t_call_start;
@@ -248,14 +248,28 @@ static size_t brigade_headers(struct chat *c, const struct br_provider_result *r
     return n;
 }
 
-static int write_sse(struct chat *c, const char *data, size_t n)
+/* SSE frames gather in c->frame until the provider says a batch is complete (on_flush) or the
+ * stream ends, then leave in one write: events that arrived together leave together. */
+#define FRAME_FLUSH_BYTES (256u << 10)
+
+static int flush_frames(struct chat *c)
 {
+    if (c->frame.len == 0) {
+        return BR_OK;
+    }
+    int rc = br_http_stream_write(c->req, c->frame.ptr, c->frame.len);
     br_buf_reset(&c->frame);
-    if (br_buf_append(&c->frame, "data: ", 6) != BR_OK || br_buf_append(&c->frame, data, n) ||
+    return rc;
+}
+
+static int queue_sse(struct chat *c, const char *data, size_t n)
+{
+    if (br_buf_append(&c->frame, "data: ", 6) != BR_OK ||
+        br_buf_append(&c->frame, data, n) != BR_OK ||
         br_buf_append(&c->frame, "\n\n", 2) != BR_OK) {
         return BR_ERR_NOMEM;
     }
-    return br_http_stream_write(c->req, c->frame.ptr, c->frame.len);
+    return c->frame.len >= FRAME_FLUSH_BYTES ? flush_frames(c) : BR_OK;
 }
 
 /* Ends the request given the call's result; exactly once. */
@@ -273,11 +287,13 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
 
     if (prev == CHAT_STREAMING) {
         if (!client_gone && res->rc == BR_OK) {
-            static const char done[] = "data: [DONE]\n\n";
-            br_http_stream_write(req, done, sizeof(done) - 1);
+            queue_sse(c, "[DONE]", 6);
         } else if (!client_gone && res->error_body.len) {
             /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
-            write_sse(c, res->error_body.ptr, res->error_body.len);
+            queue_sse(c, res->error_body.ptr, res->error_body.len);
+        }
+        if (!client_gone) {
+            flush_frames(c);
         }
         /* The status line already said 200; a failure shows in error_kind. */
         account(c, client_gone ? 499 : 200, res, kind);
@@ -386,7 +402,17 @@ static void sink_chunk(void *user, struct br_slice json)
     if (!c->t_first_token) {
         c->t_first_token = br_clock_now_ns();
     }
-    write_sse(c, json.ptr, json.len);
+    if (queue_sse(c, json.ptr, json.len) != BR_OK) {
+        flush_frames(c);
+    }
+}
+
+static void sink_flush(void *user)
+{
+    struct chat *c = user;
+    if (c->state == CHAT_STREAMING) {
+        flush_frames(c);
+    }
 }
 
 static void sink_body(void *user, struct br_slice json)
@@ -425,6 +451,7 @@ static const struct br_provider_sink chat_sink = {
     .on_chunk = sink_chunk,
     .on_body = sink_body,
     .on_done = sink_done,
+    .on_flush = sink_flush,
 };
 
 /* ------------------------------------------------------------------ entry points */

@@ -72,6 +72,13 @@ struct br_provider_sink {
     void (*on_body)(void *user, struct br_slice json);
     /** Exactly once per call unless canceled; `res` and its slices are valid during the call. */
     void (*on_done)(void *user, const struct br_provider_result *res);
+    /**
+     * Streamed call, optional (may be NULL): every chunk the provider can produce right now has
+     * been handed to on_chunk (the end of one upstream read, or of one batch), so a caller that
+     * gathers chunks should send them now. Events that arrive together leave together, in one
+     * write; none waits for later input.
+     */
+    void (*on_flush)(void *user);
 };
 
 /* One model call. The caller fills the "in" part; the provider owns `priv`. */

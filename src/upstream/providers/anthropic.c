@@ -268,6 +268,10 @@ static void up_on_data(void *user, const char *data, size_t n)
             stream_failed(ac, ac->st_rc != BR_OK ? ac->st_rc : rc, &res);
             abort_upstream(ac);
             deliver(ac, &res);
+            return;
+        }
+        if (ac->begun && ac->call->sink->on_flush) {
+            ac->call->sink->on_flush(ac->call->sink_user);
         }
         return;
     case MODE_NONE:

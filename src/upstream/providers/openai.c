@@ -727,6 +727,10 @@ static void up_on_data(void *user, const char *data, size_t n)
         if (rc != BR_OK) {
             stream_failed(oc, rc, &res);
             abort_call(oc, &res);
+            return;
+        }
+        if (oc->begun && oc->call->sink->on_flush) {
+            oc->call->sink->on_flush(oc->call->sink_user);
         }
         return;
     case MODE_NONE:

@@ -311,6 +311,9 @@ static void on_idle(uv_idle_t *h)
         return;
     }
     r = rc->call->stream ? stream_step(rc) : emit_body(rc);
+    if (r == BR_AGAIN && rc->call->sink->on_flush) {
+        rc->call->sink->on_flush(rc->call->sink_user); /* this iteration's batch */
+    }
     if (r == BR_AGAIN || r == BR_ERR_CANCELED) {
         return; /* more next iteration, or the sink canceled the call (already closed) */
     }

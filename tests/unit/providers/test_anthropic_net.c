@@ -272,7 +272,7 @@ static void rec_done(void *user, const struct br_provider_result *res)
     r->res.upstream_model = NULL; /* arena memory; checked through the chunks/body */
 }
 
-static const struct br_provider_sink sink = {rec_begin, rec_chunk, rec_body, rec_done};
+static const struct br_provider_sink sink = {rec_begin, rec_chunk, rec_body, rec_done, NULL};
 
 struct fx {
     struct server srv;

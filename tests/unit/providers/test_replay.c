@@ -92,7 +92,7 @@ static void rec_done(void *user, const struct br_provider_result *res)
     r->res.error_body = br_slice_make(r->err_copy, n);
 }
 
-static const struct br_provider_sink sink = {rec_begin, rec_chunk, rec_body, rec_done};
+static const struct br_provider_sink sink = {rec_begin, rec_chunk, rec_body, rec_done, NULL};
 
 /* ---- fixture ---- */
 

@@ -762,7 +762,7 @@ static void s_done(void *user, const struct br_provider_result *res)
     uv_stop(&r->env->loop);
 }
 
-static const struct br_provider_sink sink = {s_begin, s_chunk, s_body, s_done};
+static const struct br_provider_sink sink = {s_begin, s_chunk, s_body, s_done, NULL};
 
 static void env_guard(uv_timer_t *t)
 {
