@@ -498,6 +498,37 @@ void br__openai_stream_usage(const struct br__openai_stream *st, const json_t *r
     out->reported = false;
 }
 
+/* One pass over a choice of a completion: finish_reason, and (only when the upstream reported
+ * no usage) the estimate of the message's output. */
+static void scan_choice_message(struct br__openai_stream *st, struct br_slice choice)
+{
+    struct br_json_iter it;
+    struct br_json_member m;
+    struct br_slice msg = {NULL, 0};
+    int rc = br_json_obj_iter_init(&it, choice);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "message")) {
+            msg = m.value;
+        } else if (br_json_key_eq(m.key, "finish_reason") &&
+                   br_json_type_of(m.value) == BR_JSON_STRING) {
+            copy_str(st->finish_reason, sizeof(st->finish_reason), m.value);
+            st->saw_finish = true;
+        }
+    }
+    if (st->have_usage) {
+        return;
+    }
+    rc = br_json_obj_iter_init(&it, msg);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "content") && br_json_type_of(m.value) == BR_JSON_STRING) {
+            st->est_completion += estimate_str(m.value);
+        } else if (br_json_key_eq(m.key, "tool_calls") &&
+                   br_json_type_of(m.value) == BR_JSON_ARRAY) {
+            count_tool_calls(st, m.value);
+        }
+    }
+}
+
 int br__openai_body_scan(struct br__openai_stream *st, struct br_slice body)
 {
     if (!body.ptr || !is_object(body)) {
@@ -518,21 +549,7 @@ int br__openai_body_scan(struct br__openai_stream *st, struct br_slice body)
     struct br_slice choice;
     int rc = br_json_arr_iter_init(&it, f.choices);
     while (rc == BR_OK && (rc = br_json_arr_iter_next(&it, &choice)) == BR_OK) {
-        struct br_slice msg = br_json_obj_get(choice, "message");
-        /* For the estimate when the server reports no usage. */
-        struct br_slice content = br_json_obj_get(msg, "content");
-        if (br_json_type_of(content) == BR_JSON_STRING) {
-            st->est_completion += estimate_str(content);
-        }
-        struct br_slice calls = br_json_obj_get(msg, "tool_calls");
-        if (br_json_type_of(calls) == BR_JSON_ARRAY) {
-            count_tool_calls(st, calls);
-        }
-        struct br_slice fr = br_json_obj_get(choice, "finish_reason");
-        if (br_json_type_of(fr) == BR_JSON_STRING) {
-            copy_str(st->finish_reason, sizeof(st->finish_reason), fr);
-            st->saw_finish = true;
-        }
+        scan_choice_message(st, choice);
     }
     return BR_OK;
 }

@@ -483,22 +483,38 @@ static int64_t count_raw(struct br_slice v)
     return (v.ptr && br_json_int(v, &x) == BR_OK && x > 0) ? x : 0;
 }
 
+/* The named member of a small object, in one pass (NULL slice when absent). */
+static struct br_slice member(struct br_slice obj, const char *key)
+{
+    return br_json_type_of(obj) == BR_JSON_OBJECT ? br_json_obj_get(obj, key)
+                                                  : br_slice_make(NULL, 0);
+}
+
 bool br__openai_usage_read(struct br_slice usage, struct br_usage *out)
 {
     if (br_json_type_of(usage) != BR_JSON_OBJECT) {
         return false;
     }
     struct br_usage u = {0};
-    u.prompt_tokens = count_raw(br_json_obj_get(usage, "prompt_tokens"));
-    u.completion_tokens = count_raw(br_json_obj_get(usage, "completion_tokens"));
-    struct br_slice cached =
-        br_json_obj_get(br_json_obj_get(usage, "prompt_tokens_details"), "cached_tokens");
-    if (br_json_type_of(cached) != BR_JSON_NUMBER) {
-        cached = br_json_obj_get(usage, "prompt_cache_hit_tokens");
+    struct br_slice cached = {NULL, 0};
+    struct br_slice cache_hit = {NULL, 0};
+    struct br_json_iter it;
+    struct br_json_member m;
+    int rc = br_json_obj_iter_init(&it, usage);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        if (br_json_key_eq(m.key, "prompt_tokens")) {
+            u.prompt_tokens = count_raw(m.value);
+        } else if (br_json_key_eq(m.key, "completion_tokens")) {
+            u.completion_tokens = count_raw(m.value);
+        } else if (br_json_key_eq(m.key, "prompt_tokens_details")) {
+            cached = member(m.value, "cached_tokens");
+        } else if (br_json_key_eq(m.key, "completion_tokens_details")) {
+            u.reasoning_tokens = count_raw(member(m.value, "reasoning_tokens"));
+        } else if (br_json_key_eq(m.key, "prompt_cache_hit_tokens")) {
+            cache_hit = m.value; /* DeepSeek's name for cached input */
+        }
     }
-    u.cached_tokens = count_raw(cached);
-    u.reasoning_tokens = count_raw(
-        br_json_obj_get(br_json_obj_get(usage, "completion_tokens_details"), "reasoning_tokens"));
+    u.cached_tokens = count_raw(br_json_type_of(cached) == BR_JSON_NUMBER ? cached : cache_hit);
     u.reported = true;
     *out = u;
     return true;
