@@ -1005,34 +1005,11 @@ static void oa_call_cancel(struct br_provider_call *call, struct br_provider_res
     fill_common(oc, partial);
 }
 
-static bool has_crlf(const char *s)
-{
-    return s && strpbrk(s, "\r\n") != NULL;
-}
-
 static int oa_model_create(const struct br_provider_target *t, void **state_out, char *err,
                            size_t errlen)
 {
     *state_out = NULL;
-    const char *why = NULL;
-    if (!t->base_url ||
-        (strncmp(t->base_url, "http://", 7) != 0 && strncmp(t->base_url, "https://", 8) != 0)) {
-        why = "base_url must be an http:// or https:// URL";
-    } else if (has_crlf(t->api_key)) {
-        why = "api_key contains a line break";
-    }
-    for (size_t i = 0; !why && i < t->n_extra_headers; i++) {
-        if (has_crlf(t->extra_headers[i]) || !strchr(t->extra_headers[i], ':')) {
-            why = "extra header must be one \"Name: value\" line";
-        }
-    }
-    if (why) {
-        if (err && errlen) {
-            (void)snprintf(err, errlen, "%s", why);
-        }
-        return BR_ERR_INVAL;
-    }
-    return BR_OK;
+    return br__provider_check_http_target(t, true, err, errlen);
 }
 
 static void oa_model_destroy(void *state)

@@ -519,3 +519,33 @@ bool br__openai_usage_read(struct br_slice usage, struct br_usage *out)
     *out = u;
     return true;
 }
+
+static bool has_crlf(const char *s)
+{
+    return s && strpbrk(s, "\r\n") != NULL;
+}
+
+int br__provider_check_http_target(const struct br_provider_target *t, bool need_base_url,
+                                   char *err, size_t errlen)
+{
+    const char *why = NULL;
+    if ((need_base_url && !t->base_url) ||
+        (t->base_url && strncmp(t->base_url, "http://", 7) != 0 &&
+         strncmp(t->base_url, "https://", 8) != 0)) {
+        why = "base_url must be an http:// or https:// URL";
+    } else if (has_crlf(t->api_key)) {
+        why = "api_key contains a line break";
+    }
+    for (size_t i = 0; !why && i < t->n_extra_headers; i++) {
+        if (has_crlf(t->extra_headers[i]) || !strchr(t->extra_headers[i], ':')) {
+            why = "extra header must be one \"Name: value\" line";
+        }
+    }
+    if (why) {
+        if (err && errlen) {
+            (void)snprintf(err, errlen, "%s", why);
+        }
+        return BR_ERR_INVAL;
+    }
+    return BR_OK;
+}

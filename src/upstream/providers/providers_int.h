@@ -99,6 +99,14 @@ void br__provider_fail_http(br_arena *a, int status, struct br_slice body, const
  */
 struct br_slice br__provider_redact(br_arena *a, struct br_slice s, const char *secret);
 
+/**
+ * Checks the parts of a target an HTTP provider sends upstream: base_url is http(s) (and
+ * present when need_base_url), no line breaks in the key, extra headers are "Name: value"
+ * lines. BR_OK, or BR_ERR_INVAL with a one-line reason in err.
+ */
+int br__provider_check_http_target(const struct br_provider_target *t, bool need_base_url,
+                                   char *err, size_t errlen);
+
 /** First header called name (ASCII case-insensitive), or an empty slice with ptr NULL. */
 struct br_slice br__provider_header(const struct br_upstream_head *head, const char *name);
 
