@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Upstream HTTP client: one libcurl multi handle per worker loop, driven by libuv through
- * curl's multi_socket API (uv_poll per socket, one uv_timer for curl's timeout). Connections
- * are kept alive and pooled per host; HTTP/2 is used where the server offers it over TLS;
- * TLS peers are verified. Response bytes are handed to the caller as they arrive.
+ * Upstream HTTP client, with two backends behind one API. Plain http:// URLs go to a lean
+ * native HTTP/1.1 client (libuv + llhttp; upstream_h1.c): per-host keep-alive pools, one write
+ * and typically one read per call on a reused connection. https:// URLs (TLS, HTTP/2 where the
+ * server offers it, peers verified) and clients created with BR_UPSTREAM_BACKEND_CURL use one
+ * libcurl multi handle per loop, driven through curl's multi_socket API (upstream_curl.c). Both
+ * hand response bytes to the caller as they arrive and behave the same at this interface:
+ * callbacks, stats, error kinds, timeouts, cancellation (docs/internals/upstream.md).
  *
  * Thread-safety: a br_upstream and its calls belong to the loop they were created on.
  */
@@ -46,11 +49,20 @@ enum br_upstream_error {
 /** Stable lower-case name of an error kind ("timeout_first_byte"), for logs and metrics. */
 const char *br_upstream_error_name(enum br_upstream_error e);
 
+/* Which client carries a call. */
+enum br_upstream_backend {
+    BR_UPSTREAM_BACKEND_AUTO = 0, /* native HTTP/1.1 for http://, libcurl for https:// */
+    BR_UPSTREAM_BACKEND_CURL,     /* libcurl for every URL */
+};
+
 struct br_upstream_opts {
-    long max_connections_per_host; /* pool cap per host; 0 = libcurl's default */
-    size_t max_response_bytes;     /* body cap (0 = 64 MiB); past it: TOO_LARGE */
-    bool insecure_skip_verify;     /* tests only; never from user config by default */
-    const char *ca_file;           /* extra CA bundle; NULL = system default */
+    long max_connections_per_host;    /* curl: connections per host (calls queue past it),
+                                         0 = libcurl's default; native: idle connections kept
+                                         per host (busy ones are not capped), 0 = 64 */
+    size_t max_response_bytes;        /* body cap (0 = 64 MiB); past it: TOO_LARGE */
+    bool insecure_skip_verify;        /* tests only; never from user config by default */
+    const char *ca_file;              /* extra CA bundle; NULL = system default; copied */
+    enum br_upstream_backend backend; /* 0 = AUTO */
 };
 
 struct br_upstream_request {

@@ -2,8 +2,13 @@
 /*
  * The upstream HTTP client against a real scripted server on 127.0.0.1: bodies whole and in
  * pieces, keep-alive, status handling, every timeout, connection failures, cancellation from
- * every place, size caps and many concurrent calls.
+ * every place, size caps and many concurrent calls. Each of those cases runs twice, as
+ * <case>_native (the default backend, which takes http:// URLs) and <case>_curl
+ * (BR_UPSTREAM_BACKEND_CURL). The native_* cases cover what only the native client does:
+ * its pool (dead and closed connections, Connection: close, HTTP/1.0, idle cap), name
+ * resolution, close-delimited bodies and the exact request head it writes.
  */
+#include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -142,13 +147,21 @@ static void guard_cb(uv_timer_t *t)
     uv_stop(&ctx->loop);
 }
 
+/* The backend of the case running (set by the _native / _curl wrappers). */
+static enum br_upstream_backend backend;
+
 static void ctx_init(struct ctx *ctx, const struct br_upstream_opts *opts)
 {
     memset(ctx, 0, sizeof(*ctx));
     assert_int_equal(uv_loop_init(&ctx->loop), 0);
     uv_timer_init(&ctx->loop, &ctx->guard);
     ctx->guard.data = ctx;
-    assert_int_equal(br_upstream_create(&ctx->loop, opts, &ctx->u), BR_OK);
+    struct br_upstream_opts o = {0};
+    if (opts) {
+        o = *opts;
+    }
+    o.backend = backend;
+    assert_int_equal(br_upstream_create(&ctx->loop, &o, &ctx->u), BR_OK);
 }
 
 /* Runs the loop until `expect` calls have ended, failing after max_ms. */
@@ -196,6 +209,8 @@ static bool wait_counter(atomic_int *counter, int want, int max_ms)
 static int setup(void **state)
 {
     (void)state;
+    /* Like brigade's main: a peer closing mid-write must not kill the process. */
+    signal(SIGPIPE, SIG_IGN);
     return br_upstream_global_init() == BR_OK ? 0 : -1;
 }
 
@@ -937,33 +952,773 @@ static void test_error_names(void **state)
     assert_string_equal(br_upstream_error_name((enum br_upstream_error)999), "other");
 }
 
+/* ---- more handlers ------------------------------------------------------------------------ */
+
+static void h_big_head(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    static char line[1100];
+    ts_send_str(c, "HTTP/1.1 200 OK\r\n");
+    for (int i = 0; i < 70; i++) {
+        int n = snprintf(line, sizeof(line), "X-Fill-%02d: ", i);
+        memset(line + n, 'f', 1000);
+        memcpy(line + n + 1000, "\r\n", 3);
+        if (!ts_send_str(c, line)) {
+            break;
+        }
+    }
+    ts_send_str(c, "Content-Length: 2\r\n\r\nok");
+}
+
+/* Answers, then closes the connection (without saying so in the response). */
+static void h_hello_then_close(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    h_hello(c, req, user);
+    c->close_after = true;
+}
+
+/* Answers the first request of each connection; a second one gets the connection closed. */
+static void h_die_on_second(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    if (req->index_on_conn > 0) {
+        c->close_after = true;
+        return;
+    }
+    h_hello(c, req, user);
+}
+
+/* Answers only the very first request of the server's life; closes on every other one. */
+static void h_only_first(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    if (atomic_load(&c->srv->n_requests) > 1) {
+        c->close_after = true;
+        return;
+    }
+    h_hello(c, req, user);
+}
+
+/* Says Connection: close but keeps the connection open: the client must not reuse it. */
+static void h_says_close(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    ts_send_str(c, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello");
+}
+
+static void h_extra_bytes(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    ts_send_str(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhellojunk");
+}
+
+static void h_close_delimited(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    ts_send_str(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil ");
+    ts_sleep_ms(20);
+    ts_send_str(c, "the end");
+    c->close_after = true;
+}
+
+static void h_http10(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)user;
+    if (strcmp(req->path, "/ka") == 0) {
+        ts_send_str(c, "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\n"
+                       "hello");
+    } else {
+        ts_send_str(c, "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+    }
+}
+
+static void h_head(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    if (strcmp(req->method, "HEAD") == 0) {
+        ts_send_str(c, "HTTP/1.1 200 OK\r\nX-Test: head\r\nContent-Length: 100\r\n\r\n");
+        return;
+    }
+    h_hello(c, req, user);
+}
+
+static void h_slow_hello(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    ts_sleep_ms(50);
+    h_hello(c, req, user);
+}
+
+static void h_trailers(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    ts_send_str(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Tokens\r\n\r\n"
+                   "5\r\nhello\r\n6\r\n world\r\n0\r\nX-Tokens: 42\r\n\r\n");
+}
+
+static void h_switch(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    (void)req;
+    (void)user;
+    ts_send_str(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   "Connection: Upgrade\r\n\r\n");
+    ts_wait_peer_close(c, 2000);
+    c->close_after = true;
+}
+
+/* Answers, then sends a stray response on the idle connection (as some servers do with 408). */
+static void h_hello_then_stray(struct ts_conn *c, const struct ts_request *req, void *user)
+{
+    h_hello(c, req, user);
+    ts_sleep_ms(30);
+    ts_send_str(c, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n");
+}
+
+/*
+ * Runs the loop without blocking for about ms milliseconds (lets the client see closes). Idle
+ * pooled connections do not keep a loop alive, and uv_run does not poll a loop that is not
+ * alive: the guard timer keeps it alive meanwhile.
+ */
+static void spin(struct ctx *ctx, int ms)
+{
+    uv_timer_start(&ctx->guard, guard_cb, (uint64_t)ms + 60000, 0);
+    for (int i = 0; i < ms; i += 5) {
+        uv_run(&ctx->loop, UV_RUN_NOWAIT);
+        ts_sleep_ms(5);
+    }
+    uv_timer_stop(&ctx->guard);
+}
+
+/* Two calls, the second started from the first one's on_done. */
+static void run_chain(struct ctx *ctx, struct rec r[2], const struct br_upstream_request *req)
+{
+    memset(r, 0, 2 * sizeof(*r));
+    r[0].chain_left = 1;
+    r[0].chain_req = req;
+    r[0].chain = &r[1];
+    int base = ctx->done;
+    start(ctx, &r[0], req);
+    run(ctx, base + 2, 5000);
+}
+
+/* ---- cases for both backends (continued) ---------------------------------------------- */
+
+static void test_head_too_large(void **state)
+{
+    (void)state;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_big_head, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r = {0};
+    start(&ctx, &r, &req);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r.stats.error, BR_UPSTREAM_ERROR_TOO_LARGE);
+    assert_int_equal(r.n_head, 0);
+    assert_true(strlen(r.error_text) > 0);
+    assert_null(strstr(r.error_text, "fff")); /* never quotes the headers */
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_chunked_trailers(void **state)
+{
+    (void)state;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_trailers, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_int_equal(r[i].n_head, 1);
+        assert_int_equal(r[i].body_len, 11);
+        assert_memory_equal(r[i].body, "hello world", 11);
+    }
+    assert_true(r[1].stats.reused_connection);
+    assert_int_equal(atomic_load(&srv.n_accepted), 1);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+/* ---- native-only cases --------------------------------------------------------------------- */
+
+static void test_native_request_head(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_echo, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    char want[512];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u/v1/x?y=1#frag", srv.port);
+    const char *headers[] = {"X-A: b", "Expect:", "X-Empty:", "Content-Length: 99",
+                             "Content-Type: application/json"};
+    struct br_upstream_request req = get_req(url);
+    req.method = "POST";
+    req.headers = headers;
+    req.n_headers = 5;
+    req.body = br_slice_from_cstr("abcd");
+    struct rec r = {0};
+    start(&ctx, &r, &req);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r.stats.error, BR_UPSTREAM_ERROR_NONE);
+    snprintf(want, sizeof(want),
+             "POST /v1/x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:%u\r\nUser-Agent: brigade/0.1\r\n"
+             "Content-Length: 4\r\nX-A: b\r\nContent-Type: application/json\r\n\r\n",
+             srv.port);
+    assert_string_equal(srv.last_head, want);
+    assert_memory_equal(r.body, "abcd", 4);
+
+    /* No path, a caller Host header, a GET without a body: no Content-Length. */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%u", srv.port);
+    const char *h2[] = {"Host: example.test", "User-Agent: tester"};
+    struct br_upstream_request req2 = get_req(url);
+    req2.headers = h2;
+    req2.n_headers = 2;
+    struct rec r2 = {0};
+    start(&ctx, &r2, &req2);
+    run(&ctx, 2, 5000);
+    assert_int_equal(r2.stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_true(r2.stats.reused_connection);
+    assert_string_equal(srv.last_head,
+                        "GET / HTTP/1.1\r\nHost: example.test\r\nUser-Agent: tester\r\n\r\n");
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_invalid_requests(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    struct rec r = {0};
+    r.ctx = &ctx;
+    static const char *const bad_urls[] = {
+        "http://127.0.0.1:99999/",
+        "http://127.0.0.1:0/",
+        "http://bad host/",
+        "http://[::1/",
+        "http:///x",
+        "http://127.0.0.1/a b",
+        "http://127.0.0.1/\x7f",
+        "http://[zz]:80/",
+        "http://127.0.0.1:8a/",
+    };
+    for (size_t i = 0; i < sizeof(bad_urls) / sizeof(bad_urls[0]); i++) {
+        struct br_upstream_request req = get_req(bad_urls[i]);
+        assert_int_equal(br_upstream_call_start(ctx.u, &req, &cbs, &r, NULL), BR_ERR_INVAL);
+    }
+    static const char *const bad_headers[] = {
+        "X-A: b\r\nX-Injected: 1", "NoColon", "Bad Name: x", ": empty-name", "X-A: b\n",
+    };
+    for (size_t i = 0; i < sizeof(bad_headers) / sizeof(bad_headers[0]); i++) {
+        struct br_upstream_request req = get_req("http://127.0.0.1:1/");
+        req.headers = &bad_headers[i];
+        req.n_headers = 1;
+        assert_int_equal(br_upstream_call_start(ctx.u, &req, &cbs, &r, NULL), BR_ERR_INVAL);
+    }
+    struct br_upstream_request req = get_req("http://127.0.0.1:1/");
+    req.method = "PO ST";
+    assert_int_equal(br_upstream_call_start(ctx.u, &req, &cbs, &r, NULL), BR_ERR_INVAL);
+    assert_int_equal(br_upstream_active(ctx.u), 0);
+    uv_run(&ctx.loop, UV_RUN_NOWAIT);
+    assert_int_equal(r.n_done, 0);
+    ctx_cleanup(&ctx);
+}
+
+static void test_native_idle_closed_by_server(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_hello_then_close, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r1 = {0};
+    start(&ctx, &r1, &req);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r1.stats.error, BR_UPSTREAM_ERROR_NONE);
+    /* The server closes the pooled connection; the client notices while it is idle. */
+    spin(&ctx, 100);
+    struct rec r2 = {0};
+    start(&ctx, &r2, &req);
+    run(&ctx, 2, 5000);
+    assert_int_equal(r2.stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_false(r2.stats.reused_connection);
+    assert_true(r2.stats.t_connected_ns > r2.stats.t_start_ns);
+    assert_memory_equal(r2.body, "hello", 5);
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_dead_pooled_conn_retried(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_die_on_second, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    req.method = "POST";
+    req.body = br_slice_from_cstr("{\"prompt\":1}");
+    struct rec r[2];
+    /* The second call goes out on the pooled connection, which dies before answering. */
+    run_chain(&ctx, r, &req);
+    assert_int_equal(r[0].stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_int_equal(r[1].stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_memory_equal(r[1].body, "hello", 5);
+    assert_false(r[1].stats.reused_connection); /* it ended on a fresh connection */
+    assert_true(r[1].stats.t_connected_ns > r[1].stats.t_start_ns);
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    assert_int_equal(atomic_load(&srv.n_requests), 3);
+    assert_int_equal(srv.last_body_len, strlen("{\"prompt\":1}"));
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_retry_only_once(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_only_first, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    assert_int_equal(r[0].stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_int_equal(r[1].stats.error, BR_UPSTREAM_ERROR_CLOSED);
+    assert_int_equal(r[1].n_head, 0);
+    assert_true(strlen(r[1].error_text) > 0);
+    assert_int_equal(atomic_load(&srv.n_accepted), 2); /* one retry, no more */
+    assert_int_equal(atomic_load(&srv.n_requests), 3);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_connection_close_not_reused(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_says_close, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_false(r[i].stats.reused_connection);
+        assert_memory_equal(r[i].body, "hello", 5);
+    }
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_extra_bytes_not_reused(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_extra_bytes, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_int_equal(r[i].body_len, 5);
+        assert_false(r[i].stats.reused_connection);
+    }
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_close_delimited_body(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_close_delimited, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_int_equal(r[i].status, 200);
+        assert_string_equal(r[i].content_type, "text/plain");
+        assert_int_equal(r[i].body_len, strlen("until the end"));
+        assert_memory_equal(r[i].body, "until the end", r[i].body_len);
+        assert_false(r[i].stats.reused_connection);
+    }
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_http10(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_http10, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r[2];
+    run_chain(&ctx, r, &req);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_int_equal(r[i].stats.http_version, 10);
+        assert_false(r[i].stats.reused_connection); /* 1.0 without keep-alive */
+    }
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    char url_ka[128];
+    struct br_upstream_request req_ka = get_req(ts_url(&srv, "/ka", url_ka, sizeof(url_ka)));
+    struct rec r2[2];
+    run_chain(&ctx, r2, &req_ka);
+    assert_int_equal(r2[1].stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_int_equal(r2[1].stats.http_version, 10);
+    assert_true(r2[1].stats.reused_connection); /* Connection: keep-alive */
+    assert_int_equal(atomic_load(&srv.n_accepted), 3);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_head_request(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_head, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    req.method = "HEAD";
+    struct rec r = {0};
+    start(&ctx, &r, &req);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r.stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.x_test, "head");
+    assert_int_equal(r.body_len, 0);
+    assert_true(strncmp(srv.last_head, "HEAD / HTTP/1.1\r\n", 17) == 0);
+    assert_null(strstr(srv.last_head, "Content-Length"));
+    struct br_upstream_request get = get_req(url);
+    struct rec r2 = {0};
+    start(&ctx, &r2, &get);
+    run(&ctx, 2, 5000);
+    assert_int_equal(r2.stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_true(r2.stats.reused_connection);
+    assert_memory_equal(r2.body, "hello", 5);
+    assert_int_equal(atomic_load(&srv.n_accepted), 1);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_localhost(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_hello, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    /* The server listens on 127.0.0.1 only: if "localhost" resolves to ::1 first, the client
+     * must move on to the next address. */
+    snprintf(url, sizeof(url), "http://localhost:%u/", srv.port);
+    struct br_upstream_request req = get_req(url);
+    struct rec r[3];
+    memset(r, 0, sizeof(r));
+    r[0].chain_left = 2;
+    r[0].chain_req = &req;
+    r[0].chain = &r[1];
+    start(&ctx, &r[0], &req);
+    run(&ctx, 3, 5000);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_memory_equal(r[i].body, "hello", 5);
+        assert_int_equal(r[i].stats.reused_connection, i > 0);
+    }
+    assert_int_equal(atomic_load(&srv.n_accepted), 1);
+    assert_non_null(strstr(srv.last_head, "\r\nHost: localhost:"));
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_dns_shared(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_hello, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    snprintf(url, sizeof(url), "http://LocalHost:%u/", srv.port);
+    struct br_upstream_request req = get_req(url);
+    enum { N = 8 };
+    struct rec r[N];
+    memset(r, 0, sizeof(r));
+    /* All wait on one resolution; one of them is canceled while it waits. */
+    for (int i = 0; i < N; i++) {
+        start(&ctx, &r[i], &req);
+    }
+    br_upstream_call_cancel(r[3].call);
+    ctx.done++;
+    run(&ctx, N, 5000);
+    for (int i = 0; i < N; i++) {
+        if (i == 3) {
+            assert_int_equal(r[i].n_done, 0);
+            continue;
+        }
+        assert_int_equal(r[i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_false(r[i].stats.reused_connection);
+    }
+    assert_int_equal(atomic_load(&srv.n_requests), N - 1);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_unrequested_101(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_switch, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r = {0};
+    start(&ctx, &r, &req);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r.stats.error, BR_UPSTREAM_ERROR_PROTOCOL);
+    assert_int_equal(r.n_head, 0);
+    assert_int_equal(r.stats.http_version, 11);
+    assert_true(wait_counter(&srv.n_peer_closed, 1, 1000));
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_stray_bytes_on_idle_conn(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_hello_then_stray, NULL), 0);
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    struct rec r1 = {0};
+    start(&ctx, &r1, &req);
+    run(&ctx, 1, 5000);
+    spin(&ctx, 100); /* the 408 arrives on the idle connection, which is dropped */
+    assert_true(wait_counter(&srv.n_peer_closed, 1, 1000));
+    struct rec r2 = {0};
+    start(&ctx, &r2, &req);
+    run(&ctx, 2, 5000);
+    assert_int_equal(r2.stats.error, BR_UPSTREAM_ERROR_NONE);
+    assert_int_equal(r2.status, 200);
+    assert_false(r2.stats.reused_connection);
+    assert_int_equal(atomic_load(&srv.n_accepted), 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+static void test_native_ipv6_literal(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct ctx ctx;
+    ctx_init(&ctx, NULL);
+    /* Nothing listens on [::1]:1 (or there is no IPv6): a connect failure, reported later. */
+    struct br_upstream_request req = get_req("http://[::1]:1/");
+    struct rec r = {0};
+    start(&ctx, &r, &req);
+    assert_int_equal(r.n_done, 0);
+    run(&ctx, 1, 5000);
+    assert_int_equal(r.stats.error, BR_UPSTREAM_ERROR_CONNECT);
+    assert_false(r.callback_in_start);
+    assert_int_equal(r.stats.t_connected_ns, 0);
+    ctx_cleanup(&ctx);
+}
+
+static void test_native_idle_cap(void **state)
+{
+    (void)state;
+    backend = BR_UPSTREAM_BACKEND_AUTO;
+    struct test_server srv;
+    assert_int_equal(ts_start(&srv, h_slow_hello, NULL), 0);
+    struct br_upstream_opts opts = {.max_connections_per_host = 2};
+    struct ctx ctx;
+    ctx_init(&ctx, &opts);
+    char url[128];
+    struct br_upstream_request req = get_req(ts_url(&srv, "/", url, sizeof(url)));
+    enum { N = 5 };
+    struct rec r[2][N];
+    memset(r, 0, sizeof(r));
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            start(&ctx, &r[round][i], &req);
+        }
+        run(&ctx, (round + 1) * N, 5000);
+    }
+    int reused = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(r[0][i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_int_equal(r[1][i].stats.error, BR_UPSTREAM_ERROR_NONE);
+        assert_false(r[0][i].stats.reused_connection);
+        reused += r[1][i].stats.reused_connection;
+    }
+    assert_int_equal(reused, 2); /* only two connections were kept */
+    assert_int_equal(atomic_load(&srv.n_accepted), N + N - 2);
+    ctx_cleanup(&ctx);
+    ts_stop(&srv);
+}
+
+/* ---- registration ---------------------------------------------------------------------- */
+
+#define BOTH_BACKENDS(name)                 \
+    static void name##_native(void **state) \
+    {                                       \
+        backend = BR_UPSTREAM_BACKEND_AUTO; \
+        name(state);                        \
+    }                                       \
+    static void name##_curl(void **state)   \
+    {                                       \
+        backend = BR_UPSTREAM_BACKEND_CURL; \
+        name(state);                        \
+    }
+
+BOTH_BACKENDS(test_get_success)
+BOTH_BACKENDS(test_post_body_and_headers)
+BOTH_BACKENDS(test_chunked_in_pieces)
+BOTH_BACKENDS(test_keepalive_reuse)
+BOTH_BACKENDS(test_connection_refused)
+BOTH_BACKENDS(test_dns_failure)
+BOTH_BACKENDS(test_connect_timeout)
+BOTH_BACKENDS(test_first_byte_timeout)
+BOTH_BACKENDS(test_idle_timeout)
+BOTH_BACKENDS(test_idle_timer_rearms)
+BOTH_BACKENDS(test_closed_mid_body)
+BOTH_BACKENDS(test_closed_before_response)
+BOTH_BACKENDS(test_protocol_error)
+BOTH_BACKENDS(test_cancel_inside_on_data)
+BOTH_BACKENDS(test_cancel_inside_on_head)
+BOTH_BACKENDS(test_cancel_other_call_from_callback)
+BOTH_BACKENDS(test_cancel_right_after_start)
+BOTH_BACKENDS(test_start_inside_callback)
+BOTH_BACKENDS(test_many_concurrent)
+BOTH_BACKENDS(test_body_cap)
+BOTH_BACKENDS(test_head_too_large)
+BOTH_BACKENDS(test_skips_1xx)
+BOTH_BACKENDS(test_chunked_trailers)
+BOTH_BACKENDS(test_http_error_status_is_not_a_failure)
+BOTH_BACKENDS(test_destroy_with_calls_in_flight)
+BOTH_BACKENDS(test_invalid_arguments)
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_get_success),
-        cmocka_unit_test(test_post_body_and_headers),
-        cmocka_unit_test(test_chunked_in_pieces),
-        cmocka_unit_test(test_keepalive_reuse),
-        cmocka_unit_test(test_connection_refused),
-        cmocka_unit_test(test_dns_failure),
-        cmocka_unit_test(test_connect_timeout),
-        cmocka_unit_test(test_first_byte_timeout),
-        cmocka_unit_test(test_idle_timeout),
-        cmocka_unit_test(test_idle_timer_rearms),
-        cmocka_unit_test(test_closed_mid_body),
-        cmocka_unit_test(test_closed_before_response),
-        cmocka_unit_test(test_protocol_error),
-        cmocka_unit_test(test_cancel_inside_on_data),
-        cmocka_unit_test(test_cancel_inside_on_head),
-        cmocka_unit_test(test_cancel_other_call_from_callback),
-        cmocka_unit_test(test_cancel_right_after_start),
-        cmocka_unit_test(test_start_inside_callback),
-        cmocka_unit_test(test_many_concurrent),
-        cmocka_unit_test(test_body_cap),
-        cmocka_unit_test(test_skips_1xx),
-        cmocka_unit_test(test_http_error_status_is_not_a_failure),
-        cmocka_unit_test(test_destroy_with_calls_in_flight),
-        cmocka_unit_test(test_invalid_arguments),
+        cmocka_unit_test(test_get_success_native),
+        cmocka_unit_test(test_get_success_curl),
+        cmocka_unit_test(test_post_body_and_headers_native),
+        cmocka_unit_test(test_post_body_and_headers_curl),
+        cmocka_unit_test(test_chunked_in_pieces_native),
+        cmocka_unit_test(test_chunked_in_pieces_curl),
+        cmocka_unit_test(test_keepalive_reuse_native),
+        cmocka_unit_test(test_keepalive_reuse_curl),
+        cmocka_unit_test(test_connection_refused_native),
+        cmocka_unit_test(test_connection_refused_curl),
+        cmocka_unit_test(test_dns_failure_native),
+        cmocka_unit_test(test_dns_failure_curl),
+        cmocka_unit_test(test_connect_timeout_native),
+        cmocka_unit_test(test_connect_timeout_curl),
+        cmocka_unit_test(test_first_byte_timeout_native),
+        cmocka_unit_test(test_first_byte_timeout_curl),
+        cmocka_unit_test(test_idle_timeout_native),
+        cmocka_unit_test(test_idle_timeout_curl),
+        cmocka_unit_test(test_idle_timer_rearms_native),
+        cmocka_unit_test(test_idle_timer_rearms_curl),
+        cmocka_unit_test(test_closed_mid_body_native),
+        cmocka_unit_test(test_closed_mid_body_curl),
+        cmocka_unit_test(test_closed_before_response_native),
+        cmocka_unit_test(test_closed_before_response_curl),
+        cmocka_unit_test(test_protocol_error_native),
+        cmocka_unit_test(test_protocol_error_curl),
+        cmocka_unit_test(test_cancel_inside_on_data_native),
+        cmocka_unit_test(test_cancel_inside_on_data_curl),
+        cmocka_unit_test(test_cancel_inside_on_head_native),
+        cmocka_unit_test(test_cancel_inside_on_head_curl),
+        cmocka_unit_test(test_cancel_other_call_from_callback_native),
+        cmocka_unit_test(test_cancel_other_call_from_callback_curl),
+        cmocka_unit_test(test_cancel_right_after_start_native),
+        cmocka_unit_test(test_cancel_right_after_start_curl),
+        cmocka_unit_test(test_start_inside_callback_native),
+        cmocka_unit_test(test_start_inside_callback_curl),
+        cmocka_unit_test(test_many_concurrent_native),
+        cmocka_unit_test(test_many_concurrent_curl),
+        cmocka_unit_test(test_body_cap_native),
+        cmocka_unit_test(test_body_cap_curl),
+        cmocka_unit_test(test_head_too_large_native),
+        cmocka_unit_test(test_head_too_large_curl),
+        cmocka_unit_test(test_skips_1xx_native),
+        cmocka_unit_test(test_skips_1xx_curl),
+        cmocka_unit_test(test_chunked_trailers_native),
+        cmocka_unit_test(test_chunked_trailers_curl),
+        cmocka_unit_test(test_http_error_status_is_not_a_failure_native),
+        cmocka_unit_test(test_http_error_status_is_not_a_failure_curl),
+        cmocka_unit_test(test_destroy_with_calls_in_flight_native),
+        cmocka_unit_test(test_destroy_with_calls_in_flight_curl),
+        cmocka_unit_test(test_invalid_arguments_native),
+        cmocka_unit_test(test_invalid_arguments_curl),
+        cmocka_unit_test(test_native_request_head),
+        cmocka_unit_test(test_native_invalid_requests),
+        cmocka_unit_test(test_native_idle_closed_by_server),
+        cmocka_unit_test(test_native_dead_pooled_conn_retried),
+        cmocka_unit_test(test_native_retry_only_once),
+        cmocka_unit_test(test_native_connection_close_not_reused),
+        cmocka_unit_test(test_native_extra_bytes_not_reused),
+        cmocka_unit_test(test_native_close_delimited_body),
+        cmocka_unit_test(test_native_http10),
+        cmocka_unit_test(test_native_head_request),
+        cmocka_unit_test(test_native_localhost),
+        cmocka_unit_test(test_native_dns_shared),
+        cmocka_unit_test(test_native_unrequested_101),
+        cmocka_unit_test(test_native_stray_bytes_on_idle_conn),
+        cmocka_unit_test(test_native_ipv6_literal),
+        cmocka_unit_test(test_native_idle_cap),
         cmocka_unit_test(test_error_names),
     };
     if (argc > 1) {
