@@ -2,8 +2,8 @@
 /*
  * The gateway's life cycle and request dispatch: load config and runtime, open the request log,
  * bind, start the workers, then serve until a signal says stop (SIGTERM/SIGINT: drain) or
- * reload (SIGHUP). Each worker gets its own upstream client (a curl multi on its loop) and
- * its own metrics shard.
+ * reload (SIGHUP). Each worker gets its own upstream client (native HTTP/1.1 for http://
+ * upstreams, libcurl for https://, both on its loop) and its own metrics shard.
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -22,6 +22,8 @@ static int worker_init(void *user, uv_loop_t *loop, unsigned index, void **wctx_
     struct br_worker *w = g->workers[index];
     w->loop = loop;
     struct br_upstream_opts uo = {0};
+    uo.backend =
+        g->rt->cfg->upstream_force_curl ? BR_UPSTREAM_BACKEND_CURL : BR_UPSTREAM_BACKEND_AUTO;
     int rc = br_upstream_create(loop, &uo, &w->upstream);
     if (rc != BR_OK) {
         br_log(BR_LOG_ERR, NULL, "event=worker_init_failed worker=%u err=%s", index,

@@ -609,6 +609,29 @@ static int parse_log(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
+static int parse_upstream(struct loader *L, const struct br_ynode *m)
+{
+    int rc = want(L, m, BR_YNODE_MAP, "upstream");
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        const struct br_ynode *k = m->items[i];
+        const struct br_ynode *v = m->items[i + 1];
+        if (strcmp(k->value, "client") == 0) {
+            const char *s;
+            rc = scalar(L, v, "upstream.client", &s);
+            if (rc == BR_OK && strcmp(s, "curl") == 0) {
+                L->cfg->upstream_force_curl = true;
+            } else if (rc == BR_OK && strcmp(s, "auto") == 0) {
+                L->cfg->upstream_force_curl = false;
+            } else if (rc == BR_OK) {
+                rc = errf(L, v->line, "upstream.client: expected auto or curl");
+            }
+        } else {
+            rc = unknown_key(L, k, "upstream", "client");
+        }
+    }
+    return rc;
+}
+
 static int parse_metrics(struct loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "metrics");
@@ -950,11 +973,13 @@ static int parse_root(struct loader *L, const struct br_ynode *root)
             rc = parse_log(L, v);
         } else if (strcmp(k->value, "metrics") == 0) {
             rc = parse_metrics(L, v);
+        } else if (strcmp(k->value, "upstream") == 0) {
+            rc = parse_upstream(L, v);
         } else if (strcmp(k->value, "models") == 0) {
             rc = parse_models(L, v);
             have_models = true;
         } else {
-            rc = unknown_key(L, k, "configuration", "server, auth, log, metrics, models");
+            rc = unknown_key(L, k, "configuration", "server, auth, log, metrics, upstream, models");
         }
     }
     if (rc == BR_OK && (!have_models || L->cfg->n_models == 0)) {

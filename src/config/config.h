@@ -89,6 +89,10 @@ struct br_config {
     size_t n_keys;
     bool metrics_require_key; /* /metrics needs the master key */
 
+    /* upstream HTTP */
+    bool upstream_force_curl; /* upstream.client: curl (default auto: native HTTP/1.1 for
+                                 http://, libcurl for https://) */
+
     /* request log */
     const char *log_path; /* SQLite file; NULL when logging is off */
     size_t log_queue;

@@ -89,6 +89,7 @@ static void test_full(void **state)
         "      sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08\n"
         "log: {path: /var/log.db, queue: 10, batch: 5, flush: 20ms, on_full: drop}\n"
         "metrics: {require_key: true}\n"
+        "upstream: {client: curl}\n"
         "models:\n"
         "  - name: gpt\n"
         "    provider: openai\n"
@@ -132,6 +133,7 @@ static void test_full(void **state)
     assert_int_equal(c->log_flush_ms, 20);
     assert_int_equal(c->log_on_full, BR_LOG_FULL_DROP);
     assert_true(c->metrics_require_key);
+    assert_true(c->upstream_force_curl);
     const struct br_model_cfg *m = &c->models[0];
     assert_string_equal(m->upstream_model, "gpt-4o");
     assert_string_equal(m->base_url, "http://127.0.0.1:1234/v1");
@@ -191,6 +193,7 @@ static void test_errors(void **state)
         {MODEL "auth: {keys: [{id: a, key: env:BR_DEFINITELY_UNSET_VAR}]}\n", "is not set"},
         {MODEL "auth: {master_key: file:/nonexistent/brigade-key}\n", "cannot read"},
         {MODEL "log: {on_full: maybe}\n", "reject or drop"},
+        {MODEL "upstream: {client: wget}\n", "auto or curl"},
         {"models:\n  - name: m\n    provider: openai\n", "needs price"},
         {"models:\n  - name: m\n    provider: openai\n    price: {input: 1}\n",
          "both input and output"},
