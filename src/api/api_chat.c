@@ -91,9 +91,9 @@ static int64_t us_between(uint64_t from_ns, uint64_t to_ns)
     return (from_ns && to_ns >= from_ns) ? (int64_t)((to_ns - from_ns) / 1000) : -1;
 }
 
-static void status_str(int status, char out[12])
+static void status_str(int status, char out[BR_FMT_I64_LEN])
 {
-    snprintf(out, 12, "%d", status);
+    br_fmt_i64(status, out);
 }
 
 /* Records the request-log row and the metrics. Call before the http request is finished. */
@@ -150,7 +150,7 @@ static void account(struct chat *c, int status, const struct br_provider_result 
         }
     }
 
-    char st[12];
+    char st[BR_FMT_I64_LEN];
     status_str(status, st);
     /* Label values come from the catalogue only: a client-chosen model name would let anyone
      * grow the metrics without bound. */
@@ -230,8 +230,12 @@ static size_t brigade_headers(struct chat *c, const struct br_provider_result *r
         char usd[BR_COST_USD_STRLEN];
         br_cost_format_usd(br_cost_compute(&c->rm->cfg->price, &res->usage), usd);
         char *u = br_arena_strndup(a, usd, strlen(usd));
-        char *pt = br_arena_sprintf(a, "%lld", (long long)res->usage.prompt_tokens);
-        char *ct = br_arena_sprintf(a, "%lld", (long long)res->usage.completion_tokens);
+        char *pt = br_arena_alloc(a, BR_FMT_I64_LEN);
+        char *ct = br_arena_alloc(a, BR_FMT_I64_LEN);
+        if (pt && ct) {
+            br_fmt_i64(res->usage.prompt_tokens, pt);
+            br_fmt_i64(res->usage.completion_tokens, ct);
+        }
         if (u && pt && ct) {
             h[n++] =
                 (struct br_http_header){BR_SLICE_LIT("x-brigade-cost-usd"), br_slice_from_cstr(u)};

@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "core/slice.h"
 
@@ -87,8 +88,15 @@ int br_json_arr_iter_init(struct br_json_iter *it, struct br_slice arr);
 /** Next element's text: BR_OK, BR_ERR_NOTFOUND after the last one, BR_ERR_PARSE. */
 int br_json_arr_iter_next(struct br_json_iter *it, struct br_slice *elem);
 
-/** True when the raw (escaped) key equals `key` once its escapes are decoded. */
-bool br_json_key_eq(struct br_slice raw_key, const char *key);
+/** True when the raw (escaped) key equals the key_len bytes of key once its escapes are
+ * decoded. */
+bool br_json_key_eqn(struct br_slice raw_key, const char *key, size_t key_len);
+
+/** br_json_key_eqn for a NUL-terminated key (its length folds to a constant for literals). */
+static inline bool br_json_key_eq(struct br_slice raw_key, const char *key)
+{
+    return br_json_key_eqn(raw_key, key, strlen(key));
+}
 
 /**
  * The LAST member named key (the one a decoder keeps): BR_OK, BR_ERR_NOTFOUND, or

@@ -70,3 +70,23 @@ int br_slice_to_u64(struct br_slice a, unsigned long long max, unsigned long lon
     *out = v;
     return BR_OK;
 }
+
+size_t br_fmt_i64(long long v, char out[BR_FMT_I64_LEN])
+{
+    char tmp[BR_FMT_I64_LEN];
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    size_t len = 0;
+    if (v < 0) {
+        out[len++] = '-';
+    }
+    while (n) {
+        out[len++] = tmp[--n];
+    }
+    out[len] = '\0';
+    return len;
+}

@@ -51,4 +51,10 @@ struct br_slice br_slice_trim(struct br_slice a);
  */
 int br_slice_to_u64(struct br_slice a, unsigned long long max, unsigned long long *out);
 
+/** Longest text br_fmt_i64 writes, NUL included. */
+#define BR_FMT_I64_LEN 21
+
+/** Writes v in decimal (NUL-terminated) into out; returns its length. No locale, no printf. */
+size_t br_fmt_i64(long long v, char out[BR_FMT_I64_LEN]);
+
 #endif

@@ -8,7 +8,6 @@
 #include "cost/cost.h"
 
 #include <stdbool.h>
-#include <stdio.h>
 
 #include "core/err.h"
 
@@ -143,9 +142,27 @@ int64_t br_cost_compute(const struct br_price *p, const struct br_usage *u)
 
 void br_cost_format_usd(int64_t nano_usd, char out[BR_COST_USD_STRLEN])
 {
-    /* Through uint64_t so that INT64_MIN has a magnitude. */
+    /* Through uint64_t so that INT64_MIN has a magnitude; no printf: this runs per request. */
     uint64_t mag = nano_usd < 0 ? 0 - (uint64_t)nano_usd : (uint64_t)nano_usd;
-    (void)snprintf(out, BR_COST_USD_STRLEN, "%s%llu.%09llu", nano_usd < 0 ? "-" : "",
-                   (unsigned long long)(mag / (uint64_t)NANO_PER_USD),
-                   (unsigned long long)(mag % (uint64_t)NANO_PER_USD));
+    uint64_t whole = mag / (uint64_t)NANO_PER_USD;
+    uint64_t frac = mag % (uint64_t)NANO_PER_USD;
+    char digits[24];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + whole % 10);
+        whole /= 10;
+    } while (whole);
+    size_t len = 0;
+    if (nano_usd < 0) {
+        out[len++] = '-';
+    }
+    while (n) {
+        out[len++] = digits[--n];
+    }
+    out[len++] = '.';
+    for (int i = 8; i >= 0; i--) {
+        out[len + (size_t)i] = (char)('0' + frac % 10);
+        frac /= 10;
+    }
+    out[len + 9] = '\0';
 }
