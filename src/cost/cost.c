@@ -8,6 +8,7 @@
 #include "cost/cost.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 
 #include "core/err.h"
 
