@@ -296,9 +296,6 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
             /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
             queue_sse(c, res->error_body.ptr, res->error_body.len);
         }
-        if (!client_gone) {
-            flush_frames(c);
-        }
         /* The status line already said 200; a failure shows in error_kind. */
         account(c, client_gone ? 499 : 200, res, kind);
         struct br_http_header tr[6];
@@ -306,8 +303,13 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
         /* Only the cost and token trailers; the model went out with the headers. */
         struct br_http_header *t = nt > 2 ? tr + 2 : tr;
         size_t ntr = nt > 2 ? nt - 2 : 0;
+        /* The last frames, the end of the body and the trailers leave in one write. */
+        struct br_buf last = c->frame;
+        br_buf_init(&c->frame, 0);
         release(c);
-        br_http_stream_end(req, t, ntr);
+        br_http_stream_finish(req, client_gone ? NULL : last.ptr, client_gone ? 0 : last.len, t,
+                              ntr);
+        br_buf_cleanup(&last);
         return;
     }
 

@@ -387,6 +387,27 @@ static int skip_container(const char *p, size_t len, size_t *i)
     size_t depth = 0;
     size_t k = *i;
     while (k < len) {
+#ifdef __SSE2__
+        /* Jump over bytes that cannot change the nesting, 16 at a time. */
+        while (k + 16 <= len) {
+            __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+            __m128i hit =
+                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('"')),
+                                          _mm_cmpeq_epi8(bytes, _mm_set1_epi8('{'))),
+                             _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('}')),
+                                                       _mm_cmpeq_epi8(bytes, _mm_set1_epi8('['))),
+                                          _mm_cmpeq_epi8(bytes, _mm_set1_epi8(']'))));
+            int mask = _mm_movemask_epi8(hit);
+            if (mask) {
+                k += (size_t)__builtin_ctz((unsigned)mask);
+                break;
+            }
+            k += 16;
+        }
+        if (k >= len) {
+            break;
+        }
+#endif
         char c = p[k];
         if (c == '"') {
             int rc = skip_string(p, len, &k);

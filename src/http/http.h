@@ -179,8 +179,10 @@ int br_http_respond_error(br_http_request *req, int status, const char *type, co
                           const char *param, const char *message);
 
 /**
- * Starts a streamed response: the status line and headers are written now, the body follows as
- * chunks (HTTP/1.1 chunked; HTTP/1.0 clients get a body delimited by close). BR_ERR_INVAL for
+ * Starts a streamed response: the status line and headers are prepared now and leave with the
+ * body's first bytes (or with the end of the stream, or with a zero-length stream_write, which
+ * sends them at once), in the same write; the body follows as chunks (HTTP/1.1 chunked;
+ * HTTP/1.0 clients get a body delimited by close). BR_ERR_INVAL for
  * a bad status or header (nothing is written; the handler may still respond), BR_ERR_CLOSED
  * when the client is gone. Either way the handler still ends with br_http_stream_end (or, when
  * nothing was begun, br_http_respond).
@@ -190,7 +192,8 @@ int br_http_stream_begin(br_http_request *req, int status, const struct br_http_
 
 /**
  * Writes one chunk; the bytes are handed to the socket at once (no batching across calls) and
- * whatever the socket does not take is copied and queued. A zero-length write does nothing.
+ * whatever the socket does not take is copied and queued. A zero-length write sends a head
+ * that is still waiting and otherwise does nothing.
  * BR_ERR_CLOSED when the client is gone, or when more than limits.write_buffer_bytes are
  * already queued (the client is then dropped and on_abort follows).
  */
@@ -206,6 +209,13 @@ size_t br_http_stream_pending(const br_http_request *req);
  */
 int br_http_stream_end(br_http_request *req, const struct br_http_header *trailers,
                        size_t n_trailers);
+
+/**
+ * As br_http_stream_write(data, n) followed by br_http_stream_end(trailers), in one write to
+ * the socket. `req` is invalid after the call.
+ */
+int br_http_stream_finish(br_http_request *req, const void *data, size_t n,
+                          const struct br_http_header *trailers, size_t n_trailers);
 
 /** Reason phrase for a status code ("Not Found"); "Unknown" when not known. */
 const char *br_http_status_reason(int status);

@@ -224,6 +224,7 @@ struct br__http_conn {
     struct br__http_rbuf *rbuf; /* NULL when nothing is buffered */
     size_t rstart, rend;        /* unparsed bytes are rbuf->data[rstart, rend) */
     size_t wq_bytes;            /* queued bytes the socket has not taken yet */
+    struct br_buf held;         /* a streamed response's head, sent with its first bytes */
     struct br__http_parser parser;
     br_arena *arena;            /* request arena, reset when a request finishes */
     size_t arena_cap;           /* the arena's byte cap */

@@ -129,6 +129,7 @@ static void conn_maybe_free(struct br__http_conn *c)
         rbuf_put(w, c->rbuf);
     }
     br__http_parser_cleanup(&c->parser);
+    br_buf_cleanup(&c->held);
     br_arena_destroy(c->arena);
     br_free(c);
     check_drained(w);
@@ -689,6 +690,7 @@ static void on_connection(uv_stream_t *server, int status)
     c->w = w;
     c->arena_cap = w->lim.arena_bytes;
     br__http_parser_init(&c->parser);
+    br_buf_init(&c->held, BR__HTTP_HEAD_MAX);
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
     c->tcp.data = c;

@@ -509,8 +509,46 @@ int br_http_stream_begin(br_http_request *req, int status, const struct br_http_
         return rc == BR_ERR_LIMIT ? BR_ERR_INVAL : rc;
     }
     c->resp = BR__HTTP_RESP_STREAMING;
-    uv_buf_t b = uv_buf_init(c->w->out.ptr, (unsigned)c->w->out.len);
-    return br__http_conn_write(c, &b, 1);
+    /* The head waits for the body's first bytes (or the end) and leaves with them in one
+     * write: one syscall and one packet fewer per streamed response. */
+    br_buf_reset(&c->held);
+    rc = br_buf_append(&c->held, c->w->out.ptr, c->w->out.len);
+    if (rc != BR_OK) {
+        uv_buf_t b = uv_buf_init(c->w->out.ptr, (unsigned)c->w->out.len);
+        return br__http_conn_write(c, &b, 1);
+    }
+    return BR_OK;
+}
+
+/* Writes bufs[1..n) preceded by the held head, if any, in one write. bufs[0] is free for it. */
+static int write_with_held(struct br__http_conn *c, uv_buf_t *bufs, unsigned n)
+{
+    if (c->held.len == 0) {
+        return br__http_conn_write(c, bufs + 1, n - 1);
+    }
+    bufs[0] = uv_buf_init(c->held.ptr, (unsigned)c->held.len);
+    int rc = br__http_conn_write(c, bufs, n);
+    br_buf_reset(&c->held);
+    return rc;
+}
+
+/* "<hex size>\r\n" for a chunk of n bytes; returns its length. */
+static size_t chunk_size_line(size_t n, char out[24])
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[20];
+    size_t k = 0;
+    do {
+        tmp[k++] = hex[n & 15];
+        n >>= 4;
+    } while (n);
+    size_t len = 0;
+    while (k) {
+        out[len++] = tmp[--k];
+    }
+    out[len++] = '\r';
+    out[len++] = '\n';
+    return len;
 }
 
 int br_http_stream_write(br_http_request *req, const void *data, size_t n)
@@ -522,7 +560,14 @@ int br_http_stream_write(br_http_request *req, const void *data, size_t n)
     if (c->state == BR__HTTP_CONN_CLOSED) {
         return BR_ERR_CLOSED;
     }
-    if (n == 0 || c->head_only) {
+    if (c->head_only) {
+        return BR_OK;
+    }
+    if (n == 0) {
+        if (c->held.len) {
+            uv_buf_t none[1];
+            return write_with_held(c, none, 1); /* an explicit empty write sends the head */
+        }
         return BR_OK;
     }
     if (c->wq_bytes > c->w->lim.write_buffer_bytes) {
@@ -533,17 +578,17 @@ int br_http_stream_write(br_http_request *req, const void *data, size_t n)
         return BR_ERR_CLOSED;
     }
     if (!c->stream_chunked) {
-        uv_buf_t b = uv_buf_init((char *)data, (unsigned)n);
-        return br__http_conn_write(c, &b, 1);
+        uv_buf_t b[2];
+        b[1] = uv_buf_init((char *)data, (unsigned)n);
+        return write_with_held(c, b, 2);
     }
     char size_line[24];
-    int k = snprintf(size_line, sizeof(size_line), "%zx\r\n", n);
-    uv_buf_t bufs[3] = {
-        uv_buf_init(size_line, (unsigned)k),
-        uv_buf_init((char *)data, (unsigned)n),
-        uv_buf_init((char *)"\r\n", 2),
-    };
-    return br__http_conn_write(c, bufs, 3);
+    size_t k = chunk_size_line(n, size_line);
+    uv_buf_t bufs[4];
+    bufs[1] = uv_buf_init(size_line, (unsigned)k);
+    bufs[2] = uv_buf_init((char *)data, (unsigned)n);
+    bufs[3] = uv_buf_init((char *)"\r\n", 2);
+    return write_with_held(c, bufs, 4);
 }
 
 size_t br_http_stream_pending(const br_http_request *req)
@@ -554,14 +599,14 @@ size_t br_http_stream_pending(const br_http_request *req)
     return c->wq_bytes;
 }
 
-int br_http_stream_end(br_http_request *req, const struct br_http_header *trailers,
-                       size_t n_trailers)
+int br_http_stream_finish(br_http_request *req, const void *data, size_t n,
+                          const struct br_http_header *trailers, size_t n_trailers)
 {
     struct br__http_conn *c = conn_of(req);
     int rc = BR_OK;
-    if (c->resp != BR__HTTP_RESP_STREAMING) {
+    if (c->resp != BR__HTTP_RESP_STREAMING || (n && !data)) {
         /* Never begun: answer with an error so that the request still ends. */
-        if (c->state != BR__HTTP_CONN_CLOSED) {
+        if (c->resp != BR__HTTP_RESP_STREAMING && c->state != BR__HTTP_CONN_CLOSED) {
             write_error(c, 500, "server_error", "internal_error", NULL,
                         "the server ended a response it never started");
         }
@@ -572,7 +617,24 @@ int br_http_stream_end(br_http_request *req, const struct br_http_header *traile
         br__http_conn_finish(c);
         return BR_ERR_CLOSED;
     }
-    if (c->stream_chunked) {
+    if (c->head_only) {
+        n = 0;
+    }
+    /* held head, last data chunk, terminal chunk and trailers: one write */
+    uv_buf_t bufs[5];
+    unsigned nb = 1;
+    char size_line[24];
+    if (!c->stream_chunked) {
+        if (n) {
+            bufs[nb++] = uv_buf_init((char *)data, (unsigned)n);
+        }
+    } else {
+        if (n) {
+            size_t k = chunk_size_line(n, size_line);
+            bufs[nb++] = uv_buf_init(size_line, (unsigned)k);
+            bufs[nb++] = uv_buf_init((char *)data, (unsigned)n);
+            bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+        }
         if (!headers_ok(trailers, n_trailers)) {
             rc = BR_ERR_INVAL;
             n_trailers = 0;
@@ -596,8 +658,10 @@ int br_http_stream_end(br_http_request *req, const struct br_http_header *traile
             br_buf_append(b, "0\r\n", 3);
         }
         br_buf_append(b, "\r\n", 2);
-        uv_buf_t buf = uv_buf_init(b->ptr, (unsigned)b->len);
-        int wrc = br__http_conn_write(c, &buf, 1);
+        bufs[nb++] = uv_buf_init(b->ptr, (unsigned)b->len);
+    }
+    if (nb > 1 || c->held.len) {
+        int wrc = write_with_held(c, bufs, nb);
         if (rc == BR_OK) {
             rc = wrc;
         }
@@ -607,4 +671,10 @@ int br_http_stream_end(br_http_request *req, const struct br_http_header *traile
     }
     br__http_conn_finish(c);
     return rc;
+}
+
+int br_http_stream_end(br_http_request *req, const struct br_http_header *trailers,
+                       size_t n_trailers)
+{
+    return br_http_stream_finish(req, NULL, 0, trailers, n_trailers);
 }
