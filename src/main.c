@@ -103,8 +103,8 @@ static int opt_value(int argc, char **argv, int *i, const char *lng, const char 
     }
     if (strcmp(a, lng) == 0 || (shrt && strcmp(a, shrt) == 0)) {
         if (*i + 1 >= argc) {
-            fprintf(stderr, "brigade: %s needs a value\n", a);
-            exit(2);
+            (void)fprintf(stderr, "brigade: %s needs a value\n", a);
+            exit(2); /* NOLINT(concurrency-mt-unsafe): argument parsing, before any thread */
         }
         *out = argv[++*i];
         return 1;
@@ -114,7 +114,8 @@ static int opt_value(int argc, char **argv, int *i, const char *lng, const char 
 
 static const char *default_config(void)
 {
-    const char *env = getenv("BRIGADE_CONFIG"); /* NOLINT(concurrency-mt-unsafe) */
+    /* NOLINTNEXTLINE(concurrency-mt-unsafe): command-line start-up, before any thread */
+    const char *env = getenv("BRIGADE_CONFIG");
     if (env && *env) {
         return env;
     }
@@ -126,7 +127,8 @@ static const char *default_config(void)
 
 static int bad_arg(const char *cmd, const char *arg)
 {
-    fprintf(stderr, "brigade %s: unknown argument '%s' (see 'brigade %s --help')\n", cmd, arg, cmd);
+    (void)fprintf(stderr, "brigade %s: unknown argument '%s' (see 'brigade %s --help')\n", cmd, arg,
+                  cmd);
     return 2;
 }
 
@@ -165,19 +167,19 @@ static int cmd_serve(int argc, char **argv)
     const char *level = NULL;
     for (int i = 0; i < argc; i++) {
         if (is_help(argv[i])) {
-            fputs(usage_serve, stdout);
+            (void)fputs(usage_serve, stdout);
             return 0;
         } else if (opt_value(argc, argv, &i, "--config", "-c", &v)) {
             config = v;
         } else if (opt_value(argc, argv, &i, "--listen", NULL, &v)) {
             if (parse_listen(v, &ov) != 0) {
-                fprintf(stderr, "brigade serve: --listen wants HOST:PORT, got '%s'\n", v);
+                (void)fprintf(stderr, "brigade serve: --listen wants HOST:PORT, got '%s'\n", v);
                 return 2;
             }
         } else if (opt_value(argc, argv, &i, "--workers", NULL, &v)) {
             unsigned long long n;
             if (br_slice_to_u64(br_slice_from_cstr(v), 256, &n) != BR_OK) {
-                fprintf(stderr, "brigade serve: --workers wants 0..256, got '%s'\n", v);
+                (void)fprintf(stderr, "brigade serve: --workers wants 0..256, got '%s'\n", v);
                 return 2;
             }
             ov.workers = (unsigned)n;
@@ -193,21 +195,22 @@ static int cmd_serve(int argc, char **argv)
         config = default_config();
     }
     if (!config) {
-        fprintf(stderr, "brigade serve: no configuration: pass -c FILE (the repository ships "
-                        "config/brigade.yaml), set BRIGADE_CONFIG, or create ./brigade.yaml\n");
+        (void)fprintf(stderr,
+                      "brigade serve: no configuration: pass -c FILE (the repository ships "
+                      "config/brigade.yaml), set BRIGADE_CONFIG, or create ./brigade.yaml\n");
         return 2;
     }
     char err[1024];
     br_gateway *g = NULL;
     int rc = br_gateway_create(config, &ov, &g, err, sizeof(err));
     if (rc != BR_OK) {
-        fprintf(stderr, "brigade serve: %s\n", err);
+        (void)fprintf(stderr, "brigade serve: %s\n", err);
         return 1;
     }
     if (level) {
         enum br_log_level lvl;
         if (br_log_level_parse(level, &lvl) != BR_OK) {
-            fprintf(stderr, "brigade serve: --log-level wants error, warn, info or debug\n");
+            (void)fprintf(stderr, "brigade serve: --log-level wants error, warn, info or debug\n");
             br_gateway_destroy(g);
             return 2;
         }
@@ -224,16 +227,17 @@ static void fmt_time(int64_t ms, char out[32])
 {
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm);
+    if (!gmtime_r(&t, &tm) || strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm) == 0) {
+        memcpy(out, "-", 2); /* a time gmtime cannot represent */
+    }
 }
 
 static void fmt_ms(int64_t us, char out[24])
 {
     if (us < 0) {
-        snprintf(out, 24, "-");
+        (void)snprintf(out, 24, "-");
     } else {
-        snprintf(out, 24, "%.1f", (double)us / 1000.0);
+        (void)snprintf(out, 24, "%.1f", (double)us / 1000.0);
     }
 }
 
@@ -280,96 +284,125 @@ static int print_total(void *user, const struct br_store_total *t)
     return 0;
 }
 
-static int cmd_logs(int argc, char **argv)
+struct logs_opts {
+    const char *config;
+    const char *db;
+    long n;
+    uint64_t since;
+    enum br_store_group by;
+    const char *by_name;
+};
+
+static int parse_group(const char *v, enum br_store_group *by)
 {
-    const char *config = NULL;
-    const char *db = NULL;
+    if (strcmp(v, "model") == 0) {
+        *by = BR_STORE_GROUP_MODEL;
+    } else if (strcmp(v, "key") == 0) {
+        *by = BR_STORE_GROUP_KEY;
+    } else if (strcmp(v, "day") == 0) {
+        *by = BR_STORE_GROUP_DAY;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads the options of 'brigade logs'; returns -1 to go on, else the exit code. */
+static int logs_args(int argc, char **argv, struct logs_opts *o)
+{
     const char *v;
-    long n = 20;
-    uint64_t since = 0;
-    enum br_store_group by = BR_STORE_GROUP_MODEL;
-    const char *by_name = "model";
     for (int i = 0; i < argc; i++) {
         if (is_help(argv[i])) {
-            fputs(usage_logs, stdout);
+            (void)fputs(usage_logs, stdout);
             return 0;
         } else if (opt_value(argc, argv, &i, "--config", "-c", &v)) {
-            config = v;
+            o->config = v;
         } else if (opt_value(argc, argv, &i, "--db", NULL, &v)) {
-            db = v;
+            o->db = v;
         } else if (opt_value(argc, argv, &i, "-n", NULL, &v)) {
             unsigned long long x;
             if (br_slice_to_u64(br_slice_from_cstr(v), 1000000, &x) != BR_OK) {
-                fprintf(stderr, "brigade logs: -n wants a number\n");
+                (void)fprintf(stderr, "brigade logs: -n wants a number\n");
                 return 2;
             }
-            n = (long)x;
+            o->n = (long)x;
         } else if (opt_value(argc, argv, &i, "--since", NULL, &v)) {
-            if (br_config_parse_duration_ms(v, &since) != BR_OK) {
-                fprintf(stderr, "brigade logs: --since wants a duration such as 30m or 24h\n");
+            if (br_config_parse_duration_ms(v, &o->since) != BR_OK) {
+                (void)fprintf(stderr,
+                              "brigade logs: --since wants a duration such as 30m or 24h\n");
                 return 2;
             }
         } else if (opt_value(argc, argv, &i, "--by", NULL, &v)) {
-            by_name = v;
-            if (strcmp(v, "model") == 0) {
-                by = BR_STORE_GROUP_MODEL;
-            } else if (strcmp(v, "key") == 0) {
-                by = BR_STORE_GROUP_KEY;
-            } else if (strcmp(v, "day") == 0) {
-                by = BR_STORE_GROUP_DAY;
-            } else {
-                fprintf(stderr, "brigade logs: --by wants model, key or day\n");
+            o->by_name = v;
+            if (parse_group(v, &o->by) != 0) {
+                (void)fprintf(stderr, "brigade logs: --by wants model, key or day\n");
                 return 2;
             }
         } else {
             return bad_arg("logs", argv[i]);
         }
     }
-    struct br_config *cfg = NULL;
-    if (!db) {
-        if (!config) {
-            config = default_config();
-        }
-        if (!config) {
-            fprintf(stderr, "brigade logs: pass --db PATH or -c FILE\n");
-            return 2;
-        }
-        char err[1024];
-        if (br_config_load_file(config, &cfg, err, sizeof(err)) != BR_OK) {
-            fprintf(stderr, "brigade logs: %s\n", err);
-            return 1;
-        }
-        db = cfg->log_path;
-        if (!db) {
-            fprintf(stderr, "brigade logs: the request log is off in %s\n", config);
-            br_config_unref(cfg);
-            return 1;
-        }
-    }
-    int64_t since_ms = since ? br_clock_wall_ms() - (int64_t)since : 0;
+    return -1;
+}
+
+/* The recent rows (unless n is 0), then the totals. */
+static int print_logs(const char *db, const struct logs_opts *o)
+{
+    int64_t since_ms = o->since ? br_clock_wall_ms() - (int64_t)o->since : 0;
     int rc = BR_OK;
-    if (n > 0) {
+    if (o->n > 0) {
         printf("recent requests in %s (newest first; ~ marks estimated token counts)\n", db);
         printf("%-19s  %-12s  %-10s  %-26s  %3s  %6s  %7s  %8s  %12s  %8s  %8s  %s\n", "time (UTC)",
                "id", "key", "model", "st", "mode", "prompt", "complet.", "cost (USD)", "lat ms",
                "ttft ms", "error");
-        rc = br_store_query_recent(db, (int)n, since_ms, print_row, NULL);
+        rc = br_store_query_recent(db, (int)o->n, since_ms, print_row, NULL);
         printf("\n");
     }
     if (rc == BR_OK) {
         struct totals_acc acc = {0};
-        printf("totals by %s%s\n", by_name, since ? " (since the given time)" : "");
-        printf("%-30s  %9s  %7s  %12s  %12s  %14s  %10s\n", by_name, "requests", "errors",
+        printf("totals by %s%s\n", o->by_name, o->since ? " (since the given time)" : "");
+        printf("%-30s  %9s  %7s  %12s  %12s  %14s  %10s\n", o->by_name, "requests", "errors",
                "prompt tok", "complet. tok", "cost (USD)", "mean ms");
-        rc = br_store_query_totals(db, by, since_ms, print_total, &acc);
+        rc = br_store_query_totals(db, o->by, since_ms, print_total, &acc);
         char usd[BR_COST_USD_STRLEN];
         br_cost_format_usd(acc.cost, usd);
         printf("%-30s  %9lld  %7lld  %12lld  %12lld  %14s\n", "all", (long long)acc.requests,
                (long long)acc.errors, (long long)acc.prompt, (long long)acc.completion, usd);
     }
     if (rc != BR_OK) {
-        fprintf(stderr, "brigade logs: cannot read %s: %s\n", db, br_strerror(rc));
+        (void)fprintf(stderr, "brigade logs: cannot read %s: %s\n", db, br_strerror(rc));
     }
+    return rc;
+}
+
+static int cmd_logs(int argc, char **argv)
+{
+    struct logs_opts o = {.n = 20, .by = BR_STORE_GROUP_MODEL, .by_name = "model"};
+    int code = logs_args(argc, argv, &o);
+    if (code >= 0) {
+        return code;
+    }
+    const char *db = o.db;
+    struct br_config *cfg = NULL;
+    if (!db) {
+        const char *config = o.config ? o.config : default_config();
+        if (!config) {
+            (void)fprintf(stderr, "brigade logs: pass --db PATH or -c FILE\n");
+            return 2;
+        }
+        char err[1024];
+        if (br_config_load_file(config, &cfg, err, sizeof(err)) != BR_OK) {
+            (void)fprintf(stderr, "brigade logs: %s\n", err);
+            return 1;
+        }
+        db = cfg->log_path;
+        if (!db) {
+            (void)fprintf(stderr, "brigade logs: the request log is off in %s\n", config);
+            br_config_unref(cfg);
+            return 1;
+        }
+    }
+    int rc = print_logs(db, &o);
     br_config_unref(cfg);
     return rc == BR_OK ? 0 : 1;
 }
@@ -381,7 +414,7 @@ static int cmd_config(int argc, char **argv)
     const char *config = NULL;
     const char *v;
     if (argc == 0 || is_help(argv[0])) {
-        fputs(usage_config, argc ? stdout : stderr);
+        (void)fputs(usage_config, argc ? stdout : stderr);
         return argc ? 0 : 2;
     }
     if (strcmp(argv[0], "check") != 0) {
@@ -389,7 +422,7 @@ static int cmd_config(int argc, char **argv)
     }
     for (int i = 1; i < argc; i++) {
         if (is_help(argv[i])) {
-            fputs(usage_config, stdout);
+            (void)fputs(usage_config, stdout);
             return 0;
         } else if (opt_value(argc, argv, &i, "--config", "-c", &v)) {
             config = v;
@@ -401,12 +434,12 @@ static int cmd_config(int argc, char **argv)
         config = default_config();
     }
     if (!config) {
-        fprintf(stderr, "brigade config check: pass -c FILE\n");
+        (void)fprintf(stderr, "brigade config check: pass -c FILE\n");
         return 2;
     }
     char msg[1024];
     int rc = br_gateway_check_config(config, msg, sizeof(msg));
-    fprintf(rc == BR_OK ? stdout : stderr, "%s\n", msg);
+    (void)fprintf(rc == BR_OK ? stdout : stderr, "%s\n", msg);
     return rc == BR_OK ? 0 : 1;
 }
 
@@ -422,7 +455,7 @@ static void print_hash(const char *key, size_t n)
 static int cmd_key(int argc, char **argv)
 {
     if (argc == 0 || is_help(argv[0])) {
-        fputs(usage_key, argc ? stdout : stderr);
+        (void)fputs(usage_key, argc ? stdout : stderr);
         return argc ? 0 : 2;
     }
     if (strcmp(argv[0], "new") == 0) {
@@ -430,7 +463,7 @@ static int cmd_key(int argc, char **argv)
         const char *v;
         for (int i = 1; i < argc; i++) {
             if (is_help(argv[i])) {
-                fputs(usage_key, stdout);
+                (void)fputs(usage_key, stdout);
                 return 0;
             } else if (opt_value(argc, argv, &i, "--id", NULL, &v)) {
                 id = v;
@@ -440,12 +473,12 @@ static int cmd_key(int argc, char **argv)
         }
         unsigned char raw[24];
         if (br_rand_bytes(raw, sizeof(raw)) != BR_OK) {
-            fprintf(stderr, "brigade key new: no randomness available\n");
+            (void)fprintf(stderr, "brigade key new: no randomness available\n");
             return 1;
         }
         char key[3 + 2 * sizeof(raw) + 1] = "br-";
         for (size_t i = 0; i < sizeof(raw); i++) {
-            snprintf(key + 3 + 2 * i, 3, "%02x", raw[i]);
+            (void)snprintf(key + 3 + 2 * i, 3, "%02x", raw[i]);
         }
         printf("key:    %s\n\nconfig:\n  auth:\n    keys:\n      - id: %s\n        sha256: ", key,
                id);
@@ -456,7 +489,7 @@ static int cmd_key(int argc, char **argv)
     if (strcmp(argv[0], "hash") == 0) {
         char line[4096];
         if (!fgets(line, sizeof(line), stdin)) {
-            fprintf(stderr, "brigade key hash: expected the key on standard input\n");
+            (void)fprintf(stderr, "brigade key hash: expected the key on standard input\n");
             return 2;
         }
         line[strcspn(line, "\r\n")] = '\0';
@@ -471,7 +504,7 @@ int main(int argc, char **argv)
 {
     json_set_alloc_funcs(br_malloc, br_free);
     if (argc < 2 || is_help(argv[1])) {
-        fputs(usage_main, argc < 2 ? stderr : stdout);
+        (void)fputs(usage_main, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
     const char *cmd = argv[1];
@@ -481,9 +514,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "serve") == 0) {
         /* A peer that closes while we write must be an EPIPE error, not process death. */
-        signal(SIGPIPE, SIG_IGN);
+        (void)signal(SIGPIPE, SIG_IGN); /* cannot fail for a valid signal number */
         if (br_upstream_global_init() != BR_OK) {
-            fprintf(stderr, "brigade: cannot initialise libcurl\n");
+            (void)fprintf(stderr, "brigade: cannot initialise libcurl\n");
             return 1;
         }
         int rc = cmd_serve(argc - 2, argv + 2);
@@ -499,6 +532,6 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "key") == 0) {
         return cmd_key(argc - 2, argv + 2);
     }
-    fprintf(stderr, "brigade: unknown command '%s'\n\n%s", cmd, usage_main);
+    (void)fprintf(stderr, "brigade: unknown command '%s'\n\n%s", cmd, usage_main);
     return 2;
 }

@@ -61,7 +61,7 @@ static void respond_error(br_http_request *req, int status, const char *type, co
     size_t k = 0;
     for (; message[k] && k < sizeof(clean) - 1; k++) {
         unsigned char ch = (unsigned char)message[k];
-        clean[k] = (ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
+        clean[k] = (char)((ch < 0x20 || ch >= 0x7f) ? '?' : ch);
     }
     clean[k] = '\0';
     message = clean;
@@ -195,9 +195,9 @@ static const char *error_kind_of(const struct br_provider_result *res, char *buf
         return NULL;
     }
     if (res->error_kind == BR_UPSTREAM_ERROR_NONE) {
-        snprintf(buf, n, "provider_error_%d", res->status);
+        (void)snprintf(buf, n, "provider_error_%d", res->status);
     } else {
-        snprintf(buf, n, "upstream_%s", br_upstream_error_name(res->error_kind));
+        (void)snprintf(buf, n, "upstream_%s", br_upstream_error_name(res->error_kind));
     }
     return buf;
 }
@@ -276,6 +276,32 @@ static int queue_sse(struct chat *c, const char *data, size_t n)
     return c->frame.len >= FRAME_FLUSH_BYTES ? flush_frames(c) : BR_OK;
 }
 
+/* Ends a streamed answer: [DONE] (or an error event), then the trailers. */
+static void finish_stream(struct chat *c, const struct br_provider_result *res, bool client_gone,
+                          const char *kind)
+{
+    br_http_request *req = c->req;
+    if (!client_gone && res->rc == BR_OK) {
+        queue_sse(c, "[DONE]", 6);
+    } else if (!client_gone && res->error_body.len) {
+        /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
+        queue_sse(c, res->error_body.ptr, res->error_body.len);
+    }
+    /* The status line already said 200; a failure shows in error_kind. */
+    account(c, client_gone ? 499 : 200, res, kind);
+    struct br_http_header tr[6];
+    size_t nt = brigade_headers(c, res, tr, 6, true);
+    /* Only the cost and token trailers; the model went out with the headers. */
+    struct br_http_header *t = nt > 2 ? tr + 2 : tr;
+    size_t ntr = nt > 2 ? nt - 2 : 0;
+    /* The last frames, the end of the body and the trailers leave in one write. */
+    struct br_buf last = c->frame;
+    br_buf_init(&c->frame, 0);
+    release(c);
+    br_http_stream_finish(req, client_gone ? NULL : last.ptr, client_gone ? 0 : last.len, t, ntr);
+    br_buf_cleanup(&last);
+}
+
 /* Ends the request given the call's result; exactly once. */
 static void finish(struct chat *c, const struct br_provider_result *res, bool client_gone)
 {
@@ -290,26 +316,7 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
     }
 
     if (prev == CHAT_STREAMING) {
-        if (!client_gone && res->rc == BR_OK) {
-            queue_sse(c, "[DONE]", 6);
-        } else if (!client_gone && res->error_body.len) {
-            /* Mid-stream failure: an SSE error event in OpenAI's shape, and no [DONE]. */
-            queue_sse(c, res->error_body.ptr, res->error_body.len);
-        }
-        /* The status line already said 200; a failure shows in error_kind. */
-        account(c, client_gone ? 499 : 200, res, kind);
-        struct br_http_header tr[6];
-        size_t nt = brigade_headers(c, res, tr, 6, true);
-        /* Only the cost and token trailers; the model went out with the headers. */
-        struct br_http_header *t = nt > 2 ? tr + 2 : tr;
-        size_t ntr = nt > 2 ? nt - 2 : 0;
-        /* The last frames, the end of the body and the trailers leave in one write. */
-        struct br_buf last = c->frame;
-        br_buf_init(&c->frame, 0);
-        release(c);
-        br_http_stream_finish(req, client_gone ? NULL : last.ptr, client_gone ? 0 : last.len, t,
-                              ntr);
-        br_buf_cleanup(&last);
+        finish_stream(c, res, client_gone, kind);
         return;
     }
 
@@ -338,7 +345,7 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
     char retry[24];
     if (res->retry_after_ms && n < 8) {
         /* Whole seconds, rounded up, as HTTP's Retry-After wants. */
-        snprintf(retry, sizeof(retry), "%u", (unsigned)((res->retry_after_ms + 999) / 1000));
+        (void)snprintf(retry, sizeof(retry), "%u", (unsigned)((res->retry_after_ms + 999) / 1000));
         h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"), br_slice_from_cstr(retry)};
     }
     if (res->error_kind == BR_UPSTREAM_ERROR_HTTP_STATUS && (status == 401 || status == 403)) {
@@ -346,11 +353,12 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
          * key, and it is not about the client's key: say what it is instead. */
         kind = "upstream_auth";
         char msg[400];
-        snprintf(msg, sizeof(msg),
-                 "The upstream provider of model '%s' refused the gateway's credentials (HTTP "
-                 "%d). This is a gateway configuration problem (the model's api_key), not your "
-                 "API key.",
-                 c->rm->cfg->name, status);
+        (void)snprintf(
+            msg, sizeof(msg),
+            "The upstream provider of model '%s' refused the gateway's credentials (HTTP "
+            "%d). This is a gateway configuration problem (the model's api_key), not your "
+            "API key.",
+            c->rm->cfg->name, status);
         json_t *e = json_pack("{s:{s:s, s:s, s:n, s:s}}", "error", "message", msg, "type",
                               "upstream_error", "param", "code", "upstream_auth_failed");
         size_t len = 0;
@@ -467,7 +475,7 @@ static void reject(struct chat *c, int status, const char *type, const char *cod
                    const char *param, const char *message)
 {
     char kind[48];
-    snprintf(kind, sizeof(kind), "rejected_%d", status);
+    (void)snprintf(kind, sizeof(kind), "rejected_%d", status);
     c->state = CHAT_FINISHED;
     account(c, status, NULL, kind);
     struct br_http_header h[2];

@@ -51,9 +51,10 @@ static bool path_is(const br_http_request *req, const char *p)
 static void method_not_allowed(br_http_request *req, const char *allowed)
 {
     char msg[160];
-    snprintf(msg, sizeof(msg), "Method %.*s is not allowed on %.*s; use %s.",
-             (int)(req->method_name.len > 16 ? 16 : req->method_name.len), req->method_name.ptr,
-             (int)(req->path.len > 64 ? 64 : req->path.len), req->path.ptr, allowed);
+    (void)snprintf(msg, sizeof(msg), "Method %.*s is not allowed on %.*s; use %s.",
+                   (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
+                   req->method_name.ptr, (int)(req->path.len > 64 ? 64 : req->path.len),
+                   req->path.ptr, allowed);
     br_http_respond_error(req, 405, "invalid_request_error", "method_not_allowed", NULL, msg);
 }
 
@@ -99,9 +100,10 @@ static void on_request(void *wctx, br_http_request *req)
         return;
     }
     char msg[200];
-    snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s.",
-             (int)(req->method_name.len > 16 ? 16 : req->method_name.len), req->method_name.ptr,
-             (int)(req->path.len > 100 ? 100 : req->path.len), req->path.ptr);
+    (void)snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s.",
+                   (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
+                   req->method_name.ptr, (int)(req->path.len > 100 ? 100 : req->path.len),
+                   req->path.ptr);
     br_http_respond_error(req, 404, "invalid_request_error", "unknown_url", NULL, msg);
 }
 
@@ -114,7 +116,7 @@ static void on_reject(void *wctx, int status, const char *reason, const char *re
 {
     struct br_worker *w = wctx;
     char st[12];
-    snprintf(st, sizeof(st), "%d", status);
+    (void)snprintf(st, sizeof(st), "%d", status);
     const char *l[] = {st};
     br_metrics_add(w->g->metrics, w->index, w->g->m.rejected, l, 1);
     br_log(BR_LOG_INFO, req_id, "event=http_reject status=%d reason=\"%s\"", status,
@@ -182,10 +184,10 @@ int br_gateway_check_config(const char *config_path, char *msg, size_t msglen)
     if (rc != BR_OK) {
         return rc;
     }
-    snprintf(msg, msglen, "%s: ok (%zu models, listen %s:%u, auth %s, request log %s)", config_path,
-             rt->n_models, rt->cfg->listen_host, rt->cfg->listen_port,
-             rt->cfg->has_master_key || rt->cfg->n_keys ? "on" : "off",
-             rt->cfg->log_path ? rt->cfg->log_path : "off");
+    (void)snprintf(msg, msglen, "%s: ok (%zu models, listen %s:%u, auth %s, request log %s)",
+                   config_path, rt->n_models, rt->cfg->listen_host, rt->cfg->listen_port,
+                   rt->cfg->has_master_key || rt->cfg->n_keys ? "on" : "off",
+                   rt->cfg->log_path ? rt->cfg->log_path : "off");
     br__runtime_unref(rt);
     return BR_OK;
 }
@@ -237,13 +239,37 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
 
 /* ------------------------------------------------------------------ life cycle */
 
+/* One worker context per event loop, each holding a reference to the first runtime. */
+static int create_workers(struct br_gateway *g)
+{
+    /* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
+    g->workers = br_calloc(g->n_workers, sizeof(*g->workers));
+    if (!g->workers) {
+        return BR_ERR_NOMEM;
+    }
+    for (unsigned i = 0; i < g->n_workers; i++) {
+        struct br_worker *w = br_calloc(1, sizeof(*w));
+        if (!w) {
+            return BR_ERR_NOMEM;
+        }
+        w->g = g;
+        w->index = i;
+        br_rng_seed(&w->rng, 0);
+        br__runtime_ref(g->rt);
+        w->rt = g->rt;
+        w->rt_generation = 1;
+        g->workers[i] = w;
+    }
+    return BR_OK;
+}
+
 int br_gateway_create(const char *config_path, const struct br_gateway_overrides *ov,
                       br_gateway **out, char *err, size_t errlen)
 {
     int rc = BR_ERR_NOMEM;
     struct br_gateway *g = br_calloc(1, sizeof(*g));
     if (!g) {
-        snprintf(err, errlen, "out of memory");
+        (void)snprintf(err, errlen, "out of memory");
         return BR_ERR_NOMEM;
     }
     pthread_mutex_init(&g->rt_lock, NULL);
@@ -252,7 +278,7 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
         g->ov = *ov;
     }
     if (!g->config_path) {
-        snprintf(err, errlen, "out of memory");
+        (void)snprintf(err, errlen, "out of memory");
         goto fail;
     }
     rc = load(config_path, &g->ov, &g->rt, err, errlen);
@@ -275,29 +301,13 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
         rc = br__metrics_register_all(g->metrics, &g->m);
     }
     if (rc != BR_OK) {
-        snprintf(err, errlen, "metrics: %s", br_strerror(rc));
+        (void)snprintf(err, errlen, "metrics: %s", br_strerror(rc));
         goto fail;
     }
-    g->workers = br_calloc(g->n_workers, sizeof(*g->workers));
-    if (!g->workers) {
-        snprintf(err, errlen, "out of memory");
-        rc = BR_ERR_NOMEM;
+    rc = create_workers(g);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "out of memory");
         goto fail;
-    }
-    for (unsigned i = 0; i < g->n_workers; i++) {
-        struct br_worker *w = br_calloc(1, sizeof(*w));
-        if (!w) {
-            snprintf(err, errlen, "out of memory");
-            rc = BR_ERR_NOMEM;
-            goto fail;
-        }
-        w->g = g;
-        w->index = i;
-        br_rng_seed(&w->rng, 0);
-        br__runtime_ref(g->rt);
-        w->rt = g->rt;
-        w->rt_generation = 1;
-        g->workers[i] = w;
     }
 
     g->log_on_full = c->log_on_full;
@@ -310,7 +320,7 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
         };
         rc = br_store_open(&so, &g->store);
         if (rc != BR_OK) {
-            snprintf(err, errlen, "request log %s: %s", c->log_path, br_strerror(rc));
+            (void)snprintf(err, errlen, "request log %s: %s", c->log_path, br_strerror(rc));
             goto fail;
         }
     }
@@ -323,8 +333,8 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
     limits_from(c, &hc.limits);
     rc = br_http_server_create(&hc, &handler, g, &g->http);
     if (rc != BR_OK) {
-        snprintf(err, errlen, "cannot listen on %s:%u: %s", c->listen_host, c->listen_port,
-                 rc == BR_ERR_EXISTS ? "address already in use" : br_strerror(rc));
+        (void)snprintf(err, errlen, "cannot listen on %s:%u: %s", c->listen_host, c->listen_port,
+                       rc == BR_ERR_EXISTS ? "address already in use" : br_strerror(rc));
         goto fail;
     }
     if (!c->has_master_key && c->n_keys == 0 && strcmp(c->listen_host, "127.0.0.1") != 0 &&

@@ -27,7 +27,7 @@ static int fail(struct br__verr *e, const char *param, const char *code, const c
 {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    (void)vsnprintf(e->msg, sizeof(e->msg), fmt, ap); /* a cut message is still the error */
     va_end(ap);
     e->param = param;
     e->code = code;
@@ -136,41 +136,54 @@ static void pick(struct fields *f, struct br_slice name, struct br_slice value)
     }
 }
 
+/* Member names seen so far: compared pairwise up to PAIRWISE_MAX names, then kept in a hash
+ * set so that hostile bodies stay linear. */
+struct seen_names {
+    struct br_slice names[PAIRWISE_MAX];
+    size_t n;
+    struct br_map set;
+};
+
+/* Remembers name; *dup says whether it was seen before. BR_ERR_NOMEM when the set cannot grow. */
+static int note_name(struct seen_names *s, struct br_slice name, bool *dup)
+{
+    int rc = BR_OK;
+    *dup = false;
+    if (s->n < PAIRWISE_MAX) {
+        for (size_t i = 0; i < s->n && !*dup; i++) {
+            *dup = br_slice_eq(s->names[i], name);
+        }
+        s->names[s->n++] = name;
+        if (s->n == PAIRWISE_MAX) {
+            /* Many members: move to the hash set. */
+            for (size_t i = 0; i < s->n && rc == BR_OK; i++) {
+                rc = br_map_put(&s->set, s->names[i], &s->set);
+            }
+        }
+        return rc;
+    }
+    *dup = br_map_get(&s->set, name) != NULL;
+    return *dup ? BR_OK : br_map_put(&s->set, name, &s->set);
+}
+
 /* One pass over the top-level members: duplicates refused, known fields picked. */
 static int scan_members(br_arena *a, struct br_slice body, struct fields *f, struct br__verr *e)
 {
     struct br_json_iter it;
     struct br_json_member m;
-    struct br_slice names[PAIRWISE_MAX];
-    size_t n = 0;
-    struct br_map seen;
-    br_map_init(&seen);
+    struct seen_names seen;
+    seen.n = 0;
+    br_map_init(&seen.set);
     int rc = br_json_obj_iter_init(&it, body);
     while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
         struct br_slice name = member_name(a, m.key);
         bool dup = false;
-        if (n < PAIRWISE_MAX) {
-            for (size_t i = 0; i < n && !dup; i++) {
-                dup = br_slice_eq(names[i], name);
-            }
-            names[n++] = name;
-            if (n == PAIRWISE_MAX) {
-                /* Many members: move to a hash set so that hostile bodies stay linear. */
-                for (size_t i = 0; i < n && rc == BR_OK; i++) {
-                    rc = br_map_put(&seen, names[i], &seen);
-                }
-            }
-        } else {
-            dup = br_map_get(&seen, name) != NULL;
-            if (!dup && rc == BR_OK) {
-                rc = br_map_put(&seen, name, &seen);
-            }
-        }
+        rc = note_name(&seen, name, &dup);
         if (rc != BR_OK) {
             break;
         }
         if (dup) {
-            br_map_cleanup(&seen);
+            br_map_cleanup(&seen.set);
             return fail(e, NULL, "invalid_json",
                         "We could not parse the JSON body of your request: a member name "
                         "appears twice (\"%.*s\").",
@@ -178,9 +191,59 @@ static int scan_members(br_arena *a, struct br_slice body, struct fields *f, str
         }
         pick(f, name, m.value);
     }
-    br_map_cleanup(&seen);
+    br_map_cleanup(&seen.set);
     if (rc == BR_ERR_NOMEM) {
         return fail(e, NULL, "out_of_memory", "out of memory");
+    }
+    return BR_OK;
+}
+
+/* stream and stream_options. */
+static int check_stream(const struct fields *f, struct br__chat_request *out, struct br__verr *e)
+{
+    enum br_json_type st = f->stream.ptr ? br_json_type_of(f->stream) : BR_JSON_NULL;
+    if (st != BR_JSON_TRUE && st != BR_JSON_FALSE && st != BR_JSON_NULL) {
+        return fail(e, "stream", "invalid_type", "stream must be a boolean.");
+    }
+    out->stream = st == BR_JSON_TRUE;
+    out->wants_usage = false;
+    if (present(f->stream_options)) {
+        if (br_json_type_of(f->stream_options) != BR_JSON_OBJECT) {
+            return fail(e, "stream_options", "invalid_type", "stream_options must be an object.");
+        }
+        if (!out->stream) {
+            return fail(e, "stream_options", "invalid_value",
+                        "The 'stream_options' parameter is only allowed when 'stream' is "
+                        "enabled.");
+        }
+        struct br_slice iu = br_json_obj_get(f->stream_options, "include_usage");
+        enum br_json_type it_type = iu.ptr ? br_json_type_of(iu) : BR_JSON_FALSE;
+        if (it_type != BR_JSON_TRUE && it_type != BR_JSON_FALSE) {
+            return fail(e, "stream_options.include_usage", "invalid_type",
+                        "include_usage must be a boolean.");
+        }
+        out->wants_usage = it_type == BR_JSON_TRUE;
+    }
+    return BR_OK;
+}
+
+/* Token limits and sampling parameters: only their ranges are checked here. */
+static int check_sampling(const struct fields *f, struct br__verr *e)
+{
+    if (present(f->max_tokens) && !int_in(f->max_tokens, 1, 100000000)) {
+        return fail(e, "max_tokens", "invalid_value", "must be a positive integer.");
+    }
+    if (present(f->max_completion_tokens) && !int_in(f->max_completion_tokens, 1, 100000000)) {
+        return fail(e, "max_completion_tokens", "invalid_value", "must be a positive integer.");
+    }
+    if (present(f->n) && !int_in(f->n, 1, 128)) {
+        return fail(e, "n", "invalid_value", "n must be an integer from 1 to 128.");
+    }
+    if (present(f->temperature) && !num_in(f->temperature, 0.0, 2.0)) {
+        return fail(e, "temperature", "invalid_value", "temperature must be a number from 0 to 2.");
+    }
+    if (present(f->top_p) && !num_in(f->top_p, 0.0, 1.0)) {
+        return fail(e, "top_p", "invalid_value", "top_p must be a number from 0 to 1.");
     }
     return BR_OK;
 }
@@ -216,45 +279,8 @@ static int check_fields(br_arena *a, const struct fields *f, struct br__chat_req
         return fail(e, "messages", "missing_required_parameter",
                     "You must provide messages: a non-empty array of message objects.");
     }
-    enum br_json_type st = f->stream.ptr ? br_json_type_of(f->stream) : BR_JSON_NULL;
-    if (st != BR_JSON_TRUE && st != BR_JSON_FALSE && st != BR_JSON_NULL) {
-        return fail(e, "stream", "invalid_type", "stream must be a boolean.");
-    }
-    out->stream = st == BR_JSON_TRUE;
-    out->wants_usage = false;
-    if (present(f->stream_options)) {
-        if (br_json_type_of(f->stream_options) != BR_JSON_OBJECT) {
-            return fail(e, "stream_options", "invalid_type", "stream_options must be an object.");
-        }
-        if (!out->stream) {
-            return fail(e, "stream_options", "invalid_value",
-                        "The 'stream_options' parameter is only allowed when 'stream' is "
-                        "enabled.");
-        }
-        struct br_slice iu = br_json_obj_get(f->stream_options, "include_usage");
-        enum br_json_type it_type = iu.ptr ? br_json_type_of(iu) : BR_JSON_FALSE;
-        if (it_type != BR_JSON_TRUE && it_type != BR_JSON_FALSE) {
-            return fail(e, "stream_options.include_usage", "invalid_type",
-                        "include_usage must be a boolean.");
-        }
-        out->wants_usage = it_type == BR_JSON_TRUE;
-    }
-    if (present(f->max_tokens) && !int_in(f->max_tokens, 1, 100000000)) {
-        return fail(e, "max_tokens", "invalid_value", "must be a positive integer.");
-    }
-    if (present(f->max_completion_tokens) && !int_in(f->max_completion_tokens, 1, 100000000)) {
-        return fail(e, "max_completion_tokens", "invalid_value", "must be a positive integer.");
-    }
-    if (present(f->n) && !int_in(f->n, 1, 128)) {
-        return fail(e, "n", "invalid_value", "n must be an integer from 1 to 128.");
-    }
-    if (present(f->temperature) && !num_in(f->temperature, 0.0, 2.0)) {
-        return fail(e, "temperature", "invalid_value", "temperature must be a number from 0 to 2.");
-    }
-    if (present(f->top_p) && !num_in(f->top_p, 0.0, 1.0)) {
-        return fail(e, "top_p", "invalid_value", "top_p must be a number from 0 to 1.");
-    }
-    return BR_OK;
+    rc = check_stream(f, out, e);
+    return rc != BR_OK ? rc : check_sampling(f, e);
 }
 
 int br__chat_request_parse(br_arena *a, struct br_slice body, struct br__chat_request *out,

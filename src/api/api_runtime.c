@@ -65,7 +65,7 @@ int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err,
     int rc = BR_ERR_NOMEM;
     struct br_runtime *rt = br_calloc(1, sizeof(*rt));
     if (!rt) {
-        snprintf(err, errlen, "out of memory");
+        (void)snprintf(err, errlen, "out of memory");
         return BR_ERR_NOMEM;
     }
     atomic_init(&rt->refs, 1);
@@ -74,7 +74,7 @@ int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err,
     rt->created_s = (int64_t)time(NULL);
     rt->models = br_calloc(cfg->n_models, sizeof(*rt->models));
     if (!rt->models) {
-        snprintf(err, errlen, "out of memory");
+        (void)snprintf(err, errlen, "out of memory");
         goto fail;
     }
     rt->n_models = cfg->n_models;
@@ -84,9 +84,10 @@ int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err,
         m->cfg = mc;
         m->ops = br_provider_find(mc->provider);
         if (!m->ops) {
-            snprintf(err, errlen,
-                     "%s:%d: model '%s': unknown provider '%s' (known: openai, anthropic, replay)",
-                     cfg->path, mc->line, mc->name, mc->provider);
+            (void)snprintf(
+                err, errlen,
+                "%s:%d: model '%s': unknown provider '%s' (known: openai, anthropic, replay)",
+                cfg->path, mc->line, mc->name, mc->provider);
             rc = BR_ERR_INVAL;
             goto fail;
         }
@@ -107,15 +108,15 @@ int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err,
         char perr[512] = "";
         rc = m->ops->model_create(t, &m->state, perr, sizeof(perr));
         if (rc != BR_OK) {
-            snprintf(err, errlen, "%s:%d: model '%s' (%s): %s", cfg->path, mc->line, mc->name,
-                     mc->provider, perr[0] ? perr : br_strerror(rc));
+            (void)snprintf(err, errlen, "%s:%d: model '%s' (%s): %s", cfg->path, mc->line, mc->name,
+                           mc->provider, perr[0] ? perr : br_strerror(rc));
             m->state = NULL;
             goto fail;
         }
     }
     rc = build_models_json(rt);
     if (rc != BR_OK) {
-        snprintf(err, errlen, "out of memory");
+        (void)snprintf(err, errlen, "out of memory");
         goto fail;
     }
     *out = rt;

@@ -50,14 +50,24 @@ static int errf(struct loader *L, int line, const char *fmt, ...)
     }
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
+    /* A message cut at errlen is still the right error. */
+    (void)vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
     va_end(ap);
     return BR_ERR_INVAL;
 }
 
+/* errno's text; strerror() is not thread-safe and a reload runs on a worker thread. */
+static const char *errno_text(int e, char *buf, size_t n)
+{
+    if (strerror_r(e, buf, n) != 0) {
+        (void)snprintf(buf, n, "errno %d", e);
+    }
+    return buf;
+}
+
 static int nomem(struct loader *L)
 {
-    snprintf(L->err, L->errlen, "%s: out of memory", L->name);
+    (void)snprintf(L->err, L->errlen, "%s: out of memory", L->name);
     return BR_ERR_NOMEM;
 }
 
@@ -110,7 +120,7 @@ int br_config_parse_size(const char *s, uint64_t *out)
     } else if (strcmp(end, "KiB") == 0 || strcmp(end, "KB") == 0 || strcmp(end, "k") == 0) {
         mul = 1024;
     } else if (strcmp(end, "MiB") == 0 || strcmp(end, "MB") == 0 || strcmp(end, "M") == 0) {
-        mul = 1024 * 1024;
+        mul = 1024ull * 1024;
     } else if (strcmp(end, "GiB") == 0 || strcmp(end, "GB") == 0 || strcmp(end, "G") == 0) {
         mul = 1024ull * 1024 * 1024;
     } else {
@@ -290,8 +300,8 @@ static int resolve_secret(struct loader *L, const struct br_ynode *n, const char
     }
     char *val = NULL;
     if (strncmp(ref, "env:", 4) == 0) {
-        /* getenv: the environment is not modified after start-up. */
-        const char *v = getenv(ref + 4); /* NOLINT(concurrency-mt-unsafe) */
+        /* NOLINTNEXTLINE(concurrency-mt-unsafe): brigade never modifies its environment */
+        const char *v = getenv(ref + 4);
         if (!v || !*v) {
             return errf(L, n->line, "%s: environment variable %.80s is not set", what, ref + 4);
         }
@@ -299,12 +309,13 @@ static int resolve_secret(struct loader *L, const struct br_ynode *n, const char
     } else if (strncmp(ref, "file:", 5) == 0) {
         FILE *f = fopen(ref + 5, "rb");
         if (!f) {
+            char why[128];
             return errf(L, n->line, "%s: cannot read %.200s: %s", what, ref + 5,
-                        strerror(errno)); /* NOLINT(concurrency-mt-unsafe) */
+                        errno_text(errno, why, sizeof(why)));
         }
         char line[4096];
         size_t k = fread(line, 1, sizeof(line) - 1, f);
-        fclose(f);
+        (void)fclose(f); /* read-only: nothing to flush */
         line[k] = '\0';
         line[strcspn(line, "\r\n")] = '\0';
         if (!line[0]) {
@@ -328,7 +339,7 @@ static int resolve_secret(struct loader *L, const struct br_ynode *n, const char
 
 static int parse_hex_hash(const char *s, unsigned char out[BR_CONFIG_KEY_HASH_LEN])
 {
-    if (strlen(s) != 2 * BR_CONFIG_KEY_HASH_LEN) {
+    if (strlen(s) != 2 * (size_t)BR_CONFIG_KEY_HASH_LEN) {
         return BR_ERR_PARSE;
     }
     for (size_t i = 0; i < BR_CONFIG_KEY_HASH_LEN; i++) {
@@ -471,7 +482,7 @@ static int parse_server(struct loader *L, const struct br_ynode *m)
         if (strcmp(k->value, "listen") == 0) {
             rc = parse_listen(L, v);
         } else if (strcmp(k->value, "workers") == 0) {
-            int64_t x;
+            int64_t x = 0;
             rc = integer(L, v, "server.workers", 0, 256, &x);
             L->cfg->workers = (unsigned)x;
         } else if (strcmp(k->value, "limits") == 0) {
@@ -497,7 +508,7 @@ static int parse_key_entry(struct loader *L, const struct br_ynode *m, struct br
                            size_t idx)
 {
     char what[64];
-    snprintf(what, sizeof(what), "auth.keys[%zu]", idx);
+    (void)snprintf(what, sizeof(what), "auth.keys[%zu]", idx); /* fits: 10 + 20 digits */
     int rc = want(L, m, BR_YNODE_MAP, what);
     bool have_key = false;
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
@@ -571,7 +582,7 @@ static int parse_log(struct loader *L, const struct br_ynode *m)
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
         const struct br_ynode *k = m->items[i];
         const struct br_ynode *v = m->items[i + 1];
-        int64_t x;
+        int64_t x = 0;
         if (strcmp(k->value, "path") == 0) {
             const char *s;
             rc = nonempty(L, v, "log.path", &s);
@@ -589,7 +600,7 @@ static int parse_log(struct loader *L, const struct br_ynode *m)
             rc = integer(L, v, "log.batch", 1, 100000, &x);
             c->log_batch = (size_t)x;
         } else if (strcmp(k->value, "flush") == 0) {
-            uint64_t ms;
+            uint64_t ms = 0;
             rc = duration(L, v, "log.flush", 1, &ms);
             c->log_flush_ms = (uint32_t)(ms > 60000 ? 60000 : ms);
         } else if (strcmp(k->value, "on_full") == 0) {
@@ -821,7 +832,7 @@ static int parse_base_url(struct loader *L, const struct br_ynode *v, const char
 static int parse_api_key(struct loader *L, const struct br_ynode *v, const char *what,
                          struct br_model_cfg *mc)
 {
-    char *secret;
+    char *secret = NULL;
     int rc = resolve_secret(L, v, what, &secret);
     if (rc != BR_OK) {
         return rc;
@@ -839,7 +850,8 @@ static int parse_model_field(struct loader *L, const struct br_ynode *k, const s
                              const char *what, struct br_model_cfg *mc)
 {
     char sub[96];
-    snprintf(sub, sizeof(sub), "%s.%s", what, k->value);
+    /* A label for messages; a long unknown key is cut, which is fine. */
+    (void)snprintf(sub, sizeof(sub), "%s.%s", what, k->value);
     if (strcmp(k->value, "name") == 0) {
         return set_str(L, v, sub, &mc->name);
     }
@@ -885,7 +897,7 @@ static int parse_model(struct loader *L, const struct br_ynode *m, size_t idx,
                        struct br_model_cfg *mc)
 {
     char what[48];
-    snprintf(what, sizeof(what), "models[%zu]", idx);
+    (void)snprintf(what, sizeof(what), "models[%zu]", idx); /* fits: 8 + 20 digits */
     int rc = want(L, m, BR_YNODE_MAP, what);
     mc->line = m->line;
     mc->price.cached_input_nano_usd_per_mtok = -1;
@@ -993,10 +1005,10 @@ static void set_defaults(struct br_config *c)
     c->listen_host = "127.0.0.1";
     c->listen_port = 8080;
     c->workers = 0;
-    c->request_line_bytes = 8 * 1024;
-    c->header_bytes = 32 * 1024;
+    c->request_line_bytes = (size_t)8 * 1024;
+    c->header_bytes = (size_t)32 * 1024;
     c->header_fields = 100;
-    c->body_bytes = 16 * 1024 * 1024;
+    c->body_bytes = (size_t)16 * 1024 * 1024;
     c->header_timeout_ms = 10000;
     c->body_idle_timeout_ms = 30000;
     c->keepalive_timeout_ms = 75000;
@@ -1042,7 +1054,7 @@ int br_config_load_string(const char *text, size_t n, const char *base_dir, stru
 
     err[0] = '\0';
     if (n > MAX_FILE_BYTES) {
-        snprintf(err, errlen, "configuration larger than %u bytes", MAX_FILE_BYTES);
+        (void)snprintf(err, errlen, "configuration larger than %u bytes", MAX_FILE_BYTES);
         return BR_ERR_LIMIT;
     }
     rc = br_arena_create(0, &arena);
@@ -1093,25 +1105,27 @@ int br_config_load_file(const char *path, struct br_config **out, char *err, siz
     char *text = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno)); /* NOLINT */
-        return br_err_from_errno(errno);
+        int e = errno;
+        char why[128];
+        (void)snprintf(err, errlen, "%s: cannot open: %s", path, errno_text(e, why, sizeof(why)));
+        return br_err_from_errno(e);
     }
     text = br_malloc(MAX_FILE_BYTES + 1);
     if (!text) {
-        fclose(f);
-        snprintf(err, errlen, "%s: out of memory", path);
+        (void)fclose(f);
+        (void)snprintf(err, errlen, "%s: out of memory", path);
         return BR_ERR_NOMEM;
     }
     size_t n = fread(text, 1, MAX_FILE_BYTES + 1, f);
     int read_err = ferror(f);
-    fclose(f);
+    (void)fclose(f); /* read-only: nothing to flush */
     if (read_err) {
-        snprintf(err, errlen, "%s: read error", path);
+        (void)snprintf(err, errlen, "%s: read error", path);
         rc = BR_ERR_IO;
         goto out;
     }
     if (n > MAX_FILE_BYTES) {
-        snprintf(err, errlen, "%s: larger than %u bytes", path, MAX_FILE_BYTES);
+        (void)snprintf(err, errlen, "%s: larger than %u bytes", path, MAX_FILE_BYTES);
         rc = BR_ERR_LIMIT;
         goto out;
     }
@@ -1120,16 +1134,21 @@ int br_config_load_file(const char *path, struct br_config **out, char *err, siz
     char dir[PATH_MAX];
     char *resolved = realpath(path, NULL); /* NOLINT: libc allocation, freed below */
     if (!resolved) {
-        snprintf(err, errlen, "%s: cannot resolve path", path);
+        (void)snprintf(err, errlen, "%s: cannot resolve path", path);
         rc = BR_ERR_IO;
         goto out;
     }
-    snprintf(dir, sizeof(dir), "%s", resolved);
+    int dn = snprintf(dir, sizeof(dir), "%s", resolved);
+    free(resolved); /* NOLINT: realpath() allocates with malloc */
+    if (dn < 0 || (size_t)dn >= sizeof(dir)) {
+        (void)snprintf(err, errlen, "%s: path too long", path);
+        rc = BR_ERR_LIMIT;
+        goto out;
+    }
     char *slash = strrchr(dir, '/');
     if (slash) {
         *(slash == dir ? slash + 1 : slash) = '\0';
     }
-    free(resolved); /* NOLINT: realpath() allocates with malloc */
 
     rc = br_config_load_string(text, n, dir, out, err, errlen);
     if (rc == BR_OK) {
@@ -1138,8 +1157,8 @@ int br_config_load_file(const char *path, struct br_config **out, char *err, siz
     } else if (strncmp(err, "<string>", 8) == 0) {
         /* Name the file in messages instead of "<string>". */
         char tmp[1024];
-        snprintf(tmp, sizeof(tmp), "%s%s", path, err + 8);
-        snprintf(err, errlen, "%s", tmp);
+        (void)snprintf(tmp, sizeof(tmp), "%s%s", path, err + 8);
+        (void)snprintf(err, errlen, "%s", tmp); /* a cut message is still the error */
     }
 out:
     br_free(text);

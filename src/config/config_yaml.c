@@ -29,7 +29,7 @@ struct builder {
 
 static int fail(struct builder *b, int line, const char *msg)
 {
-    snprintf(b->err, b->errlen, "%s:%d: %s", b->name, line, msg);
+    (void)snprintf(b->err, b->errlen, "%s:%d: %s", b->name, line, msg); /* cut is fine */
     return BR_ERR_PARSE;
 }
 
@@ -37,6 +37,7 @@ static int append(struct builder *b, struct br_ynode *parent, struct br_ynode *c
 {
     if (parent->n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 8;
+        /* NOLINTBEGIN(bugprone-sizeof-expression): an array of pointers */
         struct br_ynode **items = br_arena_calloc(b->arena, ncap, sizeof(*items));
         if (!items) {
             return BR_ERR_NOMEM;
@@ -44,6 +45,7 @@ static int append(struct builder *b, struct br_ynode *parent, struct br_ynode *c
         if (parent->n) {
             memcpy(items, parent->items, parent->n * sizeof(*items));
         }
+        /* NOLINTEND(bugprone-sizeof-expression) */
         parent->items = items;
         *cap = ncap;
     }
@@ -70,7 +72,7 @@ static int attach(struct builder *b, struct br_ynode *n)
         for (size_t i = 0; i < parent->n; i += 2) {
             if (strcmp(parent->items[i]->value, n->value) == 0) {
                 char msg[160];
-                snprintf(msg, sizeof(msg), "duplicate key '%.100s'", n->value);
+                (void)snprintf(msg, sizeof(msg), "duplicate key '%.100s'", n->value);
                 return fail(b, n->line, msg);
             }
         }
@@ -164,9 +166,9 @@ int br__config_yaml_parse(br_arena *arena, const char *text, size_t n, const cha
     while (!done) {
         if (!yaml_parser_parse(&parser, &ev)) {
             char msg[200];
-            snprintf(msg, sizeof(msg), "YAML syntax error: %s%s%s",
-                     parser.problem ? parser.problem : "unknown", parser.context ? " " : "",
-                     parser.context ? parser.context : "");
+            (void)snprintf(msg, sizeof(msg), "YAML syntax error: %s%s%s",
+                           parser.problem ? parser.problem : "unknown", parser.context ? " " : "",
+                           parser.context ? parser.context : "");
             rc = fail(&b, (int)parser.problem_mark.line + 1, msg);
             goto out;
         }
@@ -185,7 +187,7 @@ int br__config_yaml_parse(br_arena *arena, const char *text, size_t n, const cha
 out:
     yaml_parser_delete(&parser);
     if (rc == BR_ERR_NOMEM) {
-        snprintf(err, errlen, "%s: out of memory", name);
+        (void)snprintf(err, errlen, "%s: out of memory", name);
     }
     return rc;
 }

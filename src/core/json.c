@@ -104,6 +104,73 @@ static size_t utf8_seq(const unsigned char *s, size_t avail)
     return len;
 }
 
+/* The first index at or after k that ends a run of plain string ASCII (a quote, a backslash, a
+ * control character or a byte >= 0x80), or n. */
+static size_t plain_run_end(const unsigned char *p, size_t n, size_t k)
+{
+    /* 16 bytes at a time where SSE2 exists (all x86-64). A signed byte compare below 0x20
+     * catches control characters and every byte >= 0x80 at once. */
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"');
+    const __m128i bslash = _mm_set1_epi8('\\');
+    const __m128i space = _mm_set1_epi8(0x20);
+    while (k + 16 <= n) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+        __m128i hit =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, quote), _mm_cmpeq_epi8(bytes, bslash)),
+                         _mm_cmplt_epi8(bytes, space));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask) {
+            return k + (size_t)__builtin_ctz((unsigned)mask);
+        }
+        k += 16;
+    }
+#endif
+    while (k < n && p[k] >= 0x20 && p[k] < 0x80 && p[k] != '"' && p[k] != '\\') {
+        k++;
+    }
+    return k;
+}
+
+/* *k at a backslash inside a string; on success leaves it just past the escape (a surrogate
+ * pair of \u escapes counts as one). */
+static int scan_escape(struct vstate *v, const unsigned char *p, size_t n, size_t *k)
+{
+    size_t at = *k;
+    if (at + 1 >= n) {
+        return vfail(v, at, "unterminated escape");
+    }
+    unsigned char e = p[at + 1];
+    if (e != 'u') {
+        if (!strchr("\"\\/bfnrt", e) || e == '\0') {
+            return vfail(v, at, "invalid escape");
+        }
+        *k = at + 2;
+        return BR_OK;
+    }
+    unsigned cp;
+    if (hex4((const char *)p + at + 2, n - at - 2, &cp) != 0) {
+        return vfail(v, at, "invalid \\u escape");
+    }
+    if (cp == 0 && !v->allow_nul) {
+        return vfail(v, at, "\\u0000 is not allowed");
+    }
+    if (cp >= 0xDC00 && cp <= 0xDFFF) {
+        return vfail(v, at, "unpaired surrogate escape");
+    }
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+        unsigned lo;
+        if (at + 12 > n || p[at + 6] != '\\' || p[at + 7] != 'u' ||
+            hex4((const char *)p + at + 8, n - at - 8, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
+            return vfail(v, at, "unpaired surrogate escape");
+        }
+        *k = at + 12;
+        return BR_OK;
+    }
+    *k = at + 6;
+    return BR_OK;
+}
+
 /* *i at the opening quote; on success leaves it just past the closing quote. */
 static int scan_string(struct vstate *v, size_t *i)
 {
@@ -111,29 +178,9 @@ static int scan_string(struct vstate *v, size_t *i)
     size_t n = v->n;
     size_t k = *i + 1;
     for (;;) {
-        /* The common case: a run of plain ASCII, 16 bytes at a time where SSE2 exists (all
-         * x86-64). A signed byte compare below 0x20 catches control characters and every byte
-         * >= 0x80 at once; those, quotes and backslashes end the fast run. */
-#ifdef __SSE2__
-        const __m128i quote = _mm_set1_epi8('"');
-        const __m128i bslash = _mm_set1_epi8('\\');
-        const __m128i space = _mm_set1_epi8(0x20);
-        while (k + 16 <= n) {
-            __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
-            __m128i hit = _mm_or_si128(
-                _mm_or_si128(_mm_cmpeq_epi8(bytes, quote), _mm_cmpeq_epi8(bytes, bslash)),
-                _mm_cmplt_epi8(bytes, space));
-            int mask = _mm_movemask_epi8(hit);
-            if (mask) {
-                k += (size_t)__builtin_ctz((unsigned)mask);
-                break;
-            }
-            k += 16;
-        }
-#endif
-        while (k < n && p[k] >= 0x20 && p[k] < 0x80 && p[k] != '"' && p[k] != '\\') {
-            k++;
-        }
+        /* The common case first: a run of plain ASCII; a quote, a backslash, a control
+         * character or a byte >= 0x80 ends it. */
+        k = plain_run_end(p, n, k);
         if (k >= n) {
             return vfail(v, k, "unterminated string");
         }
@@ -153,38 +200,10 @@ static int scan_string(struct vstate *v, size_t *i)
             k += len;
             continue;
         }
-        /* An escape. */
-        if (k + 1 >= n) {
-            return vfail(v, k, "unterminated escape");
+        int rc = scan_escape(v, p, n, &k);
+        if (rc != BR_OK) {
+            return rc;
         }
-        unsigned char e = p[k + 1];
-        if (e != 'u') {
-            if (!strchr("\"\\/bfnrt", e) || e == '\0') {
-                return vfail(v, k, "invalid escape");
-            }
-            k += 2;
-            continue;
-        }
-        unsigned cp;
-        if (hex4((const char *)p + k + 2, n - k - 2, &cp) != 0) {
-            return vfail(v, k, "invalid \\u escape");
-        }
-        if (cp == 0 && !v->allow_nul) {
-            return vfail(v, k, "\\u0000 is not allowed");
-        }
-        if (cp >= 0xDC00 && cp <= 0xDFFF) {
-            return vfail(v, k, "unpaired surrogate escape");
-        }
-        if (cp >= 0xD800 && cp <= 0xDBFF) {
-            unsigned lo;
-            if (k + 12 > n || p[k + 6] != '\\' || p[k + 7] != 'u' ||
-                hex4((const char *)p + k + 8, n - k - 8, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
-                return vfail(v, k, "unpaired surrogate escape");
-            }
-            k += 12;
-            continue;
-        }
-        k += 6;
     }
 }
 
@@ -293,16 +312,57 @@ static int scan_value(struct vstate *v, size_t *i, int *state, unsigned char *st
     }
 }
 
+/* One step at text[*i] (neither whitespace nor the end): a value, a member name, a ':' or a ','
+ * or the close of a container. Updates the state and the nesting stack. */
+static int validate_step(struct vstate *v, size_t *i, int *state, unsigned char *stack,
+                         size_t *depth)
+{
+    char c = v->p[*i];
+    if (*state == V_VALUE) {
+        return scan_value(v, i, state, stack, depth, BR_JSON_MAX_DEPTH);
+    }
+    if (*state == V_FIRST_KEY && c == '}') {
+        (*depth)--;
+        (*i)++;
+        *state = V_AFTER;
+        return BR_OK;
+    }
+    if (*state == V_FIRST_KEY || *state == V_KEY) {
+        *state = V_COLON;
+        return c == '"' ? scan_string(v, i) : vfail(v, *i, "expected a member name");
+    }
+    if (*state == V_COLON) {
+        if (c != ':') {
+            return vfail(v, *i, "expected ':'");
+        }
+        (*i)++;
+        *state = V_VALUE;
+        return BR_OK;
+    }
+    /* V_AFTER inside a container. */
+    bool in_obj = *depth > 0 && ((stack[(*depth - 1) / 8] >> ((*depth - 1) % 8)) & 1u);
+    if (c == ',') {
+        (*i)++;
+        *state = in_obj ? V_KEY : V_VALUE;
+        return BR_OK;
+    }
+    if (c == (in_obj ? '}' : ']')) {
+        (*depth)--;
+        (*i)++;
+        return BR_OK;
+    }
+    return vfail(v, *i, in_obj ? "expected ',' or '}'" : "expected ',' or ']'");
+}
+
 int br_json_validate(const char *text, size_t n, unsigned flags, size_t *err_off,
                      const char **err_msg)
 {
     struct vstate v = {.p = text, .n = n, .allow_nul = (flags & BR_JSON_ALLOW_NUL) != 0};
-    const size_t max_depth = BR_JSON_MAX_DEPTH;
     unsigned char stack[BR_JSON_MAX_DEPTH / 8] = {0}; /* bit set = object */
     size_t depth = 0;
     int state = V_VALUE;
     int rc = BR_OK;
-    size_t i = skip_ws(text, n, 0);
+    size_t i = 0;
     for (;;) {
         i = skip_ws(text, n, i);
         if (state == V_AFTER && depth == 0) {
@@ -313,30 +373,7 @@ int br_json_validate(const char *text, size_t n, unsigned flags, size_t *err_off
             rc = vfail(&v, i, "unexpected end of input");
             break;
         }
-        char c = text[i];
-        bool in_obj = depth > 0 && ((stack[(depth - 1) / 8] >> ((depth - 1) % 8)) & 1u);
-        if (state == V_VALUE) {
-            rc = scan_value(&v, &i, &state, stack, &depth, max_depth);
-        } else if (state == V_FIRST_KEY && c == '}') {
-            depth--;
-            i++;
-            state = V_AFTER;
-        } else if (state == V_FIRST_KEY || state == V_KEY) {
-            rc = c == '"' ? scan_string(&v, &i) : vfail(&v, i, "expected a member name");
-            state = V_COLON;
-        } else if (state == V_COLON) {
-            rc = c == ':' ? BR_OK : vfail(&v, i, "expected ':'");
-            i++;
-            state = V_VALUE;
-        } else if (c == ',') {
-            i++;
-            state = in_obj ? V_KEY : V_VALUE;
-        } else if (c == (in_obj ? '}' : ']')) {
-            depth--;
-            i++;
-        } else {
-            rc = vfail(&v, i, in_obj ? "expected ',' or '}'" : "expected ',' or ']'");
-        }
+        rc = validate_step(&v, &i, &state, stack, &depth);
         if (rc != BR_OK) {
             break;
         }
@@ -379,35 +416,45 @@ static int skip_string(const char *p, size_t len, size_t *i)
     return BR_ERR_PARSE;
 }
 
+/* The first index at or after k of a byte that can change the nesting (a quote or a bracket),
+ * or len; without SSE2 it returns k and the caller's byte loop does the work. */
+static size_t skip_inert(const char *p, size_t len, size_t k)
+{
+#ifdef __SSE2__
+    while (k + 16 <= len) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
+        __m128i hit =
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('"')),
+                                      _mm_cmpeq_epi8(bytes, _mm_set1_epi8('{'))),
+                         _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('}')),
+                                                   _mm_cmpeq_epi8(bytes, _mm_set1_epi8('['))),
+                                      _mm_cmpeq_epi8(bytes, _mm_set1_epi8(']'))));
+        int mask = _mm_movemask_epi8(hit);
+        if (mask) {
+            return k + (size_t)__builtin_ctz((unsigned)mask);
+        }
+        k += 16;
+    }
+#else
+    (void)p;
+    (void)len;
+#endif
+    return k;
+}
+
 static int skip_container(const char *p, size_t len, size_t *i)
 {
-    /* bit set = object; a level's bit is written when it is entered, before it is read, so
-     * the array needs no clearing (this runs for every nested value skipped) */
-    unsigned char stack[BR_JSON_MAX_DEPTH / 8];
+    /* The opening bracket of each level: written when the level is entered, read when it
+     * closes, so the array needs no clearing (this runs for every nested value skipped). */
+    char open[BR_JSON_MAX_DEPTH];
     size_t depth = 0;
     size_t k = *i;
     while (k < len) {
-#ifdef __SSE2__
-        /* Jump over bytes that cannot change the nesting, 16 at a time. */
-        while (k + 16 <= len) {
-            __m128i bytes = _mm_loadu_si128((const __m128i *)(const void *)(p + k));
-            __m128i hit =
-                _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('"')),
-                                          _mm_cmpeq_epi8(bytes, _mm_set1_epi8('{'))),
-                             _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(bytes, _mm_set1_epi8('}')),
-                                                       _mm_cmpeq_epi8(bytes, _mm_set1_epi8('['))),
-                                          _mm_cmpeq_epi8(bytes, _mm_set1_epi8(']'))));
-            int mask = _mm_movemask_epi8(hit);
-            if (mask) {
-                k += (size_t)__builtin_ctz((unsigned)mask);
-                break;
-            }
-            k += 16;
-        }
+        /* Jump over bytes that cannot change the nesting. */
+        k = skip_inert(p, len, k);
         if (k >= len) {
             break;
         }
-#endif
         char c = p[k];
         if (c == '"') {
             int rc = skip_string(p, len, &k);
@@ -420,19 +467,13 @@ static int skip_container(const char *p, size_t len, size_t *i)
             if (depth == BR_JSON_MAX_DEPTH) {
                 return BR_ERR_PARSE;
             }
-            if (c == '{') {
-                stack[depth / 8] |= (unsigned char)(1u << (depth % 8));
-            } else {
-                stack[depth / 8] &= (unsigned char)~(1u << (depth % 8));
-            }
-            depth++;
+            open[depth++] = c;
         } else if (c == '}' || c == ']') {
             if (depth == 0) {
                 return BR_ERR_PARSE;
             }
             depth--;
-            bool is_obj = (stack[depth / 8] >> (depth % 8)) & 1u;
-            if (is_obj != (c == '}')) {
+            if (open[depth] != (c == '}' ? '{' : '[')) {
                 return BR_ERR_PARSE;
             }
             if (depth == 0) {

@@ -66,7 +66,7 @@ int br_map_put(struct br_map *m, struct br_slice key, void *value)
 {
     static const char empty_key[1] = "";
     if (!key.ptr) {
-        key.ptr = empty_key; /* NULL marks empty slots */
+        key = br_slice_make(empty_key, 0); /* NULL marks empty slots; a NULL key is empty */
     }
     if ((m->n_items + 1) * 10 > m->n_slots * 7) {
         int rc = grow(m);
@@ -92,7 +92,7 @@ void *br_map_get(const struct br_map *m, struct br_slice key)
         return NULL;
     }
     if (!key.ptr) {
-        key.ptr = empty_key;
+        key = br_slice_make(empty_key, 0);
     }
     uint64_t h = br_hash_bytes(key.ptr, key.len);
     struct br_map_entry *e = find_slot(m->slots, m->n_slots, key, h);

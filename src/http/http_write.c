@@ -599,6 +599,39 @@ size_t br_http_stream_pending(const br_http_request *req)
     return c->wq_bytes;
 }
 
+/* The terminal chunk and the trailers, built in the worker's output buffer. Invalid or too
+ * large trailers are dropped (BR_ERR_INVAL) and the body still ends cleanly. */
+static int last_chunk(struct br__http_conn *c, const struct br_http_header *trailers,
+                      size_t n_trailers, uv_buf_t *out)
+{
+    int rc = BR_OK;
+    if (!headers_ok(trailers, n_trailers)) {
+        rc = BR_ERR_INVAL;
+        n_trailers = 0;
+    }
+    struct br_buf *b = &c->w->out;
+    br_buf_reset(b);
+    int frc = br_buf_append(b, "0\r\n", 3);
+    for (size_t i = 0; frc == BR_OK && i < n_trailers; i++) {
+        if (reserved_name(trailers[i].name)) {
+            continue;
+        }
+        frc = br_buf_append(b, trailers[i].name.ptr, trailers[i].name.len);
+        frc = frc ? frc : br_buf_append(b, ": ", 2);
+        frc = frc ? frc : br_buf_append(b, trailers[i].value.ptr, trailers[i].value.len);
+        frc = frc ? frc : br_buf_append(b, "\r\n", 2);
+    }
+    if (frc != BR_OK) {
+        /* Trailers too large: drop them, end the body cleanly. */
+        rc = BR_ERR_INVAL;
+        br_buf_reset(b);
+        br_buf_append(b, "0\r\n", 3);
+    }
+    br_buf_append(b, "\r\n", 2);
+    *out = uv_buf_init(b->ptr, (unsigned)b->len);
+    return rc;
+}
+
 int br_http_stream_finish(br_http_request *req, const void *data, size_t n,
                           const struct br_http_header *trailers, size_t n_trailers)
 {
@@ -635,30 +668,7 @@ int br_http_stream_finish(br_http_request *req, const void *data, size_t n,
             bufs[nb++] = uv_buf_init((char *)data, (unsigned)n);
             bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
         }
-        if (!headers_ok(trailers, n_trailers)) {
-            rc = BR_ERR_INVAL;
-            n_trailers = 0;
-        }
-        struct br_buf *b = &c->w->out;
-        br_buf_reset(b);
-        int frc = br_buf_append(b, "0\r\n", 3);
-        for (size_t i = 0; frc == BR_OK && i < n_trailers; i++) {
-            if (reserved_name(trailers[i].name)) {
-                continue;
-            }
-            frc = br_buf_append(b, trailers[i].name.ptr, trailers[i].name.len);
-            frc = frc ? frc : br_buf_append(b, ": ", 2);
-            frc = frc ? frc : br_buf_append(b, trailers[i].value.ptr, trailers[i].value.len);
-            frc = frc ? frc : br_buf_append(b, "\r\n", 2);
-        }
-        if (frc != BR_OK) {
-            /* Trailers too large: drop them, end the body cleanly. */
-            rc = BR_ERR_INVAL;
-            br_buf_reset(b);
-            br_buf_append(b, "0\r\n", 3);
-        }
-        br_buf_append(b, "\r\n", 2);
-        bufs[nb++] = uv_buf_init(b->ptr, (unsigned)b->len);
+        rc = last_chunk(c, trailers, n_trailers, &bufs[nb++]);
     }
     if (nb > 1 || c->held.len) {
         int wrc = write_with_held(c, bufs, nb);

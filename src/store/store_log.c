@@ -310,6 +310,27 @@ static int set_wal(sqlite3 *db, const char *path)
     return BR_OK;
 }
 
+/* The journal mode, the pragmas and the schema of a freshly opened database. */
+static int configure_db(sqlite3 *db, const char *path)
+{
+    int brc = set_wal(db, path);
+    if (brc == BR_OK) {
+        brc = br__store_exec(db, "PRAGMA synchronous=NORMAL", "synchronous");
+    }
+    if (brc == BR_OK) {
+        /* 8 MiB of page cache keeps the indexes' hot pages in memory, so that inserting a
+         * batch costs writes to the WAL, not reads. */
+        brc = br__store_exec(db, "PRAGMA cache_size=-8192", "cache_size");
+    }
+    if (brc == BR_OK) {
+        brc = br__store_schema_ensure(db);
+    }
+    if (brc != BR_OK) {
+        return brc == BR_ERR_UNSUPPORTED || brc == BR_ERR_NOMEM ? brc : BR_ERR_IO;
+    }
+    return BR_OK;
+}
+
 static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
 {
     int rc = sqlite3_open_v2(
@@ -328,20 +349,9 @@ static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
         return BR_ERR_IO;
     }
 
-    int brc = set_wal(s->db, path);
-    if (brc == BR_OK) {
-        brc = br__store_exec(s->db, "PRAGMA synchronous=NORMAL", "synchronous");
-    }
-    if (brc == BR_OK) {
-        /* 8 MiB of page cache keeps the indexes' hot pages in memory, so that inserting a
-         * batch costs writes to the WAL, not reads. */
-        brc = br__store_exec(s->db, "PRAGMA cache_size=-8192", "cache_size");
-    }
-    if (brc == BR_OK) {
-        brc = br__store_schema_ensure(s->db);
-    }
+    int brc = configure_db(s->db, path);
     if (brc != BR_OK) {
-        return brc == BR_ERR_UNSUPPORTED || brc == BR_ERR_NOMEM ? brc : BR_ERR_IO;
+        return brc;
     }
 
     char sql[BR__STORE_SQL_MAX];

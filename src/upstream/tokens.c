@@ -26,6 +26,56 @@ static int is_space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* Each run below starts at s[i]: it adds its tokens to *n and returns the index past it. */
+
+/* Letters, with one leading space or apostrophe. */
+static size_t word_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i++;
+    while (i < len && is_alpha(s[i])) {
+        i++;
+    }
+    size_t w = i - start;
+    *n += w <= 8 ? 1 : (int64_t)((w + 3) / 4);
+    return i;
+}
+
+/* Digits, in groups of up to three. */
+static size_t digit_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i;
+    while (i < len && is_digit(s[i])) {
+        i++;
+    }
+    *n += (int64_t)((i - start + 2) / 3);
+    return i;
+}
+
+/* Whitespace runs fold into the next piece; newlines count on their own. */
+static size_t space_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i;
+    int newline = 0;
+    while (i < len && is_space(s[i])) {
+        newline |= s[i] == '\n';
+        i++;
+    }
+    if (newline || (i - start > 1 && i == len)) {
+        (*n)++;
+    }
+    return i;
+}
+
+/* A run of punctuation/symbols. */
+static size_t symbol_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    while (i < len && !is_alpha(s[i]) && !is_digit(s[i]) && !is_space(s[i])) {
+        i++;
+    }
+    (*n)++;
+    return i;
+}
+
 int64_t br_tokens_estimate(const char *text, size_t len)
 {
     const unsigned char *s = (const unsigned char *)text;
@@ -34,35 +84,13 @@ int64_t br_tokens_estimate(const char *text, size_t len)
     while (i < len) {
         unsigned char c = s[i];
         if (is_alpha(c) || ((c == ' ' || c == '\'') && i + 1 < len && is_alpha(s[i + 1]))) {
-            size_t start = i++;
-            while (i < len && is_alpha(s[i])) {
-                i++;
-            }
-            size_t w = i - start;
-            n += w <= 8 ? 1 : (int64_t)((w + 3) / 4);
+            i = word_run(s, len, i, &n);
         } else if (is_digit(c)) {
-            size_t start = i;
-            while (i < len && is_digit(s[i])) {
-                i++;
-            }
-            n += (int64_t)((i - start + 2) / 3);
+            i = digit_run(s, len, i, &n);
         } else if (is_space(c)) {
-            /* Whitespace runs fold into the next piece; newlines count on their own. */
-            size_t start = i;
-            int newline = 0;
-            while (i < len && is_space(s[i])) {
-                newline |= s[i] == '\n';
-                i++;
-            }
-            if (newline || (i - start > 1 && i == len)) {
-                n++;
-            }
+            i = space_run(s, len, i, &n);
         } else {
-            /* A run of punctuation/symbols. */
-            while (i < len && !is_alpha(s[i]) && !is_digit(s[i]) && !is_space(s[i])) {
-                i++;
-            }
-            n++;
+            i = symbol_run(s, len, i, &n);
         }
     }
     return n;

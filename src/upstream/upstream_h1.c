@@ -1139,6 +1139,63 @@ static bool host_char(unsigned char ch, bool ipv6)
     return ipv6 && (ch == ':' || ch == '%');
 }
 
+/* Host and optional port of the authority a[0..alen) ("host", "host:port", "[v6]:port");
+ * *port is set to the port digits, or NULL. */
+static int split_authority(const char *a, size_t alen, struct h1_url *out, const char **port)
+{
+    const char *end = a + alen;
+    *port = NULL;
+    if (a[0] == '[') {
+        const char *rb = memchr(a, ']', alen);
+        if (!rb) {
+            return BR_ERR_INVAL;
+        }
+        out->ipv6 = true;
+        out->host = a + 1;
+        out->host_len = (size_t)(rb - a - 1);
+        if (rb + 1 < end) {
+            if (rb[1] != ':') {
+                return BR_ERR_INVAL;
+            }
+            *port = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(a, ':', alen);
+        out->host = a;
+        out->host_len = colon ? (size_t)(colon - a) : alen;
+        *port = colon ? colon + 1 : NULL;
+    }
+    if (out->host_len == 0 || out->host_len > H1_MAX_HOST_LEN) {
+        return BR_ERR_INVAL;
+    }
+    for (size_t i = 0; i < out->host_len; i++) {
+        if (!host_char((unsigned char)out->host[i], out->ipv6)) {
+            return BR_ERR_INVAL;
+        }
+    }
+    return BR_OK;
+}
+
+/* The decimal port in [port, end): 1..65535; 80 when there is none. */
+static int parse_port(const char *port, const char *end, uint16_t *out)
+{
+    unsigned long p = 80;
+    if (port && port < end) {
+        p = 0;
+        for (const char *q = port; q < end; q++) {
+            if (*q < '0' || *q > '9' || p > 65535) {
+                return BR_ERR_INVAL;
+            }
+            p = p * 10 + (unsigned long)(*q - '0');
+        }
+        if (p == 0 || p > 65535) {
+            return BR_ERR_INVAL;
+        }
+    }
+    *out = (uint16_t)p;
+    return BR_OK;
+}
+
 /* Splits "http://host[:port][/path][?query][#fragment]"; BR_ERR_INVAL when malformed. */
 static int parse_url(const char *s, struct h1_url *out)
 {
@@ -1153,48 +1210,10 @@ static int parse_url(const char *s, struct h1_url *out)
     if (alen == 0 || memchr(a, '@', alen)) {
         return BR_ERR_INVAL;
     }
-    if (a[0] == '[') {
-        const char *rb = memchr(a, ']', alen);
-        if (!rb) {
-            return BR_ERR_INVAL;
-        }
-        out->ipv6 = true;
-        out->host = a + 1;
-        out->host_len = (size_t)(rb - a - 1);
-        if (rb + 1 < end) {
-            if (rb[1] != ':') {
-                return BR_ERR_INVAL;
-            }
-            port = rb + 2;
-        }
-    } else {
-        const char *colon = memchr(a, ':', alen);
-        out->host = a;
-        out->host_len = colon ? (size_t)(colon - a) : alen;
-        port = colon ? colon + 1 : NULL;
-    }
-    if (out->host_len == 0 || out->host_len > H1_MAX_HOST_LEN) {
+    if (split_authority(a, alen, out, &port) != BR_OK ||
+        parse_port(port, end, &out->port) != BR_OK) {
         return BR_ERR_INVAL;
     }
-    for (size_t i = 0; i < out->host_len; i++) {
-        if (!host_char((unsigned char)out->host[i], out->ipv6)) {
-            return BR_ERR_INVAL;
-        }
-    }
-    unsigned long p = 80;
-    if (port && port < end) {
-        p = 0;
-        for (const char *q = port; q < end; q++) {
-            if (*q < '0' || *q > '9' || p > 65535) {
-                return BR_ERR_INVAL;
-            }
-            p = p * 10 + (unsigned long)(*q - '0');
-        }
-        if (p == 0 || p > 65535) {
-            return BR_ERR_INVAL;
-        }
-    }
-    out->port = (uint16_t)p;
     out->authority = br_slice_make(a, alen);
     size_t tlen = strcspn(end, "#");
     for (size_t i = 0; i < tlen; i++) {
@@ -1254,14 +1273,8 @@ static int classify_header(const char *line, enum hdr_kind *kind_out)
     return BR_OK;
 }
 
-/*
- * The request head: request line, Host, User-Agent, Content-Length (unless a bodiless GET or
- * HEAD), then the caller's headers. No Accept-Encoding: bodies arrive as identity.
- */
-static int serialize_head(struct br_buf *b, const struct br_upstream_request *req,
-                          const struct h1_url *url, const char *method)
+static int check_method(const char *method, size_t mlen)
 {
-    size_t mlen = strlen(method);
     if (mlen == 0 || mlen > 32) {
         return BR_ERR_INVAL;
     }
@@ -1270,24 +1283,67 @@ static int serialize_head(struct br_buf *b, const struct br_upstream_request *re
             return BR_ERR_INVAL;
         }
     }
-    bool has_host = false;
-    bool has_ua = false;
+    return BR_OK;
+}
+
+/* Checks every caller header line and notes whether Host and User-Agent are among them. */
+static int check_headers(const struct br_upstream_request *req, bool *has_host, bool *has_ua)
+{
+    *has_host = false;
+    *has_ua = false;
     for (size_t i = 0; i < req->n_headers; i++) {
         enum hdr_kind kind;
         if (!req->headers[i] || classify_header(req->headers[i], &kind) != BR_OK) {
             return BR_ERR_INVAL;
         }
-        has_host |= kind == HDR_HOST;
-        has_ua |= kind == HDR_USER_AGENT;
+        *has_host |= kind == HDR_HOST;
+        *has_ua |= kind == HDR_USER_AGENT;
     }
-    bool get_like = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    return BR_OK;
+}
+
+/* The caller's header lines (already checked), without the ones the serializer owns. */
+static int append_caller_headers(struct br_buf *b, const struct br_upstream_request *req)
+{
+    int rc = BR_OK;
+    for (size_t i = 0; i < req->n_headers && rc == BR_OK; i++) {
+        enum hdr_kind kind = HDR_SKIP;
+        (void)classify_header(req->headers[i], &kind);
+        if (kind != HDR_SKIP) {
+            rc = br_buf_append_cstr(b, req->headers[i]);
+            rc = rc ? rc : br_buf_append(b, "\r\n", 2);
+        }
+    }
+    return rc;
+}
+
+static int append_request_line(struct br_buf *b, const char *method, size_t mlen,
+                               const struct h1_url *url)
+{
     int rc = br_buf_append(b, method, mlen);
     rc = rc ? rc : br_buf_append(b, " ", 1);
     if (url->target.len == 0 || url->target.ptr[0] != '/') {
         rc = rc ? rc : br_buf_append(b, "/", 1);
     }
     rc = rc ? rc : br_buf_append(b, url->target.ptr, url->target.len);
-    rc = rc ? rc : br_buf_append_cstr(b, " HTTP/1.1\r\n");
+    return rc ? rc : br_buf_append_cstr(b, " HTTP/1.1\r\n");
+}
+
+/*
+ * The request head: request line, Host, User-Agent, Content-Length (unless a bodiless GET or
+ * HEAD), then the caller's headers. No Accept-Encoding: bodies arrive as identity.
+ */
+static int serialize_head(struct br_buf *b, const struct br_upstream_request *req,
+                          const struct h1_url *url, const char *method)
+{
+    size_t mlen = strlen(method);
+    bool has_host;
+    bool has_ua;
+    if (check_method(method, mlen) != BR_OK || check_headers(req, &has_host, &has_ua) != BR_OK) {
+        return BR_ERR_INVAL;
+    }
+    bool get_like = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    int rc = append_request_line(b, method, mlen, url);
     if (!has_host) {
         rc = rc ? rc : br_buf_append_cstr(b, "Host: ");
         rc = rc ? rc : br_buf_append(b, url->authority.ptr, url->authority.len);
@@ -1301,14 +1357,7 @@ static int serialize_head(struct br_buf *b, const struct br_upstream_request *re
         rc = rc ? rc : append_dec(b, req->body.len);
         rc = rc ? rc : br_buf_append(b, "\r\n", 2);
     }
-    for (size_t i = 0; i < req->n_headers && rc == BR_OK; i++) {
-        enum hdr_kind kind = HDR_SKIP;
-        (void)classify_header(req->headers[i], &kind);
-        if (kind != HDR_SKIP) {
-            rc = br_buf_append_cstr(b, req->headers[i]);
-            rc = rc ? rc : br_buf_append(b, "\r\n", 2);
-        }
-    }
+    rc = rc ? rc : append_caller_headers(b, req);
     rc = rc ? rc : br_buf_append(b, "\r\n", 2);
     if (rc == BR_ERR_LIMIT) {
         return BR_ERR_INVAL;

@@ -44,15 +44,15 @@ struct br__upstream_curl;
 int br__upstream_curl_create(uv_loop_t *loop, const struct br_upstream_opts *opts,
                              struct br__upstream_curl **out);
 /** As br_upstream_destroy. NULL is a no-op. */
-void br__upstream_curl_destroy(struct br__upstream_curl *b);
+void br__upstream_curl_destroy(struct br__upstream_curl *u);
 /** As br_upstream_call_start; `*out` is set on success. */
-int br__upstream_curl_call_start(struct br__upstream_curl *b, const struct br_upstream_request *req,
+int br__upstream_curl_call_start(struct br__upstream_curl *u, const struct br_upstream_request *req,
                                  const struct br_upstream_callbacks *cb, void *user,
                                  br_upstream_call **out);
 /** As br_upstream_call_cancel, for a call of kind CURL. */
 void br__upstream_curl_call_cancel(br_upstream_call *c);
 /** Calls in flight. */
-size_t br__upstream_curl_active(const struct br__upstream_curl *b);
+size_t br__upstream_curl_active(const struct br__upstream_curl *u);
 
 /* ---- native HTTP/1.1 backend (upstream_h1.c) ------------------------------------------ */
 
@@ -62,14 +62,14 @@ struct br__upstream_h1;
 int br__upstream_h1_create(uv_loop_t *loop, const struct br_upstream_opts *opts,
                            struct br__upstream_h1 **out);
 /** As br_upstream_destroy. NULL is a no-op. */
-void br__upstream_h1_destroy(struct br__upstream_h1 *b);
+void br__upstream_h1_destroy(struct br__upstream_h1 *u);
 /** As br_upstream_call_start; BR_ERR_INVAL for a URL that is not plain http://host[:port]/. */
-int br__upstream_h1_call_start(struct br__upstream_h1 *b, const struct br_upstream_request *req,
+int br__upstream_h1_call_start(struct br__upstream_h1 *u, const struct br_upstream_request *req,
                                const struct br_upstream_callbacks *cb, void *user,
                                br_upstream_call **out);
 /** As br_upstream_call_cancel, for a call of kind H1. */
 void br__upstream_h1_call_cancel(br_upstream_call *c);
 /** Calls in flight. */
-size_t br__upstream_h1_active(const struct br__upstream_h1 *b);
+size_t br__upstream_h1_active(const struct br__upstream_h1 *u);
 
 #endif

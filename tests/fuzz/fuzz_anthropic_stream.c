@@ -30,6 +30,7 @@ static void check(int ok)
     }
 }
 
+/* NOLINTNEXTLINE(misc-no-recursion): jansson parsed the chunk, its depth is at most 2048 */
 static void check_usage(const json_t *u)
 {
     const char *k;
@@ -82,7 +83,7 @@ static void run_once(struct run *r, const uint8_t *data, size_t size, bool usage
     int rc = BR_OK;
     size_t k = 0;
     while (pos < size && rc == BR_OK) {
-        size_t n = split ? 1 + (size_t)((split * 31u + k * 7u) % 23u) : size;
+        size_t n = split ? 1 + (size_t)(((size_t)split * 31u + k * 7u) % 23u) : size;
         if (n > size - pos) {
             n = size - pos;
         }

@@ -227,7 +227,7 @@ static void compare_with_reference(const uint8_t *data, size_t size, size_t hl,
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) /* NOLINT */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     size_t hl = sizeof(k_head) - 1;
     uint8_t *msg = malloc(hl + size + 1);

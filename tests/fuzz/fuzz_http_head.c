@@ -149,7 +149,7 @@ static struct verdict run(const uint8_t *data, size_t size, size_t step,
     return v;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) /* NOLINT */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct br_http_limits l;
     br_http_limits_default(&l);

@@ -12,6 +12,7 @@
 #include "core/err.h"
 #include "core/json.h"
 
+/* NOLINTNEXTLINE(misc-no-recursion): stops at depth 64 */
 static void walk(struct br_slice v, int depth)
 {
     enum br_json_type t = br_json_type_of(v);

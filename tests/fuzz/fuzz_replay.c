@@ -17,7 +17,7 @@ static int run_file(const char *path)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
-        fprintf(stderr, "fuzz_replay: cannot open %s\n", path);
+        (void)fprintf(stderr, "fuzz_replay: cannot open %s\n", path);
         return 1;
     }
     size_t cap = 1 << 16;
@@ -25,7 +25,7 @@ static int run_file(const char *path)
     uint8_t *buf = malloc(cap);
     for (;;) {
         if (!buf) {
-            fclose(f);
+            (void)fclose(f);
             return 1;
         }
         size_t k = fread(buf + len, 1, cap - len, f);
@@ -34,9 +34,13 @@ static int run_file(const char *path)
             break;
         }
         cap *= 2;
-        buf = realloc(buf, cap);
+        uint8_t *bigger = realloc(buf, cap);
+        if (!bigger) {
+            free(buf);
+        }
+        buf = bigger;
     }
-    fclose(f);
+    (void)fclose(f); /* read-only */
     /* An exact-size copy so that ASan sees reads past the end of the input. */
     uint8_t *exact = malloc(len ? len : 1);
     if (!exact) {
@@ -59,13 +63,15 @@ static int run_dir(const char *dir, size_t *n_files)
 {
     DIR *d = opendir(dir);
     if (!d) {
-        fprintf(stderr, "fuzz_replay: cannot open %s\n", dir);
+        (void)fprintf(stderr, "fuzz_replay: cannot open %s\n", dir);
         return 1;
     }
     char **names = NULL;
     size_t n = 0;
     size_t cap = 0;
+    int rc = 0;
     struct dirent *e;
+    /* NOLINTNEXTLINE(concurrency-mt-unsafe): one thread, and each DIR has its own buffer */
     while ((e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') {
             continue;
@@ -74,6 +80,7 @@ static int run_dir(const char *dir, size_t *n_files)
             cap = cap ? cap * 2 : 256;
             char **nn = realloc(names, cap * sizeof(*names));
             if (!nn) {
+                rc = 1;
                 break;
             }
             names = nn;
@@ -81,14 +88,16 @@ static int run_dir(const char *dir, size_t *n_files)
         size_t len = strlen(dir) + strlen(e->d_name) + 2;
         names[n] = malloc(len);
         if (!names[n]) {
+            rc = 1;
             break;
         }
-        snprintf(names[n], len, "%s/%s", dir, e->d_name);
+        (void)snprintf(names[n], len, "%s/%s", dir, e->d_name); /* fits: len is exact */
         n++;
     }
-    closedir(d);
-    qsort(names, n, sizeof(*names), cmp);
-    int rc = 0;
+    (void)closedir(d);
+    if (n > 1) {
+        qsort(names, n, sizeof(*names), cmp);
+    }
     for (size_t i = 0; i < n; i++) {
         rc |= run_file(names[i]);
         free(names[i]);
@@ -105,7 +114,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         struct stat st;
         if (stat(argv[i], &st) != 0) {
-            fprintf(stderr, "fuzz_replay: %s does not exist\n", argv[i]);
+            (void)fprintf(stderr, "fuzz_replay: %s does not exist\n", argv[i]);
             return 1;
         }
         if (S_ISDIR(st.st_mode)) {

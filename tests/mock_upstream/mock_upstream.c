@@ -97,7 +97,7 @@ static void *xrealloc(void *p, size_t n)
     void *q = realloc(p, n ? n : 1);
 
     if (!q) {
-        fprintf(stderr, "mock_upstream: out of memory\n");
+        (void)fprintf(stderr, "mock_upstream: out of memory\n");
         abort();
     }
     return q;
@@ -119,7 +119,7 @@ struct sbuf {
 
 static void sb_add(struct sbuf *b, const void *d, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
+    if (b->cap - b->len <= n) { /* len < cap always holds once cap > 0 */
         size_t cap = b->cap ? b->cap : 256;
 
         while (cap < b->len + n + 1) {
@@ -156,7 +156,7 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, cons
         b->p = xrealloc(b->p, b->cap);
     }
     va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    (void)vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap); /* fits: measured above */
     va_end(ap);
     b->len += (size_t)n;
 }
@@ -332,7 +332,7 @@ static json_t *json_bytes(const char *p, size_t n)
     }
     copy = xrealloc(NULL, n + 1);
     for (size_t i = 0; i < n; i++) {
-        copy[i] = (p[i] & 0x80) || p[i] == '\0' ? '?' : p[i];
+        copy[i] = (char)((p[i] & 0x80) || p[i] == '\0' ? '?' : p[i]);
     }
     s = json_stringn(copy, n);
     free(copy);
@@ -529,7 +529,7 @@ static char *dump_json(const json_t *j, int pretty)
     char *s = json_dumps(j, pretty ? JSON_INDENT(2) : JSON_COMPACT);
 
     if (!s) {
-        fprintf(stderr, "mock_upstream: json_dumps failed\n");
+        (void)fprintf(stderr, "mock_upstream: json_dumps failed\n");
         abort();
     }
     return s;
@@ -594,7 +594,7 @@ static json_t *status_error_body(enum provider prov, int status, const char *mod
                                    "Your API key does not have permission to use the specified "
                                    "resource.");
         case 404:
-            snprintf(msg, sizeof(msg), "model: %s", model ? model : "");
+            (void)snprintf(msg, sizeof(msg), "model: %s", model ? model : "");
             return anthropic_error("not_found_error", msg);
         case 413:
             return anthropic_error("request_too_large", "Request exceeds the maximum allowed "
@@ -606,7 +606,7 @@ static json_t *status_error_body(enum provider prov, int status, const char *mod
         case 529:
             return anthropic_error("overloaded_error", "Overloaded");
         default:
-            snprintf(msg, sizeof(msg), "Mock error status %d", status);
+            (void)snprintf(msg, sizeof(msg), "Mock error status %d", status);
             return anthropic_error(status >= 500 ? "api_error" : "invalid_request_error", msg);
         }
     }
@@ -619,8 +619,9 @@ static json_t *status_error_body(enum provider prov, int status, const char *mod
         return openai_error("You are not allowed to sample from this model",
                             "invalid_request_error", NULL, NULL);
     case 404:
-        snprintf(msg, sizeof(msg), "The model `%s` does not exist or you do not have access to it.",
-                 model ? model : "");
+        (void)snprintf(msg, sizeof(msg),
+                       "The model `%s` does not exist or you do not have access to it.",
+                       model ? model : "");
         return openai_error(msg, "invalid_request_error", NULL, "model_not_found");
     case 429:
         return openai_error("Rate limit reached for requests", "requests", NULL,
@@ -633,7 +634,7 @@ static json_t *status_error_body(enum provider prov, int status, const char *mod
         return openai_error("The engine is currently overloaded, please try again later.",
                             "server_error", NULL, NULL);
     default:
-        snprintf(msg, sizeof(msg), "Mock error status %d", status);
+        (void)snprintf(msg, sizeof(msg), "Mock error status %d", status);
         return openai_error(msg, status >= 500 ? "server_error" : "invalid_request_error", NULL,
                             NULL);
     }
@@ -768,6 +769,89 @@ static int counter_allows(const char *key, long limit)
     return seen <= limit;
 }
 
+static const char *const directive_names[] = {
+    "status", "fault", "delay", "chunk_delay", "words", "usage", "cached", "reasoning", "tool",
+};
+
+static int is_directive_name(const char *name)
+{
+    for (size_t i = 0; i < sizeof(directive_names) / sizeof(directive_names[0]); i++) {
+        if (strcmp(name, directive_names[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* [[fault:NAME]]; returns 0 for an unknown fault. */
+static int set_fault(const char *arg, struct directives *d)
+{
+    for (size_t i = 0; i < sizeof(fault_names) / sizeof(fault_names[0]); i++) {
+        if (strcmp(arg, fault_names[i].name) == 0) {
+            d->faults |= fault_names[i].bit;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The directives whose argument is a number: delay, chunk_delay, words, cached, reasoning. */
+static int set_number(const char *name, const char *arg, struct directives *d)
+{
+    long hi = strcmp(name, "words") == 0 ? MAX_WORDS : 100000000L;
+    long v;
+
+    if (parse_long(arg, 0, hi, &v) != 0) {
+        return 0;
+    }
+    if (strcmp(name, "delay") == 0) {
+        d->delay_ms = v;
+    } else if (strcmp(name, "chunk_delay") == 0) {
+        d->chunk_delay = v;
+    } else if (strcmp(name, "words") == 0) {
+        d->words = v;
+    } else if (strcmp(name, "cached") == 0) {
+        d->cached = v;
+    } else {
+        d->reasoning = v;
+    }
+    return 1;
+}
+
+/* Applies directive name:arg (scope and limit already handled); 0 when arg is not valid. */
+static int set_directive(const char *name, const char *arg, struct directives *d)
+{
+    long v;
+
+    if (strcmp(name, "status") == 0) {
+        if (parse_long(arg, 100, 599, &v) != 0) {
+            return 0;
+        }
+        d->status = (int)v;
+        return 1;
+    }
+    if (strcmp(name, "fault") == 0) {
+        return set_fault(arg, d);
+    }
+    if (strcmp(name, "usage") == 0) {
+        if (strcmp(arg, "none") != 0) {
+            return 0;
+        }
+        d->usage_none = 1;
+        return 1;
+    }
+    if (strcmp(name, "tool") == 0) {
+        if (!*arg) {
+            return 0;
+        }
+        if (d->n_tools < MAX_TOOLS) {
+            d->tools[d->n_tools++] = xstrdup(arg);
+        }
+        return 1;
+    }
+    return set_number(name, arg, d);
+}
+
 /*
  * Interprets the text between "[[" and "]]". Returns 1 when it is a directive (it is then removed
  * from the echoed text, applied or not), 0 when it is ordinary text.
@@ -780,7 +864,6 @@ static int apply_directive(const char *inner, size_t n, const char *path, const 
     char *scope;
     char *hash;
     long limit = -1;
-    long v;
 
     if (n == 0 || n >= sizeof(buf)) {
         return 0;
@@ -792,9 +875,7 @@ static int apply_directive(const char *inner, size_t n, const char *path, const 
         return 0;
     }
     *arg++ = '\0';
-    if (strcmp(buf, "status") && strcmp(buf, "fault") && strcmp(buf, "delay") &&
-        strcmp(buf, "chunk_delay") && strcmp(buf, "words") && strcmp(buf, "usage") &&
-        strcmp(buf, "cached") && strcmp(buf, "reasoning") && strcmp(buf, "tool")) {
+    if (!is_directive_name(buf)) {
         return 0;
     }
     hash = strrchr(arg, '#');
@@ -820,54 +901,7 @@ static int apply_directive(const char *inner, size_t n, const char *path, const 
             return 1;
         }
     }
-    if (strcmp(buf, "status") == 0) {
-        if (parse_long(arg, 100, 599, &v) != 0) {
-            return 0;
-        }
-        d->status = (int)v;
-    } else if (strcmp(buf, "fault") == 0) {
-        size_t i;
-
-        for (i = 0; i < sizeof(fault_names) / sizeof(fault_names[0]); i++) {
-            if (strcmp(arg, fault_names[i].name) == 0) {
-                d->faults |= fault_names[i].bit;
-                break;
-            }
-        }
-        if (i == sizeof(fault_names) / sizeof(fault_names[0])) {
-            return 0;
-        }
-    } else if (strcmp(buf, "usage") == 0) {
-        if (strcmp(arg, "none") != 0) {
-            return 0;
-        }
-        d->usage_none = 1;
-    } else if (strcmp(buf, "tool") == 0) {
-        if (!*arg) {
-            return 0;
-        }
-        if (d->n_tools < MAX_TOOLS) {
-            d->tools[d->n_tools++] = xstrdup(arg);
-        }
-    } else {
-        long hi = strcmp(buf, "words") == 0 ? MAX_WORDS : 100000000L;
-
-        if (parse_long(arg, 0, hi, &v) != 0) {
-            return 0;
-        }
-        if (strcmp(buf, "delay") == 0) {
-            d->delay_ms = v;
-        } else if (strcmp(buf, "chunk_delay") == 0) {
-            d->chunk_delay = v;
-        } else if (strcmp(buf, "words") == 0) {
-            d->words = v;
-        } else if (strcmp(buf, "cached") == 0) {
-            d->cached = v;
-        } else {
-            d->reasoning = v;
-        }
-    }
-    return 1;
+    return set_directive(buf, arg, d);
 }
 
 static void parse_directives(const char *text, const char *path, const char *model,
@@ -904,6 +938,7 @@ static void parse_directives(const char *text, const char *path, const char *mod
 /* ---------------------------------------------------------------- message text */
 
 /* Text of an OpenAI or Anthropic message content: a string or an array of typed parts. */
+/* NOLINTNEXTLINE(misc-no-recursion): jansson parsed the body, its depth is at most 2048 */
 static void content_text(const json_t *content, struct sbuf *out, int with_tool_input)
 {
     size_t i;
@@ -1277,7 +1312,7 @@ static json_t *oa_token_logprob(const char *tok, size_t i, long top)
             json_object_set_new(t, "logprob", json_real(lp));
             json_object_set_new(t, "bytes", json_deep_copy(bytes));
         } else {
-            snprintf(alt, sizeof(alt), " alt%ld", k);
+            (void)snprintf(alt, sizeof(alt), " alt%ld", k);
             json_object_set_new(t, "token", json_string(alt));
             json_object_set_new(t, "logprob", json_real(lp - (double)k));
             json_object_set_new(t, "bytes", json_null());
@@ -1307,7 +1342,7 @@ static json_t *oa_tool_call(const struct oa_req *q, int t, const char *name, con
     json_t *fn = json_object();
     char id[64];
 
-    snprintf(id, sizeof(id), "call_%s_%d", q->id + strlen("chatcmpl-"), t);
+    (void)snprintf(id, sizeof(id), "call_%s_%d", q->id + strlen("chatcmpl-"), t);
     if (with_index) {
         json_object_set_new(call, "index", json_integer(t));
     }
@@ -1604,9 +1639,70 @@ static int send_stream(struct out *o, const char *extra, const struct sse_list *
     return emit_stream(o, l, sf, keep_alive);
 }
 
+/* The 400 error for a request the API refuses (no model, no messages, a bad n), or NULL; *n is
+ * the number of choices asked for. */
+static json_t *oa_check_request(const json_t *body, int *n)
+{
+    const json_t *messages = json_object_get(body, "messages");
+    const json_t *nj = json_object_get(body, "n");
+
+    *n = 1;
+    if (!json_string_value(json_object_get(body, "model"))) {
+        return openai_error("you must provide a model parameter", "invalid_request_error", NULL,
+                            NULL);
+    }
+    if (!json_is_array(messages)) {
+        return openai_error("Missing required parameter: 'messages'.", "invalid_request_error",
+                            "messages", "missing_required_parameter");
+    }
+    if (json_array_size(messages) == 0) {
+        return openai_error("Invalid 'messages': empty array. Expected an array with minimum "
+                            "length 1, but got an empty array instead.",
+                            "invalid_request_error", "messages", "empty_array");
+    }
+    if (nj) {
+        json_int_t v = json_integer_value(nj);
+
+        if (!json_is_integer(nj) || v < 1 || v > MAX_CHOICES) {
+            return openai_error("Invalid 'n': must be an integer between 1 and 16.",
+                                "invalid_request_error", "n", "invalid_value");
+        }
+        *n = (int)v;
+    }
+    return NULL;
+}
+
+static int oa_send_stream(struct out *o, const json_t *so, struct oa_req *q, const struct answer *a,
+                          const struct directives *d, int keep_alive)
+{
+    struct sse_list l = {0};
+    char bad[128];
+    struct stream_faults sf = {
+        .faults = d->faults,
+        .error_data = "{\"error\":{\"message\":\"The server had an error while processing your "
+                      "request. Sorry about that!\",\"type\":\"server_error\",\"param\":null,"
+                      "\"code\":null}}",
+        .bad_data = bad,
+    };
+    int rc;
+
+    q->include_usage = json_is_true(json_object_get(so, "include_usage")) && q->usage;
+    q->obfuscation = !json_is_false(json_object_get(so, "include_obfuscation"));
+    /* the id is chatcmpl-mock and 12 digits: the line fits */
+    (void)snprintf(
+        bad, sizeof(bad),
+        "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":", q->id);
+    oa_build_stream(q, a, d, &l);
+    rc = send_stream(o, "x-request-id: req_mock\r\nopenai-processing-ms: 1\r\n", &l, &sf, d,
+                     keep_alive);
+    sse_free(&l);
+    return rc;
+}
+
 static int handle_openai_chat(const struct req *r, struct out *o)
 {
     json_t *body = NULL;
+    json_t *invalid;
     json_t *messages;
     const char *model;
     char *user = NULL;
@@ -1636,41 +1732,11 @@ static int handle_openai_chat(const struct req *r, struct out *o)
     }
     model = json_string_value(json_object_get(body, "model"));
     messages = json_object_get(body, "messages");
-    if (!model) {
-        send_provider_error(
-            o, P_OPENAI, 400,
-            openai_error("you must provide a model parameter", "invalid_request_error", NULL, NULL),
-            r->keep_alive);
+    invalid = oa_check_request(body, &q.n);
+    if (invalid) {
+        send_provider_error(o, P_OPENAI, 400, invalid, r->keep_alive);
         rc = o->failed ? 0 : r->keep_alive;
         goto out;
-    }
-    if (!json_is_array(messages) || json_array_size(messages) == 0) {
-        send_provider_error(o, P_OPENAI, 400,
-                            json_is_array(messages)
-                                ? openai_error("Invalid 'messages': empty array. Expected an "
-                                               "array with minimum length 1, but got an empty "
-                                               "array instead.",
-                                               "invalid_request_error", "messages", "empty_array")
-                                : openai_error("Missing required parameter: 'messages'.",
-                                               "invalid_request_error", "messages",
-                                               "missing_required_parameter"),
-                            r->keep_alive);
-        rc = o->failed ? 0 : r->keep_alive;
-        goto out;
-    }
-    q.n = 1;
-    if (json_object_get(body, "n")) {
-        json_int_t n = json_integer_value(json_object_get(body, "n"));
-
-        if (!json_is_integer(json_object_get(body, "n")) || n < 1 || n > MAX_CHOICES) {
-            send_provider_error(o, P_OPENAI, 400,
-                                openai_error("Invalid 'n': must be an integer between 1 and 16.",
-                                             "invalid_request_error", "n", "invalid_value"),
-                                r->keep_alive);
-            rc = o->failed ? 0 : r->keep_alive;
-            goto out;
-        }
-        q.n = (int)n;
     }
     user = last_user_text(messages);
     parse_directives(user, r->path, model, &d);
@@ -1687,7 +1753,7 @@ static int handle_openai_chat(const struct req *r, struct out *o)
     if (strcmp(a.finish, "stop_sequence") == 0) {
         a.finish = "stop";
     }
-    snprintf(id, sizeof(id), "chatcmpl-mock%012llu", next_seq());
+    (void)snprintf(id, sizeof(id), "chatcmpl-mock%012llu", next_seq());
     q.id = id;
     q.model = model;
     q.created = created_now();
@@ -1707,24 +1773,7 @@ static int handle_openai_chat(const struct req *r, struct out *o)
     o->trickle = (d.faults & F_TRICKLE) != 0;
     o->chunk_delay = d.chunk_delay;
     if (stream) {
-        json_t *so = json_object_get(body, "stream_options");
-        struct sse_list l = {0};
-        char err[512];
-        char bad[128];
-        struct stream_faults sf = {.faults = d.faults, .error_data = err, .bad_data = bad};
-        q.include_usage = json_is_true(json_object_get(so, "include_usage")) && q.usage;
-        q.obfuscation = !json_is_false(json_object_get(so, "include_obfuscation"));
-        snprintf(err, sizeof(err),
-                 "{\"error\":{\"message\":\"The server had an error while processing your "
-                 "request. Sorry about that!\",\"type\":\"server_error\",\"param\":null,"
-                 "\"code\":null}}");
-        snprintf(
-            bad, sizeof(bad),
-            "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"delta\":", q.id);
-        oa_build_stream(&q, &a, &d, &l);
-        rc = send_stream(o, "x-request-id: req_mock\r\nopenai-processing-ms: 1\r\n", &l, &sf, &d,
-                         r->keep_alive);
-        sse_free(&l);
+        rc = oa_send_stream(o, json_object_get(body, "stream_options"), &q, &a, &d, r->keep_alive);
     } else {
         json_t *resp = oa_response(&q, &a, &d);
         char *s = dump_json(resp, 1);
@@ -1819,7 +1868,7 @@ static json_t *an_tool_block(const struct an_req *q, int t, const char *name, js
     json_t *b = json_object();
     char id[64];
 
-    snprintf(id, sizeof(id), "toolu_%s_%d", q->id + strlen("msg_"), t);
+    (void)snprintf(id, sizeof(id), "toolu_%s_%d", q->id + strlen("msg_"), t);
     json_object_set_new(b, "type", json_string("tool_use"));
     json_object_set_new(b, "id", json_string(id));
     json_object_set_new(b, "name", json_string(name));
@@ -1957,8 +2006,33 @@ static int an_invalid(struct out *o, const char *message, int keep_alive)
     return o->failed ? 0 : keep_alive;
 }
 
+/* The message of the 400 error for a body the API refuses, or NULL. */
+static const char *an_check_body(const json_t *body)
+{
+    const json_t *max_tokens_j = json_object_get(body, "max_tokens");
+    const json_t *messages = json_object_get(body, "messages");
+
+    if (!json_string_value(json_object_get(body, "model"))) {
+        return "model: Field required";
+    }
+    if (!max_tokens_j) {
+        return "max_tokens: Field required";
+    }
+    if (!json_is_integer(max_tokens_j) || json_integer_value(max_tokens_j) < 1) {
+        return "max_tokens: Input should be a valid integer greater than or equal to 1";
+    }
+    if (!json_is_array(messages)) {
+        return "messages: Field required";
+    }
+    if (json_array_size(messages) == 0) {
+        return "messages: at least one message is required";
+    }
+    return NULL;
+}
+
 static int handle_anthropic_messages(const struct req *r, struct out *o)
 {
+    const char *invalid;
     json_t *body = NULL;
     json_t *messages;
     const json_t *max_tokens_j;
@@ -1990,25 +2064,9 @@ static int handle_anthropic_messages(const struct req *r, struct out *o)
     model = json_string_value(json_object_get(body, "model"));
     messages = json_object_get(body, "messages");
     max_tokens_j = json_object_get(body, "max_tokens");
-    if (!model) {
-        rc = an_invalid(o, "model: Field required", r->keep_alive);
-        goto out;
-    }
-    if (!max_tokens_j) {
-        rc = an_invalid(o, "max_tokens: Field required", r->keep_alive);
-        goto out;
-    }
-    if (!json_is_integer(max_tokens_j) || json_integer_value(max_tokens_j) < 1) {
-        rc = an_invalid(o, "max_tokens: Input should be a valid integer greater than or equal to 1",
-                        r->keep_alive);
-        goto out;
-    }
-    if (!json_is_array(messages)) {
-        rc = an_invalid(o, "messages: Field required", r->keep_alive);
-        goto out;
-    }
-    if (json_array_size(messages) == 0) {
-        rc = an_invalid(o, "messages: at least one message is required", r->keep_alive);
+    invalid = an_check_body(body);
+    if (invalid) {
+        rc = an_invalid(o, invalid, r->keep_alive);
         goto out;
     }
     user = last_user_text(messages);
@@ -2019,7 +2077,7 @@ static int handle_anthropic_messages(const struct req *r, struct out *o)
     }
     build_answer(&d, json_object_get(body, "tools"), json_object_get(body, "stop_sequences"),
                  (long)json_integer_value(max_tokens_j), &a);
-    snprintf(id, sizeof(id), "msg_mock%012llu", next_seq());
+    (void)snprintf(id, sizeof(id), "msg_mock%012llu", next_seq());
     q.id = id;
     q.model = model;
     q.input = an_input_tokens(json_object_get(body, "system"), messages);
@@ -2149,7 +2207,7 @@ static int handle_request(struct conn *c)
     } else {
         char msg[512];
 
-        snprintf(msg, sizeof(msg), "Invalid URL (%s %.400s)", r.method, r.path);
+        (void)snprintf(msg, sizeof(msg), "Invalid URL (%s %.400s)", r.method, r.path);
         send_json(&o, 404, NULL, openai_error(msg, "invalid_request_error", NULL, NULL), 1,
                   r.keep_alive);
         keep = o.failed ? 0 : r.keep_alive;
@@ -2157,15 +2215,15 @@ static int handle_request(struct conn *c)
     if (keep < 0) {
         char msg[512];
 
-        snprintf(msg, sizeof(msg), "Invalid method for URL (%s %.400s)", r.method, r.path);
+        (void)snprintf(msg, sizeof(msg), "Invalid method for URL (%s %.400s)", r.method, r.path);
         send_json(&o, 405, NULL, openai_error(msg, "invalid_request_error", NULL, NULL), 1,
                   r.keep_alive);
         keep = o.failed ? 0 : r.keep_alive;
     }
 out:
     if (g.verbose) {
-        fprintf(stderr, "mock_upstream: conn=%llu %s %s keep=%d\n", c->id, r.method, r.target,
-                keep);
+        (void)fprintf(stderr, "mock_upstream: conn=%llu %s %s keep=%d\n", c->id, r.method, r.target,
+                      keep);
     }
     free(r.path);
     return keep && !o.failed;
@@ -2309,8 +2367,8 @@ static void send_parse_error(struct conn *c)
     int status = c->err_status ? c->err_status : 400;
     char msg[128];
 
-    snprintf(msg, sizeof(msg), "Malformed HTTP request (%s)",
-             c->err_status ? reason_phrase(status) : llhttp_get_error_reason(&c->parser));
+    (void)snprintf(msg, sizeof(msg), "Malformed HTTP request (%s)",
+                   c->err_status ? reason_phrase(status) : llhttp_get_error_reason(&c->parser));
     send_json(&o, status, NULL, openai_error(msg, "invalid_request_error", NULL, NULL), 1, 0);
 }
 
@@ -2389,8 +2447,8 @@ static void on_signal(int sig)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: mock_upstream [--host 127.0.0.1] [--port 0] [--port-file PATH]\n"
-                    "                     [--require-key KEY] [--created UNIX_TIME] [-v]\n");
+    (void)fprintf(stderr, "usage: mock_upstream [--host 127.0.0.1] [--port 0] [--port-file PATH]\n"
+                          "                     [--require-key KEY] [--created UNIX_TIME] [-v]\n");
 }
 
 static int write_port_file(const char *path, int port)
@@ -2404,7 +2462,10 @@ static int write_port_file(const char *path, int port)
     if (!f) {
         goto out;
     }
-    fprintf(f, "%d\n", port);
+    if (fprintf(f, "%d\n", port) < 0) {
+        (void)fclose(f);
+        goto out;
+    }
     if (fclose(f) != 0) {
         goto out;
     }
@@ -2429,7 +2490,7 @@ static int open_listener(const char *host, const char *port, int *port_out)
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
     rc = getaddrinfo(host, port, &hints, &res);
     if (rc != 0) {
-        fprintf(stderr, "mock_upstream: %s:%s: %s\n", host, port, gai_strerror(rc));
+        (void)fprintf(stderr, "mock_upstream: %s:%s: %s\n", host, port, gai_strerror(rc));
         return -1;
     }
     fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
@@ -2446,12 +2507,53 @@ static int open_listener(const char *host, const char *port, int *port_out)
     freeaddrinfo(res);
     return fd;
 fail:
-    fprintf(stderr, "mock_upstream: cannot listen on %s:%s: %s\n", host, port, strerror(errno));
+    (void)fprintf(stderr, "mock_upstream: cannot listen on %s:%s: %s\n", host, port,
+                  strerror(errno)); /* NOLINT(concurrency-mt-unsafe): start-up, no threads yet */
     if (fd >= 0) {
         close(fd);
     }
     freeaddrinfo(res);
     return -1;
+}
+
+static void accept_loop(int lfd)
+{
+    pthread_attr_t attr;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    while (!g_stop) {
+        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
+        struct conn *c;
+        pthread_t th;
+        int fd;
+        int one = 1;
+
+        if (poll(&pfd, 1, 200) <= 0) {
+            continue;
+        }
+        fd = accept(lfd, NULL, NULL);
+        if (fd < 0) {
+            continue;
+        }
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        c = xrealloc(NULL, sizeof(*c));
+        memset(c, 0, sizeof(*c));
+        c->fd = fd;
+        pthread_mutex_lock(&g.lock);
+        g.connections++;
+        g.active++;
+        c->id = ++g.next_conn_id;
+        pthread_mutex_unlock(&g.lock);
+        if (pthread_create(&th, &attr, conn_main, c) != 0) {
+            pthread_mutex_lock(&g.lock);
+            g.active--;
+            pthread_mutex_unlock(&g.lock);
+            close(fd);
+            free(c);
+        }
+    }
+    pthread_attr_destroy(&attr);
 }
 
 int main(int argc, char **argv)
@@ -2460,7 +2562,6 @@ int main(int argc, char **argv)
     const char *port = "0";
     const char *port_file = NULL;
     struct sigaction sa = {0};
-    pthread_attr_t attr;
     int lfd;
     int bound_port = 0;
 
@@ -2503,7 +2604,7 @@ int main(int argc, char **argv)
     }
     g.requests = json_array();
     g.counters = json_object();
-    signal(SIGPIPE, SIG_IGN);
+    (void)signal(SIGPIPE, SIG_IGN); /* cannot fail for a valid signal number */
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGTERM, &sa, NULL);
@@ -2513,49 +2614,17 @@ int main(int argc, char **argv)
         return 1;
     }
     if (port_file && write_port_file(port_file, bound_port) != 0) {
-        fprintf(stderr, "mock_upstream: cannot write %s: %s\n", port_file, strerror(errno));
+        /* NOLINTNEXTLINE(concurrency-mt-unsafe): start-up, before the first connection thread */
+        (void)fprintf(stderr, "mock_upstream: cannot write %s: %s\n", port_file, strerror(errno));
         close(lfd);
         return 1;
     }
     printf("listening on %s:%d\n", host, bound_port);
-    fflush(stdout);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    while (!g_stop) {
-        struct pollfd pfd = {.fd = lfd, .events = POLLIN};
-        struct conn *c;
-        pthread_t th;
-        int fd;
-        int one = 1;
-
-        if (poll(&pfd, 1, 200) <= 0) {
-            continue;
-        }
-        fd = accept(lfd, NULL, NULL);
-        if (fd < 0) {
-            continue;
-        }
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        c = xrealloc(NULL, sizeof(*c));
-        memset(c, 0, sizeof(*c));
-        c->fd = fd;
-        pthread_mutex_lock(&g.lock);
-        g.connections++;
-        g.active++;
-        c->id = ++g.next_conn_id;
-        pthread_mutex_unlock(&g.lock);
-        if (pthread_create(&th, &attr, conn_main, c) != 0) {
-            pthread_mutex_lock(&g.lock);
-            g.active--;
-            pthread_mutex_unlock(&g.lock);
-            close(fd);
-            free(c);
-        }
-    }
-    pthread_attr_destroy(&attr);
+    (void)fflush(stdout);
+    accept_loop(lfd);
     close(lfd);
     if (g.verbose) {
-        fprintf(stderr, "mock_upstream: stopping\n");
+        (void)fprintf(stderr, "mock_upstream: stopping\n");
     }
     return 0;
 }
