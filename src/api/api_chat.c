@@ -59,7 +59,7 @@ static void respond_error(br_http_request *req, int status, const char *type, co
      * that they are valid UTF-8 and cannot carry control characters into logs or terminals. */
     char clean[512];
     size_t k = 0;
-    for (; message[k] && k < sizeof(clean) - 1; k++) {
+    for (; k < sizeof(clean) - 1 && message[k]; k++) {
         unsigned char ch = (unsigned char)message[k];
         clean[k] = (char)((ch < 0x20 || ch >= 0x7f) ? '?' : ch);
     }
