@@ -15,9 +15,13 @@ cd "$(dirname "$0")/.."
 dir=${BR_ANALYZE_DIR:-build-analyze}
 start=$(date +%s)
 
-for tool in clang-tidy cppcheck; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "analyze: $tool is not installed (scripts/install-deps.sh installs it)"
+for tool in clang-tidy-14:clang-tidy cppcheck; do
+    found=0
+    for name in $(echo "$tool" | tr : ' '); do
+        command -v "$name" >/dev/null 2>&1 && found=1
+    done
+    if [ $found -eq 0 ]; then
+        echo "analyze: ${tool##*:} is not installed (scripts/install-deps.sh installs it)"
         exit 2
     fi
 done
