@@ -968,9 +968,42 @@ static unsigned online_cpus(void)
     return n > (long)MAX_WORKERS ? MAX_WORKERS : (unsigned)n;
 }
 
+/*
+ * SO_REUSEPORT lets any process of the same user bind the port too, so a second gateway
+ * started on the same address would silently share its traffic. A probe without
+ * SO_REUSEPORT fails with EADDRINUSE while anyone listens there.
+ */
+static int probe_address_free(struct sockaddr_storage *ss)
+{
+    int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return br_err_from_errno(errno);
+    }
+    int one = 1;
+    socklen_t len =
+        ss->ss_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6);
+    int rc = BR_OK;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)ss, len) != 0) {
+        int e = errno;
+        br_log(BR_LOG_ERR, NULL, "event=http_bind_failed errno=%d what=address_in_use_probe", e);
+        rc = bind_errno(e);
+    }
+    (void)close(fd);
+    return rc;
+}
+
 /* Binds one socket per worker; the first one picks the port when 0 was asked for. */
 static int open_listeners(br_http_server *s, struct sockaddr_storage *ss)
 {
+    uint16_t asked = ntohs(ss->ss_family == AF_INET ? ((struct sockaddr_in *)ss)->sin_port
+                                                    : ((struct sockaddr_in6 *)ss)->sin6_port);
+    if (asked != 0) {
+        int rc = probe_address_free(ss);
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
     for (unsigned i = 0; i < s->n_workers; i++) {
         int rc = open_listener(ss, &s->workers[i].listen_fd);
         if (rc != BR_OK) {

@@ -862,6 +862,12 @@ static void test_bind_in_use(void **state)
     cfg.host = "not-an-address";
     assert_int_equal(br_http_server_create(&cfg, &h2, NULL, &s), BR_ERR_INVAL);
     close(fd);
+    /* Nor can a second server share the port of a running one (SO_REUSEPORT would allow it:
+     * two gateways started on one address must not split its traffic silently). */
+    cfg.host = "127.0.0.1";
+    cfg.port = ht.port;
+    assert_int_equal(br_http_server_create(&cfg, &h2, NULL, &s), BR_ERR_EXISTS);
+    assert_null(s);
 }
 
 static void test_many_connections(void **state)
