@@ -140,4 +140,13 @@ int br_config_parse_duration_ms(const char *s, uint64_t *out);
 /** Parses "8KiB", "16MiB", "1GiB", "512B" or a plain number of bytes. */
 int br_config_parse_size(const char *s, uint64_t *out);
 
+/**
+ * Replaces one scalar value of a config file in place, keeping every other byte (comments,
+ * order, formatting), and rewrites the file atomically. key_path is dotted, with list elements
+ * chosen by their `name`: "routes[auto].classifier.threshold". The value is written as given
+ * (plain YAML). BR_ERR_NOTFOUND when the path names no scalar; err says why.
+ */
+int br_config_file_set(const char *path, const char *key_path, const char *value, char *err,
+                       size_t errlen);
+
 #endif

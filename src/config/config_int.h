@@ -17,6 +17,9 @@ enum br_ynode_kind {
 struct br_ynode {
     enum br_ynode_kind kind;
     int line;                /* 1-based line in the source */
+    size_t char_start;       /* scalars: libyaml's mark of the first character (a count of
+                                characters, not bytes) */
+    size_t char_end;         /* scalars: mark just past the text, quotes included */
     const char *value;       /* scalars: NUL-terminated text */
     bool quoted;             /* scalars: written in quotes (so "null" is a string) */
     struct br_ynode **items; /* maps: key, value, key, value ...; sequences: elements */

@@ -108,6 +108,8 @@ static int on_event(struct builder *b, const yaml_event_t *ev)
         if (!n) {
             return b->n_nodes > MAX_NODES ? fail(b, line, "document too large") : BR_ERR_NOMEM;
         }
+        n->char_start = ev->start_mark.index;
+        n->char_end = ev->end_mark.index;
         n->value =
             br_arena_strndup(b->arena, (const char *)ev->data.scalar.value, ev->data.scalar.length);
         if (!n->value) {

@@ -335,6 +335,55 @@ static void test_shipped_default_config(void **state)
     br_config_unref(c);
 }
 
+static void test_file_set_keeps_the_rest(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/brigade-cfg-edit-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof(path), "%s/brigade.yaml", dir);
+    static const char before[] =
+        "# caf\xc3\xa9 \xe2\x80\x94 a comment with UTF-8 before the value\n"
+        "server:\n"
+        "  listen: 127.0.0.1:8080   # keep me\n"
+        "routes:\n"
+        "  - name: other\n"
+        "    threshold: 0.9\n"
+        "  - name: auto\n"
+        "    classifier: {model: a.brr, threshold: 0.5}  # inline\n"
+        "    limit: '7'\n";
+    FILE *f = fopen(path, "w");
+    fputs(before, f);
+    fclose(f);
+    char err[256];
+    assert_int_equal(
+        br_config_file_set(path, "routes[auto].classifier.threshold", "0.4375", err, sizeof(err)),
+        BR_OK);
+    assert_int_equal(br_config_file_set(path, "routes[auto].limit", "8", err, sizeof(err)), BR_OK);
+    f = fopen(path, "r");
+    char after[1024];
+    size_t n = fread(after, 1, sizeof(after) - 1, f);
+    fclose(f);
+    after[n] = '\0';
+    static const char want[] = "# caf\xc3\xa9 \xe2\x80\x94 a comment with UTF-8 before the value\n"
+                               "server:\n"
+                               "  listen: 127.0.0.1:8080   # keep me\n"
+                               "routes:\n"
+                               "  - name: other\n"
+                               "    threshold: 0.9\n"
+                               "  - name: auto\n"
+                               "    classifier: {model: a.brr, threshold: 0.4375}  # inline\n"
+                               "    limit: 8\n";
+    assert_string_equal(after, want);
+    assert_int_equal(br_config_file_set(path, "routes[missing].threshold", "1", err, sizeof(err)),
+                     BR_ERR_NOTFOUND);
+    assert_non_null(strstr(err, "routes[missing].threshold"));
+    assert_int_equal(br_config_file_set(path, "routes[auto].classifier", "1", err, sizeof(err)),
+                     BR_ERR_NOTFOUND);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -347,6 +396,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_file_secret_and_path),
         cmocka_unit_test(test_durations_sizes),
         cmocka_unit_test(test_shipped_default_config),
+        cmocka_unit_test(test_file_set_keeps_the_rest),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
