@@ -67,10 +67,16 @@ struct br_eval_router_cfg {
     unsigned verbose;        /* 0 = quiet; routers may print progress on stderr when > 0 */
 };
 
-/* Router flags. */
-#define BR_EVAL_ROUTER_READS_OUTCOMES                          \
-    1u /* scores from the recorded outcomes (oracle): a bound, \
-          not a deployable router */
+/*
+ * Router flags.
+ * READS_OUTCOMES: scores from the recorded outcomes (the oracle): a bound, not a deployable
+ *     router.
+ * FIXED: decides without a threshold (always-weak, always-strong): scores 1 for strong and 0
+ *     for weak, and is evaluated at its one operating point, whose PGR is also its APGR (the
+ *     area under a constant PGR over shares 0..1).
+ */
+#define BR_EVAL_ROUTER_READS_OUTCOMES 1u
+#define BR_EVAL_ROUTER_FIXED          2u
 
 struct br_eval_router_ops {
     const char *name;    /* as given to --router */

@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Token estimate for recorded prompts and answers that carry no counts (RouteLLM's CSVs),
+ * so that they can be priced per token. The rule is the gateway's (src/upstream/tokens.c),
+ * restated here because eval must not depend on upstream; a unit test checks that both give
+ * the same count on real prompts. Pieces, as a GPT-style pre-tokenizer cuts them:
+ *   - a letter run (bytes >= 0x80 count as letters), with one leading space or apostrophe:
+ *     one token, or one per four bytes when longer than eight;
+ *   - a digit run: one token per three digits;
+ *   - a whitespace run: one token when it holds a newline, or when it is longer than one byte
+ *     and ends the text; otherwise it folds into the next piece;
+ *   - any other run of visible characters: one token.
+ */
+#include <stdbool.h>
+
+#include "eval/dataset.h"
+
+static bool letter(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80;
+}
+
+static bool digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static bool space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+int64_t br_eval_tokens_estimate(const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int64_t tokens = 0;
+    size_t i = 0;
+    while (i < len) {
+        size_t start = i;
+        unsigned char c = s[i];
+        bool lead = (c == ' ' || c == '\'') && i + 1 < len && letter(s[i + 1]);
+        if (letter(c) || lead) {
+            i++;
+            while (i < len && letter(s[i])) {
+                i++;
+            }
+            size_t w = i - start;
+            tokens += w <= 8 ? 1 : (int64_t)((w + 3) / 4);
+        } else if (digit(c)) {
+            while (i < len && digit(s[i])) {
+                i++;
+            }
+            tokens += (int64_t)((i - start + 2) / 3);
+        } else if (space(c)) {
+            bool newline = false;
+            while (i < len && space(s[i])) {
+                newline = newline || s[i] == '\n';
+                i++;
+            }
+            if (newline || (i - start > 1 && i == len)) {
+                tokens++;
+            }
+        } else {
+            while (i < len && !letter(s[i]) && !digit(s[i]) && !space(s[i])) {
+                i++;
+            }
+            tokens++;
+        }
+    }
+    return tokens;
+}
