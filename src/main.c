@@ -24,6 +24,8 @@
 #include "core/log.h"
 #include "core/rand.h"
 #include "cost/cost.h"
+#include "eval/calibrate_cli.h"
+#include "eval/eval_cli.h"
 #include "store/store.h"
 #include "upstream/upstream.h"
 
@@ -38,6 +40,8 @@ static const char usage_main[] =
     "commands:\n"
     "  serve     run the gateway (brigade serve -c brigade.yaml)\n"
     "  logs      show recent requests and cost totals from the request log\n"
+    "  eval      evaluate routing policies offline on recorded outcomes (APGR, CPT, cost)\n"
+    "  calibrate choose a route's threshold for a quality floor, a share or a budget\n"
     "  config    check a configuration file (brigade config check -c FILE)\n"
     "  key       create a client API key or hash one for the config (brigade key new|hash)\n"
     "  version   print the version\n"
@@ -525,6 +529,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "logs") == 0) {
         return cmd_logs(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "eval") == 0) {
+        return br_eval_cli(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "calibrate") == 0) {
+        return br_calibrate_cli(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "config") == 0) {
         return cmd_config(argc - 2, argv + 2);
