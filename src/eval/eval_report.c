@@ -461,7 +461,7 @@ int br__eval_write_json(FILE *f, const struct br__eval_report *rep)
         bad |= json_object_set(root, "routers", routers) | json_object_set(root, "baselines", base);
     }
     int rc = BR_OK;
-    if (bad || json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(10)) != 0 ||
+    if (bad || json_dumpf(root, f, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0 ||
         fputc('\n', f) == EOF) {
         rc = BR_ERR_IO;
     }
