@@ -225,7 +225,8 @@ int br__ds_row_begin(struct br__ds_builder *b, const char *prompt, size_t len, c
 {
     *kept_out = false;
     b->row_open = false;
-    if (b->have_contaminated && br_map_get(&b->contaminated, br_slice_make(prompt, len)) != NULL) {
+    if (b->have_contaminated && (b->cont_len_bits >> (len % 64) & 1u) != 0 &&
+        br_map_get(&b->contaminated, br_slice_make(prompt, len)) != NULL) {
         b->n_dropped++;
         return BR_OK;
     }

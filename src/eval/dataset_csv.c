@@ -258,6 +258,10 @@ static int classify_header(struct csv_state *st)
     for (size_t i = 0; i < st->n_fields; i++) {
         const char *name = field(st, i);
         size_t n = st->len[i];
+        if (memchr(name, '\0', n) != NULL || !br__utf8_valid(name, n)) {
+            return br__ds_fail(b, st->row_line, BR_ERR_PARSE,
+                               "column %zu: the name is not valid UTF-8 text", i + 1);
+        }
         for (size_t j = 0; j < i; j++) {
             if (st->len[j] == n && memcmp(field(st, j), name, n) == 0) {
                 char e[48];

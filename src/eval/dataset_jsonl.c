@@ -220,6 +220,7 @@ static int take_contaminated(struct br__ds_builder *b, size_t line, const json_t
     if (key == NULL) {
         return BR_ERR_NOMEM;
     }
+    b->cont_len_bits |= (uint64_t)1 << (len % 64);
     return br_map_put(&b->contaminated, br_slice_make(key, len), key);
 }
 

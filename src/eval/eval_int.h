@@ -75,6 +75,8 @@ struct br__ds_builder {
     size_t n_cells, cap_cells;
     struct br_map contaminated; /* prompt -> non-NULL; keys in pool */
     bool have_contaminated;
+    uint64_t cont_len_bits; /* bit (len % 64) set for every contaminated prompt's length:
+                               most prompts skip the hash */
     size_t n_dropped;
     bool keep_responses;
     bool row_open; /* the last br__ds_row_begin kept its row */

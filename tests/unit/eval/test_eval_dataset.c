@@ -225,6 +225,10 @@ static void test_malformed_routellm(void **state)
     FAILS("prompt,m\n\"a\nb\nc\",True\nd,bad\n", A, "case.csv:5: column 'm': 'bad'");
     /* Blank lines are skipped and counted. */
     FAILS("prompt,m\n\nx,True\n\ny,nope\n", A, "case.csv:5:");
+    static const char nul_name[] = "prompt,m\0x\nq,True\n";
+    mem_fails(nul_name, sizeof(nul_name) - 1, A, BR_ERR_PARSE,
+              "case.csv:1: column 2: the name is not valid UTF-8 text");
+    FAILS("prompt,\xff\nq,True\n", A, "case.csv:1: column 2: the name is not valid UTF-8");
     static const char nul[] = "prompt,m\na\0b,True\n";
     mem_fails(nul, sizeof(nul) - 1, A, BR_ERR_PARSE, "case.csv:2: column 1: NUL byte in text");
 }
