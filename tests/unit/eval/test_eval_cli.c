@@ -372,6 +372,8 @@ static void test_progress_mmlu(void **state)
 
 int main(int argc, char **argv)
 {
+    /* One test per line: the CMake helper registers each line. */
+    /* clang-format off */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_help),
         cmocka_unit_test(test_bad_arguments),
@@ -380,6 +382,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_gsm8k_oracle_and_random),
         cmocka_unit_test(test_progress_mmlu),
     };
+    /* clang-format on */
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
     }

@@ -511,15 +511,25 @@ static void test_progress(void **state)
 
 int main(int argc, char **argv)
 {
+    /* One test per line: the CMake helper registers each line. */
+    /* clang-format off */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_routellm_file),         cmocka_unit_test(test_routellm_folder),
-        cmocka_unit_test(test_routerbench_file),      cmocka_unit_test(test_jsonl_file),
-        cmocka_unit_test(test_format_forced),         cmocka_unit_test(test_malformed_routellm),
-        cmocka_unit_test(test_malformed_routerbench), cmocka_unit_test(test_malformed_jsonl),
-        cmocka_unit_test(test_malformed_files),       cmocka_unit_test(test_pylist),
-        cmocka_unit_test(test_tokens_match_gateway),  cmocka_unit_test(test_real_routellm),
-        cmocka_unit_test(test_real_routerbench),      cmocka_unit_test(test_progress),
+        cmocka_unit_test(test_routellm_file),
+        cmocka_unit_test(test_routellm_folder),
+        cmocka_unit_test(test_routerbench_file),
+        cmocka_unit_test(test_jsonl_file),
+        cmocka_unit_test(test_format_forced),
+        cmocka_unit_test(test_malformed_routellm),
+        cmocka_unit_test(test_malformed_routerbench),
+        cmocka_unit_test(test_malformed_jsonl),
+        cmocka_unit_test(test_malformed_files),
+        cmocka_unit_test(test_pylist),
+        cmocka_unit_test(test_tokens_match_gateway),
+        cmocka_unit_test(test_real_routellm),
+        cmocka_unit_test(test_real_routerbench),
+        cmocka_unit_test(test_progress),
     };
+    /* clang-format on */
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
     }
