@@ -42,6 +42,8 @@ static const char usage_main[] =
     "  logs      show recent requests and cost totals from the request log\n"
     "  eval      evaluate routing policies offline on recorded outcomes (APGR, CPT, cost)\n"
     "  calibrate choose a route's threshold for a quality floor, a share or a budget\n"
+    "  routes    report each route: decisions, cost, feedback, threshold history\n"
+    "  export    write logged strong-model answers as fine-tuning JSONL (log.bodies)\n"
     "  config    check a configuration file (brigade config check -c FILE)\n"
     "  key       create a client API key or hash one for the config (brigade key new|hash)\n"
     "  version   print the version\n"
@@ -535,6 +537,12 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "calibrate") == 0) {
         return br_calibrate_cli(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "routes") == 0) {
+        return br_cli_routes(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "export") == 0) {
+        return br_cli_export(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "config") == 0) {
         return cmd_config(argc - 2, argv + 2);

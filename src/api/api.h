@@ -63,4 +63,13 @@ void br_gateway_destroy(br_gateway *g);
  */
 int br_gateway_check_config(const char *config_path, char *msg, size_t msglen);
 
+/**
+ * `brigade routes`: the routing report from the request log (argv after the command word).
+ * Returns the process exit code (0, 1 failure, 2 usage).
+ */
+int br_cli_routes(int argc, char **argv);
+
+/** `brigade export`: stored prompt/answer pairs as chat fine-tuning JSONL. Exit code. */
+int br_cli_export(int argc, char **argv);
+
 #endif

@@ -1,21 +1,28 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * POST /v1/chat/completions: decode and validate the OpenAI request, plan it, call the
- * provider, and relay the answer — one JSON body, or SSE events each written to the socket as
- * it arrives. At the end the call is priced from its real usage (the upstream's own counts,
- * asked for on streams too, or an estimate that is labelled as one), logged and counted.
+ * POST /v1/chat/completions: decode and validate the OpenAI request, plan it (a catalogue model,
+ * or a route decided by its policies), call the provider, and relay the answer — one JSON body,
+ * or SSE events each written to the socket as it arrives. A cascade plan calls its cheap steps
+ * non-streamed, judges each answer's confidence (token log-probabilities or a self-verification
+ * call) and either returns it (re-chunked as SSE for a streaming client) or escalates to the next
+ * step; the last step streams like any call. At the end the calls are priced from their real
+ * usage (the upstream's own counts, asked for on streams too, or an estimate that is labelled as
+ * one), logged with the routing decision and counted.
  *
- * Billing rules: every request to this endpoint gets one request-log row, errors included. A
- * client that goes away mid-answer is billed for what was produced until then (status 499).
+ * Billing rules: every request to this endpoint gets one request-log row, errors included; a
+ * cascade's row carries the total cost of its calls and the chain of models. A client that goes
+ * away mid-answer is billed for what was produced until then (status 499).
  */
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "api/api_int.h"
 #include "core/clock.h"
 #include "core/err.h"
+#include "core/json.h"
 #include "core/log.h"
 #include "cost/cost.h"
 #include "route/route.h"
@@ -26,27 +33,51 @@ enum chat_state {
     CHAT_FINISHED,
 };
 
+enum call_kind {
+    CALL_ANSWER, /* a plan step answering the client's request */
+    CALL_VERIFY, /* a cascade's self-verification of the previous answer */
+};
+
 struct chat {
     enum br_req_kind kind; /* first: req->user points here */
     struct br_worker *w;
     br_http_request *req;
-    struct br_runtime *rt; /* reference held until the request ends */
-    const struct br_runtime_model *rm;
+    struct br_runtime *rt;             /* reference held until the request ends */
+    const struct br_runtime_model *rm; /* model of the current (or last) call */
     const char *key_id;
     const char *model_requested;
-    bool stream;
+    bool stream; /* the client asked for SSE */
     bool wants_usage;
     enum chat_state state;
     bool call_active;
     struct br_plan plan;
-    struct br_provider_call call;
+    struct br_route_req *rreq;     /* routed requests: the request's signals */
+    struct br_provider_call *call; /* the current call */
+    size_t step;                   /* plan step of the current answering call */
+    enum call_kind call_kind;
+    bool call_streams; /* the current call streams to the client */
+    /* All calls so far (a cascade makes several). */
+    struct br_usage usage;
+    int64_t cost_nano;
+    bool usage_estimated;
+    uint64_t t_first_call;
+    /* Cascade. */
+    char chain[256];                       /* models called, "a>b" */
+    char detail[192];                      /* what each judged step showed */
+    double confidence;                     /* of the last judged answer; NAN when none */
+    const struct br_runtime_model *judged; /* model whose answer is being verified */
+    char *judged_answer;                   /* its answer (verification pending) */
+    size_t judged_len;
     struct br_buf frame; /* SSE frames waiting for the batch's flush */
+    struct br_buf text;  /* streamed answer text, for body logging */
     char *answer;        /* non-streamed body, copied from on_body */
     size_t answer_len;
     uint64_t t_call_start;
     uint64_t t_call_end;
     uint64_t t_first_token; /* first content written to the client */
 };
+
+static int start_step(struct chat *c, size_t step, enum call_kind kind);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -96,6 +127,91 @@ static void status_str(int status, char out[BR_FMT_I64_LEN])
     br_fmt_i64(status, out);
 }
 
+/* Adds one finished call to the request's totals, its token and cost metrics (by the model
+ * that made them) and the model's latency statistics. */
+static void add_call(struct chat *c, const struct br_provider_result *res, uint64_t end_ns)
+{
+    struct br_gateway *g = c->w->g;
+    const struct br_model_cfg *mc = c->rm->cfg;
+    const struct br_usage *u = &res->usage;
+    int64_t cost = br_cost_compute(&mc->price, u);
+    c->usage.prompt_tokens += u->prompt_tokens;
+    c->usage.completion_tokens += u->completion_tokens;
+    c->usage.cached_tokens += u->cached_tokens;
+    c->usage.cache_write_tokens += u->cache_write_tokens;
+    c->usage.reasoning_tokens += u->reasoning_tokens;
+    c->usage_estimated |= !u->reported && (u->prompt_tokens || u->completion_tokens);
+    c->cost_nano += cost;
+    unsigned sh = c->w->index;
+    static const char *const kinds[] = {"prompt", "completion", "cached", "reasoning"};
+    const int64_t counts[] = {u->prompt_tokens, u->completion_tokens, u->cached_tokens,
+                              u->reasoning_tokens};
+    for (size_t k = 0; k < 4; k++) {
+        if (counts[k] > 0) {
+            const char *l[] = {mc->name, kinds[k]};
+            br_metrics_add(g->metrics, sh, g->m.tokens, l, (double)counts[k]);
+        }
+    }
+    if (cost > 0) {
+        const char *l[] = {mc->name};
+        br_metrics_add(g->metrics, sh, g->m.cost, l, (double)cost / 1e9);
+    }
+    if (res->error_kind != BR_UPSTREAM_ERROR_NONE &&
+        res->error_kind != BR_UPSTREAM_ERROR_CANCELED) {
+        const char *l[] = {mc->name, br_upstream_error_name(res->error_kind)};
+        br_metrics_add(g->metrics, sh, g->m.upstream_errors, l, 1);
+    }
+    /* Latency statistics for the latency policy: streams measure both time to first token
+     * and speed; a non-streamed answer arrives whole, so it gives no time to first token, only
+     * its overall speed (tokens over the whole call: a slight underestimate). */
+    if (res->rc != BR_OK || !c->t_call_start) {
+        return;
+    }
+    uint64_t first = res->t_first_token_ns ? res->t_first_token_ns : res->t_first_byte_ns;
+    if (!first || first < c->t_call_start) {
+        return;
+    }
+    double ttft_ms = (double)(first - c->t_call_start) / 1e6;
+    double tps = -1;
+    if (c->call && c->call->stream && u->completion_tokens > 1 && end_ns > first) {
+        tps = (double)u->completion_tokens / ((double)(end_ns - first) / 1e9);
+    } else if (u->completion_tokens > 0 && end_ns > c->t_call_start) {
+        ttft_ms = -1;
+        tps = (double)u->completion_tokens / ((double)(end_ns - c->t_call_start) / 1e9);
+    } else {
+        ttft_ms = -1;
+    }
+    br_router_observe_latency(c->rt->router, mc, ttft_ms, tps);
+}
+
+/* Copies the request's messages and the answer text into the body log (log.bodies). */
+static void log_bodies(struct chat *c, int status)
+{
+    struct br_gateway *g = c->w->g;
+    const struct br_config *cfg = c->rt->cfg;
+    if (!g->store || !cfg->log_bodies || status != 200 || !c->rm) {
+        return;
+    }
+    struct br_slice answer = br_slice_make(c->text.ptr, c->text.len);
+    if (c->answer) {
+        size_t n = 0;
+        char *t = br__answer_text(c->req->arena, br_slice_make(c->answer, c->answer_len), &n);
+        answer = br_slice_make(t, t ? n : 0);
+    }
+    struct br_body_row b = {
+        .request_id = c->req->id,
+        .ts_ms = br_clock_wall_ms(),
+        .route = c->plan.route,
+        .model = c->rm->cfg->name,
+        .messages = br_json_obj_get(c->req->body, "messages"),
+        .answer = answer,
+        .status = status,
+    };
+    if (br_store_body(g->store, &b, cfg->log_body_max_bytes) != BR_OK) {
+        br_metrics_add(g->metrics, c->w->index, g->m.log_dropped, NULL, 1);
+    }
+}
+
 /* Records the request-log row and the metrics. Call before the http request is finished. */
 static void account(struct chat *c, int status, const struct br_provider_result *res,
                     const char *error_kind)
@@ -104,22 +220,20 @@ static void account(struct chat *c, int status, const struct br_provider_result 
     struct br_gateway *g = w->g;
     uint64_t now = br_clock_now_ns();
     const struct br_model_cfg *mc = c->rm ? c->rm->cfg : NULL;
-    struct br_usage u = {0};
-    int64_t cost = 0;
-    if (res) {
-        u = res->usage;
-        if (mc) {
-            cost = br_cost_compute(&mc->price, &u);
-        }
-    }
     int64_t latency_us = us_between(c->req->t_start_ns, now);
     int64_t upstream_us =
-        c->t_call_start ? us_between(c->t_call_start, c->t_call_end ? c->t_call_end : now) : -1;
+        c->t_first_call ? us_between(c->t_first_call, c->t_call_end ? c->t_call_end : now) : -1;
     int64_t overhead_us = upstream_us >= 0 ? latency_us - upstream_us : latency_us;
     if (overhead_us < 0) {
         overhead_us = 0;
     }
     const char *model = mc ? mc->name : c->model_requested;
+    bool routed = c->plan.route != NULL;
+    char *reason = (char *)c->plan.reason;
+    if (routed && c->detail[0]) {
+        reason = br_arena_sprintf(c->req->arena, "%s; %s", c->plan.reason, c->detail);
+        reason = reason ? reason : (char *)c->plan.reason;
+    }
 
     if (g->store) {
         struct br_log_row row = {
@@ -132,22 +246,33 @@ static void account(struct chat *c, int status, const struct br_provider_result 
             .endpoint = "/v1/chat/completions",
             .status = status,
             .stream = c->stream,
-            .prompt_tokens = u.prompt_tokens,
-            .completion_tokens = u.completion_tokens,
-            .cached_tokens = u.cached_tokens,
-            .reasoning_tokens = u.reasoning_tokens,
-            .usage_estimated = res && !u.reported && (u.prompt_tokens || u.completion_tokens),
-            .cost_nano_usd = cost,
+            .prompt_tokens = c->usage.prompt_tokens,
+            .completion_tokens = c->usage.completion_tokens,
+            .cached_tokens = c->usage.cached_tokens,
+            .reasoning_tokens = c->usage.reasoning_tokens,
+            .usage_estimated = c->usage_estimated,
+            .cost_nano_usd = c->cost_nano,
             .latency_us = latency_us,
             .ttft_us = us_between(c->req->t_start_ns, c->t_first_token),
             .upstream_latency_us = upstream_us,
             .overhead_us = overhead_us,
             .error_kind = error_kind,
             .upstream_model = res ? res->upstream_model : NULL,
+            .policy = routed && c->plan.n_steps ? c->plan.policy : NULL,
+            .decision = routed && c->plan.n_steps ? c->plan.decision : NULL,
+            .score = c->plan.score,
+            .threshold = c->plan.threshold,
+            .reason = routed && c->plan.n_steps ? reason : NULL,
+            .cascade = c->chain[0] ? c->chain : NULL,
+            .confidence = c->confidence,
         };
         if (br_store_log(g->store, &row) != BR_OK) {
             br_metrics_add(g->metrics, w->index, g->m.log_dropped, NULL, 1);
         }
+        log_bodies(c, status);
+    }
+    if (routed && c->plan.n_steps) {
+        br_router_observe_cost(c->rt->router, c->plan.route_cfg, c->cost_nano);
     }
 
     char st[BR_FMT_I64_LEN];
@@ -169,23 +294,6 @@ static void account(struct chat *c, int status, const struct br_provider_result 
     if (c->t_first_token) {
         br_metrics_observe(g->metrics, w->index, g->m.ttft, lbl_m,
                            (double)(c->t_first_token - c->req->t_start_ns) / 1e9);
-    }
-    static const char *const kinds[] = {"prompt", "completion", "cached", "reasoning"};
-    const int64_t counts[] = {u.prompt_tokens, u.completion_tokens, u.cached_tokens,
-                              u.reasoning_tokens};
-    for (size_t k = 0; k < 4; k++) {
-        if (counts[k] > 0) {
-            const char *l[] = {mc->name, kinds[k]};
-            br_metrics_add(g->metrics, w->index, g->m.tokens, l, (double)counts[k]);
-        }
-    }
-    if (cost > 0) {
-        br_metrics_add(g->metrics, w->index, g->m.cost, lbl_m, (double)cost / 1e9);
-    }
-    if (res && res->error_kind != BR_UPSTREAM_ERROR_NONE &&
-        res->error_kind != BR_UPSTREAM_ERROR_CANCELED) {
-        const char *l[] = {mc->name, br_upstream_error_name(res->error_kind)};
-        br_metrics_add(g->metrics, w->index, g->m.upstream_errors, l, 1);
     }
 }
 
@@ -209,45 +317,102 @@ static void release(struct chat *c)
     struct br_gateway *g = c->w->g;
     br_metrics_add(g->metrics, c->w->index, g->m.inflight, NULL, -1);
     br_buf_cleanup(&c->frame);
+    br_buf_cleanup(&c->text);
     br__runtime_unref(c->rt);
     c->rt = NULL;
 }
 
-/* Response headers naming the model, provider, tokens and cost. */
-static size_t brigade_headers(struct chat *c, const struct br_provider_result *res,
-                              struct br_http_header *h, size_t max, bool with_cost)
+/* A header value made only of visible ASCII (names from the config may hold anything). */
+static char *header_safe(br_arena *a, const char *s)
+{
+    size_t n = strlen(s) > 400 ? 400 : strlen(s);
+    char *out = br_arena_alloc(a, n + 1);
+    if (!out) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[i] = (char)(ch < 0x20 || ch >= 0x7f ? '?' : ch);
+    }
+    out[n] = '\0';
+    return out;
+}
+
+/* "auto; policy=classifier; model=m; score=0.731; threshold=0.500[; cascade=a>b; ...]" */
+static char *route_header(struct chat *c)
+{
+    br_arena *a = c->req->arena;
+    const struct br_plan *p = &c->plan;
+    char nums[160] = "";
+    size_t k = 0;
+    if (!isnan(p->score)) {
+        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; score=%.3f", p->score);
+    }
+    if (!isnan(p->threshold) && k < sizeof(nums)) {
+        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; threshold=%.3f", p->threshold);
+    }
+    if (c->chain[0] && k < sizeof(nums)) {
+        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; confidence=%.3f", c->confidence);
+    }
+    char *v =
+        br_arena_sprintf(a, "%s; policy=%s; model=%s%s%s%s", p->route, p->policy, c->rm->cfg->name,
+                         nums, c->chain[0] ? "; cascade=" : "", c->chain[0] ? c->chain : "");
+    return v ? header_safe(a, v) : NULL;
+}
+
+/* Response headers naming the model, provider and, for routes, the decision and its reason. */
+static size_t head_headers(struct chat *c, struct br_http_header *h, size_t max)
 {
     size_t n = 0;
-    br_arena *a = c->req->arena;
-    if (!c->rm || max < 5) {
+    if (!c->rm || max < 4) {
         return 0;
     }
     h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-model"),
                                      br_slice_from_cstr(c->rm->cfg->name)};
     h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-provider"),
                                      br_slice_from_cstr(c->rm->cfg->provider)};
-    if (with_cost && res) {
-        char usd[BR_COST_USD_STRLEN];
-        br_cost_format_usd(br_cost_compute(&c->rm->cfg->price, &res->usage), usd);
-        char *u = br_arena_strndup(a, usd, strlen(usd));
-        char *pt = br_arena_alloc(a, BR_FMT_I64_LEN);
-        char *ct = br_arena_alloc(a, BR_FMT_I64_LEN);
-        if (pt && ct) {
-            br_fmt_i64(res->usage.prompt_tokens, pt);
-            br_fmt_i64(res->usage.completion_tokens, ct);
-        }
-        if (u && pt && ct) {
+    if (c->plan.route && c->plan.n_steps) {
+        char *route = route_header(c);
+        char *why = c->detail[0]
+                        ? br_arena_sprintf(c->req->arena, "%s; %s", c->plan.reason, c->detail)
+                        : (char *)c->plan.reason;
+        why = why ? header_safe(c->req->arena, why) : NULL;
+        if (route && why) {
             h[n++] =
-                (struct br_http_header){BR_SLICE_LIT("x-brigade-cost-usd"), br_slice_from_cstr(u)};
-            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-prompt-tokens"),
-                                             br_slice_from_cstr(pt)};
-            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-completion-tokens"),
-                                             br_slice_from_cstr(ct)};
+                (struct br_http_header){BR_SLICE_LIT("x-brigade-route"), br_slice_from_cstr(route)};
+            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-route-reason"),
+                                             br_slice_from_cstr(why)};
         }
-        if (!res->usage.reported && n < max) {
-            h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-usage-estimated"),
-                                             BR_SLICE_LIT("true")};
-        }
+    }
+    return n;
+}
+
+/* The cost and token headers (trailers of a stream): totals over every call. */
+static size_t cost_headers(struct chat *c, struct br_http_header *h, size_t max)
+{
+    size_t n = 0;
+    br_arena *a = c->req->arena;
+    if (!c->rm || max < 4) {
+        return 0;
+    }
+    char usd[BR_COST_USD_STRLEN];
+    br_cost_format_usd(c->cost_nano, usd);
+    char *u = br_arena_strndup(a, usd, strlen(usd));
+    char *pt = br_arena_alloc(a, BR_FMT_I64_LEN);
+    char *ct = br_arena_alloc(a, BR_FMT_I64_LEN);
+    if (!u || !pt || !ct) {
+        return 0;
+    }
+    br_fmt_i64(c->usage.prompt_tokens, pt);
+    br_fmt_i64(c->usage.completion_tokens, ct);
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-cost-usd"), br_slice_from_cstr(u)};
+    h[n++] =
+        (struct br_http_header){BR_SLICE_LIT("x-brigade-prompt-tokens"), br_slice_from_cstr(pt)};
+    h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-completion-tokens"),
+                                     br_slice_from_cstr(ct)};
+    if (c->usage_estimated) {
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-usage-estimated"),
+                                         BR_SLICE_LIT("true")};
     }
     return n;
 }
@@ -289,11 +454,9 @@ static void finish_stream(struct chat *c, const struct br_provider_result *res, 
     }
     /* The status line already said 200; a failure shows in error_kind. */
     account(c, client_gone ? 499 : 200, res, kind);
-    struct br_http_header tr[6];
-    size_t nt = brigade_headers(c, res, tr, 6, true);
+    struct br_http_header t[6];
     /* Only the cost and token trailers; the model went out with the headers. */
-    struct br_http_header *t = nt > 2 ? tr + 2 : tr;
-    size_t ntr = nt > 2 ? nt - 2 : 0;
+    size_t ntr = cost_headers(c, t, 6);
     /* The last frames, the end of the body and the trailers leave in one write. */
     struct br_buf last = c->frame;
     br_buf_init(&c->frame, 0);
@@ -320,13 +483,14 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
         return;
     }
 
-    struct br_http_header h[8];
+    struct br_http_header h[16];
     size_t n = 0;
     h[n++] =
         (struct br_http_header){BR_SLICE_LIT("content-type"), BR_SLICE_LIT("application/json")};
-    n += brigade_headers(c, res, h + n, 7,
-                         res->rc == BR_OK || res->usage.prompt_tokens ||
-                             res->usage.completion_tokens);
+    n += head_headers(c, h + n, 8);
+    if (res->rc == BR_OK || c->usage.prompt_tokens || c->usage.completion_tokens) {
+        n += cost_headers(c, h + n, 5);
+    }
     if (client_gone) {
         account(c, 499, res, kind);
         release(c);
@@ -343,7 +507,7 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
     int status = res->status >= 400 ? res->status : 502;
     struct br_slice body = res->error_body;
     char retry[24];
-    if (res->retry_after_ms && n < 8) {
+    if (res->retry_after_ms && n < 16) {
         /* Whole seconds, rounded up, as HTTP's Retry-After wants. */
         (void)snprintf(retry, sizeof(retry), "%u", (unsigned)((res->retry_after_ms + 999) / 1000));
         h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"), br_slice_from_cstr(retry)};
@@ -384,13 +548,9 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
 
 /* ------------------------------------------------------------------ provider sink */
 
-static void sink_begin(void *user)
+static void begin_stream(struct chat *c)
 {
-    struct chat *c = user;
-    if (!c->stream || c->state != CHAT_CALLING) {
-        return;
-    }
-    struct br_http_header h[8];
+    struct br_http_header h[12];
     size_t n = 0;
     h[n++] = (struct br_http_header){BR_SLICE_LIT("content-type"),
                                      BR_SLICE_LIT("text/event-stream; charset=utf-8")};
@@ -399,14 +559,26 @@ static void sink_begin(void *user)
         BR_SLICE_LIT("trailer"),
         BR_SLICE_LIT("x-brigade-cost-usd, x-brigade-prompt-tokens, x-brigade-completion-tokens, "
                      "x-brigade-usage-estimated")};
-    n += brigade_headers(c, NULL, h + n, 5, false);
+    n += head_headers(c, h + n, 8);
     c->state = CHAT_STREAMING;
     br_http_stream_begin(c->req, 200, h, n);
+}
+
+static void sink_begin(void *user)
+{
+    struct chat *c = user;
+    if (!c->call_streams || c->state != CHAT_CALLING) {
+        return;
+    }
+    begin_stream(c);
 }
 
 static void sink_chunk(void *user, struct br_slice json)
 {
     struct chat *c = user;
+    if (!c->call_streams) {
+        return;
+    }
     if (c->state == CHAT_CALLING) {
         sink_begin(c);
     }
@@ -415,6 +587,9 @@ static void sink_chunk(void *user, struct br_slice json)
     }
     if (!c->t_first_token) {
         c->t_first_token = br_clock_now_ns();
+    }
+    if (c->rt->cfg->log_bodies) {
+        (void)br__chunk_text_append(&c->text, json); /* a body cut at its cap is still logged */
     }
     if (queue_sse(c, json.ptr, json.len) != BR_OK) {
         flush_frames(c);
@@ -436,6 +611,179 @@ static void sink_body(void *user, struct br_slice json)
     c->answer_len = c->answer ? json.len : 0;
 }
 
+/* ------------------------------------------------------------------ cascade */
+
+static void chain_add(struct chat *c, const char *model)
+{
+    size_t k = strlen(c->chain);
+    (void)snprintf(c->chain + k, sizeof(c->chain) - k, "%s%s", k ? ">" : "", model);
+}
+
+static void detail_add(struct chat *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void detail_add(struct chat *c, const char *fmt, ...)
+{
+    size_t k = strlen(c->detail);
+    if (k && k + 2 < sizeof(c->detail)) {
+        c->detail[k++] = ';';
+        c->detail[k++] = ' ';
+        c->detail[k] = '\0';
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    (void)vsnprintf(c->detail + k, sizeof(c->detail) - k, fmt, ap); /* a cut detail is fine */
+    va_end(ap);
+}
+
+/* The plan step that would answer after `step`, or SIZE_MAX when step is the last. */
+static size_t next_cascade_step(const struct chat *c, size_t step)
+{
+    if (!c->plan.cascade) {
+        return SIZE_MAX;
+    }
+    for (size_t i = step + 1; i < c->plan.n_steps; i++) {
+        if (c->plan.steps[i].kind == BR_PLAN_STEP_CASCADE) {
+            return i;
+        }
+    }
+    return SIZE_MAX;
+}
+
+static void count_cascade(struct chat *c, const char *model, const char *outcome)
+{
+    struct br_gateway *g = c->w->g;
+    const char *l[] = {c->plan.route, model, outcome};
+    br_metrics_add(g->metrics, c->w->index, g->m.cascade, l, 1);
+}
+
+static int emit_chunk(void *user, const char *json, size_t n)
+{
+    struct chat *c = user;
+    if (c->rt->cfg->log_bodies) {
+        (void)br__chunk_text_append(&c->text, br_slice_make(json, n));
+    }
+    return queue_sse(c, json, n);
+}
+
+/* The cheap answer is good enough: it is the client's answer (as SSE for a streaming client). */
+static void accept_answer(struct chat *c, const struct br_runtime_model *rm, char *answer,
+                          size_t len, const struct br_provider_result *res)
+{
+    count_cascade(c, rm->cfg->name, "accepted");
+    c->plan.decision = "accepted";
+    c->rm = rm;
+    c->answer = answer;
+    c->answer_len = len;
+    if (!c->stream) {
+        /* The gateway asked for the log-probabilities, not the client. */
+        struct br_slice clean;
+        struct br_slice lp = br_json_obj_get(c->req->body, "logprobs");
+        if (!(lp.ptr && br_json_type_of(lp) == BR_JSON_TRUE) &&
+            br__answer_drop_logprobs(c->req->arena, br_slice_make(answer, len), &clean) == BR_OK) {
+            c->answer = (char *)clean.ptr;
+            c->answer_len = clean.len;
+        }
+        finish(c, res, false);
+        return;
+    }
+    begin_stream(c);
+    c->t_first_token = br_clock_now_ns();
+    int rc =
+        br__answer_to_chunks(br_slice_make(answer, len), c->wants_usage, &c->usage, emit_chunk, c);
+    struct br_provider_result r = *res;
+    if (rc != BR_OK) {
+        r.rc = rc;
+        r.error_body =
+            BR_SLICE_LIT("{\"error\":{\"message\":\"the answer could not be streamed\","
+                         "\"type\":\"server_error\",\"param\":null,\"code\":\"rechunk_failed\"}}");
+    }
+    c->answer = NULL; /* streamed: the body log reads the streamed text */
+    finish(c, &r, false);
+}
+
+/* The answer of cascade step c->step is not good enough (or failed): the next step answers. */
+static void escalate(struct chat *c, size_t next, const struct br_provider_result *res)
+{
+    count_cascade(c, c->plan.steps[c->step].model->name, "escalated");
+    c->plan.decision = "escalated";
+    c->answer = NULL;
+    c->answer_len = 0;
+    int rc = start_step(c, next, CALL_ANSWER);
+    if (rc != BR_OK) {
+        struct br_provider_result r = *res;
+        r.rc = rc;
+        r.status = rc == BR_ERR_NOMEM ? 503 : 502;
+        r.error_body = BR_SLICE_LIT(
+            "{\"error\":{\"message\":\"The gateway could not start the next cascade step.\","
+            "\"type\":\"upstream_error\",\"param\":null,\"code\":\"provider_start_failed\"}}");
+        finish(c, &r, false);
+    }
+}
+
+/* Decides on the answer of a cascade step given its confidence. */
+static void judge(struct chat *c, const struct br_runtime_model *rm, char *answer, size_t len,
+                  double confidence, const char *how, const struct br_provider_result *res)
+{
+    double tau = c->plan.steps[c->step].threshold;
+    size_t next = next_cascade_step(c, c->step);
+    c->confidence = confidence;
+    bool ok = !isnan(confidence) && confidence >= tau;
+    detail_add(c, "%s %s %.3f %s %.3f", rm->cfg->name, how, confidence, ok ? ">=" : "<", tau);
+    if (ok || next == SIZE_MAX) {
+        accept_answer(c, rm, answer, len, res);
+    } else {
+        escalate(c, next, res);
+    }
+}
+
+/* A non-final cascade step finished. */
+static void step_answered(struct chat *c, const struct br_provider_result *res)
+{
+    const struct br_route_cascade_cfg *cc = &c->plan.route_cfg->cascade;
+    size_t next = next_cascade_step(c, c->step);
+    if (res->rc != BR_OK || !c->answer) {
+        detail_add(c, "%s failed (%s)", c->rm->cfg->name,
+                   res->rc != BR_OK ? br_upstream_error_name(res->error_kind) : "no answer");
+        escalate(c, next, res);
+        return;
+    }
+    struct br_slice ans = br_slice_make(c->answer, c->answer_len);
+    if (cc->confidence == BR_CASCADE_CONFIDENCE_LOGPROBS) {
+        double conf = NAN;
+        if (br__answer_logprob_confidence(ans, cc->aggregate, &conf) != BR_OK) {
+            detail_add(c, "%s returned no logprobs", c->rm->cfg->name);
+            escalate(c, next, res);
+            return;
+        }
+        judge(c, c->rm, c->answer, c->answer_len, conf,
+              cc->aggregate == BR_CASCADE_AGGREGATE_MIN ? "min logprob" : "mean logprob", res);
+        return;
+    }
+    /* Self-verification: ask the verifier (or the same model) whether the answer is right. */
+    c->judged = c->rm;
+    c->judged_answer = c->answer;
+    c->judged_len = c->answer_len;
+    c->answer = NULL;
+    if (start_step(c, c->step, CALL_VERIFY) != BR_OK) {
+        detail_add(c, "verification could not start");
+        escalate(c, next, res);
+    }
+}
+
+/* The self-verification call of a cascade step finished. */
+static void verify_answered(struct chat *c, const struct br_provider_result *res)
+{
+    size_t next = next_cascade_step(c, c->step);
+    if (res->rc != BR_OK || !c->answer) {
+        detail_add(c, "verification by %s failed", c->rm->cfg->name);
+        c->rm = c->judged;
+        escalate(c, next, res);
+        return;
+    }
+    double p = br__verify_p_yes(br_slice_make(c->answer, c->answer_len));
+    judge(c, c->judged, c->judged_answer, c->judged_len, p, "P(yes)", res);
+}
+
 static void sink_done(void *user, const struct br_provider_result *res)
 {
     struct chat *c = user;
@@ -444,13 +792,22 @@ static void sink_done(void *user, const struct br_provider_result *res)
     if (c->state == CHAT_FINISHED) {
         return;
     }
+    add_call(c, res, c->t_call_end);
     if (res->rc != BR_OK) {
         br_log(BR_LOG_WARN, c->req->id,
                "event=upstream_error model=%s provider=%s status=%d kind=%s partial=%d",
                c->rm->cfg->name, c->rm->cfg->provider, res->status,
                br_upstream_error_name(res->error_kind), res->partial);
     }
-    if (!c->answer && res->rc == BR_OK && !c->stream) {
+    if (c->call_kind == CALL_VERIFY) {
+        verify_answered(c, res);
+        return;
+    }
+    if (next_cascade_step(c, c->step) != SIZE_MAX) {
+        step_answered(c, res);
+        return;
+    }
+    if (!c->answer && res->rc == BR_OK && !c->call_streams) {
         struct br_provider_result copy = *res;
         copy.rc = BR_ERR_UPSTREAM;
         copy.status = 502;
@@ -467,6 +824,70 @@ static const struct br_provider_sink chat_sink = {
     .on_done = sink_done,
     .on_flush = sink_flush,
 };
+
+/*
+ * Starts the call of plan step `step`: its answer (streamed to a streaming client only when no
+ * cascade step may follow) or, for CALL_VERIFY, the self-verification of the answer being
+ * judged. BR_OK, or the provider's start error (no callback follows).
+ */
+static int start_step(struct chat *c, size_t step, enum call_kind kind)
+{
+    br_arena *a = c->req->arena;
+    const struct br_route_cascade_cfg *cc = c->plan.route_cfg ? &c->plan.route_cfg->cascade : NULL;
+    bool judged_later = kind == CALL_ANSWER && next_cascade_step(c, step) != SIZE_MAX;
+    const struct br_model_cfg *mc = c->plan.steps[step].model;
+    if (kind == CALL_VERIFY && cc->verifier) {
+        mc = cc->verifier;
+    }
+    struct br_provider_call *call = br_arena_calloc(a, 1, sizeof(*call));
+    if (!call) {
+        return BR_ERR_NOMEM;
+    }
+    c->rm = br__runtime_model(c->rt, mc);
+    c->step = step;
+    c->call_kind = kind;
+    c->call = call;
+    c->call_streams = c->stream && !judged_later && kind == CALL_ANSWER;
+    bool logprobs = cc && cc->request_logprobs && strcmp(mc->provider, "openai") == 0;
+    struct br_slice body = c->req->body;
+    int rc = BR_OK;
+    if (kind == CALL_VERIFY) {
+        rc = br__verify_body(a, c->rreq->last_user, c->rreq->last_user_len,
+                             br_slice_make(c->judged_answer, c->judged_len), cc->verify_max_tokens,
+                             logprobs, &body);
+    } else if (judged_later && logprobs && cc->confidence == BR_CASCADE_CONFIDENCE_LOGPROBS) {
+        rc = br__body_with_logprobs(a, c->req->body, &body);
+    }
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (c->plan.cascade && kind == CALL_ANSWER) {
+        chain_add(c, mc->name);
+    }
+    call->target = &c->rm->target;
+    call->model_state = c->rm->state;
+    call->loop = c->w->loop;
+    call->upstream = c->w->upstream;
+    call->arena = a;
+    call->request = NULL; /* built only if the provider needs a document */
+    call->raw_body = body;
+    call->stream = c->call_streams;
+    call->client_wants_usage = c->call_streams && c->wants_usage;
+    call->request_id = c->req->id;
+    call->sink = &chat_sink;
+    call->sink_user = c;
+    c->state = CHAT_CALLING;
+    c->t_call_start = br_clock_now_ns();
+    if (!c->t_first_call) {
+        c->t_first_call = c->t_call_start;
+    }
+    c->call_active = true;
+    rc = c->rm->ops->call_start(call);
+    if (rc != BR_OK) {
+        c->call_active = false;
+    }
+    return rc;
+}
 
 /* ------------------------------------------------------------------ entry points */
 
@@ -488,6 +909,53 @@ static void reject(struct chat *c, int status, const char *type, const char *cod
     respond_error(req, status, type, code, param, message, h, n);
 }
 
+/* Reads the routing signals and hints (headers win over metadata) and decides the route. */
+static int plan_route(struct chat *c, const struct br_route_cfg *route)
+{
+    br_http_request *req = c->req;
+    char why[320];
+    c->plan.route = route->name; /* logged with the row even when the request is refused */
+    c->rreq = br_arena_alloc(req->arena, sizeof(*c->rreq));
+    if (!c->rreq) {
+        reject(c, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return BR_ERR_NOMEM;
+    }
+    int rc = br_route_req_parse(req->arena, req->body, c->rreq, why, sizeof(why));
+    if (rc == BR_ERR_NOMEM) {
+        reject(c, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return rc;
+    }
+    if (rc != BR_OK) {
+        reject(c, 400, "invalid_request_error", "invalid_hint", "metadata", why);
+        return rc;
+    }
+    for (int k = BR_ROUTE_HINT_MAX_LATENCY_MS; k <= BR_ROUTE_HINT_QUALITY; k++) {
+        const struct br_slice *v =
+            br_http_request_header(req, br_route_hint_name((enum br_route_hint_kind)k));
+        if (v && br_route_hint_set(&c->rreq->hints, (enum br_route_hint_kind)k, *v, why,
+                                   sizeof(why)) != BR_OK) {
+            reject(c, 400, "invalid_request_error", "invalid_hint", NULL, why);
+            return BR_ERR_INVAL;
+        }
+    }
+    struct br_route_error re;
+    rc = br_route_plan(c->rt->router, route, c->rreq, &c->w->rng, &c->plan, &re);
+    if (rc != BR_OK) {
+        reject(c, 400, "invalid_request_error", re.code, re.param, re.msg);
+        return rc;
+    }
+    /* The decision is counted once, whatever happens to the call. */
+    struct br_gateway *g = c->w->g;
+    const char *l[] = {route->name, c->plan.steps[0].model->name, c->plan.policy};
+    br_metrics_add(g->metrics, c->w->index, g->m.route_decisions, l, 1);
+    if (strcmp(c->plan.policy, "classifier") == 0 && !isnan(c->plan.score)) {
+        const char *lr[] = {route->name};
+        br_metrics_observe(g->metrics, c->w->index, g->m.route_score, lr, c->plan.score);
+    }
+    br_router_count_decision(c->rt->router, route, c->plan.chosen);
+    return BR_OK;
+}
+
 void br__chat_handle(struct br_worker *w, br_http_request *req)
 {
     struct br_gateway *g = w->g;
@@ -503,6 +971,10 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     c->rt = br__worker_runtime(w);
     br__runtime_ref(c->rt);
     br_buf_init(&c->frame, 16u << 20);
+    br_buf_init(&c->text, c->rt->cfg->log_body_max_bytes);
+    c->confidence = NAN;
+    c->plan.score = NAN;
+    c->plan.threshold = NAN;
     req->user = c;
     br_metrics_add(g->metrics, w->index, g->m.inflight, NULL, 1);
     const struct br_config *cfg = c->rt->cfg;
@@ -532,43 +1004,30 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     c->stream = cr.stream;
     c->wants_usage = cr.wants_usage;
 
-    if (br_route_plan(cfg, cr.model, cr.model_len, &c->plan) != BR_OK) {
+    const struct br_route_cfg *route = br_config_route_find(cfg, cr.model, cr.model_len);
+    if (route) {
+        if (plan_route(c, route) != BR_OK) {
+            return;
+        }
+    } else if (br_route_plan_direct(cfg, cr.model, cr.model_len, &c->plan) != BR_OK) {
         char *msg = br_arena_sprintf(req->arena,
                                      "The model `%.200s` does not exist or you do not have access "
-                                     "to it. GET /v1/models lists the models this gateway serves.",
+                                     "to it. GET /v1/models lists the models and routes this "
+                                     "gateway serves.",
                                      c->model_requested);
         reject(c, 404, "invalid_request_error", "model_not_found", "model",
                msg ? msg : "model not found");
         return;
     }
-    c->rm = br__runtime_model(c->rt, c->plan.steps[0].model);
 
-    struct br_provider_call *call = &c->call;
-    call->target = &c->rm->target;
-    call->model_state = c->rm->state;
-    call->loop = w->loop;
-    call->upstream = w->upstream;
-    call->arena = req->arena;
-    call->request = NULL; /* built only if the provider needs a document */
-    call->raw_body = req->body;
-    call->stream = c->stream;
-    call->client_wants_usage = c->wants_usage;
-    call->request_id = req->id;
-    call->sink = &chat_sink;
-    call->sink_user = c;
-    c->state = CHAT_CALLING;
-    c->t_call_start = br_clock_now_ns();
-    c->call_active = true;
-    int rc = c->rm->ops->call_start(call);
+    int rc = start_step(c, 0, CALL_ANSWER);
     if (rc == BR_ERR_PARSE) {
         /* The provider's strict body scanner refused bytes jansson tolerated (raw NULs). */
-        c->call_active = false;
         reject(c, 400, "invalid_request_error", "invalid_json", NULL,
                "We could not parse the JSON body of your request.");
         return;
     }
     if (rc != BR_OK) {
-        c->call_active = false;
         br_log(BR_LOG_ERR, req->id, "event=provider_start_failed model=%s err=%s", c->rm->cfg->name,
                br_err_name(rc));
         reject(c, rc == BR_ERR_NOMEM ? 503 : 502, "upstream_error", "provider_start_failed", NULL,
@@ -590,9 +1049,11 @@ void br__chat_abort(struct br_worker *w, br_http_request *req)
     partial.error_kind = BR_UPSTREAM_ERROR_CANCELED;
     if (c->call_active) {
         c->call_active = false;
-        c->rm->ops->call_cancel(&c->call, &partial);
+        c->rm->ops->call_cancel(c->call, &partial);
         partial.rc = BR_ERR_CANCELED;
         partial.status = 499;
+        c->t_call_end = br_clock_now_ns();
+        add_call(c, &partial, c->t_call_end);
     }
     br_log(BR_LOG_INFO, req->id,
            "event=client_closed model=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d",

@@ -16,11 +16,54 @@
 
 /* ------------------------------------------------------------------ http handler */
 
+/* Completions posted by other threads run here, oldest first. */
+static void on_worker_async(uv_async_t *a)
+{
+    struct br_worker *w = a->data;
+    pthread_mutex_lock(&w->done_mu);
+    struct br__done *list = w->done;
+    w->done = NULL;
+    pthread_mutex_unlock(&w->done_mu);
+    struct br__done *fifo = NULL;
+    while (list) {
+        struct br__done *next = list->next;
+        list->next = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo) {
+        struct br__done *next = fifo->next;
+        fifo->complete(fifo);
+        fifo = next;
+    }
+}
+
+void br__worker_post(struct br_worker *w, struct br__done *d)
+{
+    pthread_mutex_lock(&w->done_mu);
+    if (!w->async_open) {
+        pthread_mutex_unlock(&w->done_mu);
+        d->drop(d);
+        return;
+    }
+    d->next = w->done;
+    w->done = d;
+    uv_async_send(&w->async);
+    pthread_mutex_unlock(&w->done_mu);
+}
+
 static int worker_init(void *user, uv_loop_t *loop, unsigned index, void **wctx_out)
 {
     struct br_gateway *g = user;
     struct br_worker *w = g->workers[index];
     w->loop = loop;
+    if (uv_async_init(loop, &w->async, on_worker_async) != 0) {
+        return BR_ERR_IO;
+    }
+    w->async.data = w;
+    pthread_mutex_lock(&w->done_mu);
+    w->async_open = true;
+    pthread_mutex_unlock(&w->done_mu);
     struct br_upstream_opts uo = {0};
     uo.backend =
         g->rt->cfg->upstream_force_curl ? BR_UPSTREAM_BACKEND_CURL : BR_UPSTREAM_BACKEND_AUTO;
@@ -37,6 +80,18 @@ static int worker_init(void *user, uv_loop_t *loop, unsigned index, void **wctx_
 static void worker_cleanup(void *wctx)
 {
     struct br_worker *w = wctx;
+    pthread_mutex_lock(&w->done_mu);
+    w->async_open = false;
+    struct br__done *left = w->done;
+    w->done = NULL;
+    pthread_mutex_unlock(&w->done_mu);
+    uv_close((uv_handle_t *)&w->async, NULL);
+    while (left) {
+        /* Their requests are finished (the loop only stops without connections). */
+        struct br__done *next = left->next;
+        left->drop(left);
+        left = next;
+    }
     br_upstream_destroy(w->upstream);
     w->upstream = NULL;
     /* Let the client's handles finish closing before the http layer closes the loop. */
@@ -70,6 +125,14 @@ static void on_request(void *wctx, br_http_request *req)
         br__chat_handle(w, req);
         return;
     }
+    if (path_is(req, "/v1/feedback") || path_is(req, "/feedback")) {
+        if (m != BR_HTTP_METHOD_POST) {
+            method_not_allowed(req, "POST");
+            return;
+        }
+        br__feedback_handle(w, req);
+        return;
+    }
     bool get = m == BR_HTTP_METHOD_GET || m == BR_HTTP_METHOD_HEAD;
     if (path_is(req, "/v1/models") || path_is(req, "/models")) {
         get ? br__models_list(w, req) : method_not_allowed(req, "GET");
@@ -93,6 +156,10 @@ static void on_request(void *wctx, br_http_request *req)
     }
     if (path_is(req, "/admin/config")) {
         get ? br__admin_config(w, req) : method_not_allowed(req, "GET");
+        return;
+    }
+    if (path_is(req, "/admin/routes")) {
+        get ? br__admin_routes(w, req) : method_not_allowed(req, "GET");
         return;
     }
     if (path_is(req, "/admin/reload")) {
@@ -161,8 +228,8 @@ static void limits_from(const struct br_config *c, struct br_http_limits *l)
     l->drain_timeout_ms = c->drain_timeout_ms;
 }
 
-static int load(const char *path, const struct br_gateway_overrides *ov, struct br_runtime **out,
-                char *err, size_t errlen)
+static int load(const char *path, const struct br_gateway_overrides *ov, br_route_live *live,
+                struct br_runtime **out, char *err, size_t errlen)
 {
     struct br_config *cfg = NULL;
     int rc = br_config_load_file(path, &cfg, err, errlen);
@@ -172,7 +239,7 @@ static int load(const char *path, const struct br_gateway_overrides *ov, struct 
     if (ov) {
         apply_overrides(cfg, ov);
     }
-    rc = br__runtime_build(cfg, out, err, errlen);
+    rc = br__runtime_build(cfg, live, out, err, errlen);
     br_config_unref(cfg); /* the runtime holds its own reference */
     return rc;
 }
@@ -180,13 +247,14 @@ static int load(const char *path, const struct br_gateway_overrides *ov, struct 
 int br_gateway_check_config(const char *config_path, char *msg, size_t msglen)
 {
     struct br_runtime *rt = NULL;
-    int rc = load(config_path, NULL, &rt, msg, msglen);
+    int rc = load(config_path, NULL, NULL, &rt, msg, msglen);
     if (rc != BR_OK) {
         return rc;
     }
-    (void)snprintf(msg, msglen, "%s: ok (%zu models, listen %s:%u, auth %s, request log %s)",
-                   config_path, rt->n_models, rt->cfg->listen_host, rt->cfg->listen_port,
-                   rt->cfg->has_master_key || rt->cfg->n_keys ? "on" : "off",
+    (void)snprintf(msg, msglen,
+                   "%s: ok (%zu models, %zu routes, listen %s:%u, auth %s, request log %s)",
+                   config_path, rt->n_models, rt->cfg->n_routes, rt->cfg->listen_host,
+                   rt->cfg->listen_port, rt->cfg->has_master_key || rt->cfg->n_keys ? "on" : "off",
                    rt->cfg->log_path ? rt->cfg->log_path : "off");
     br__runtime_unref(rt);
     return BR_OK;
@@ -197,7 +265,7 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
     struct br_runtime *rt = NULL;
     const char *lbl_ok[] = {"ok"};
     const char *lbl_fail[] = {"failed"};
-    int rc = load(g->config_path, &g->ov, &rt, err, errlen);
+    int rc = load(g->config_path, &g->ov, g->route_live, &rt, err, errlen);
     if (rc != BR_OK) {
         br_log(BR_LOG_ERR, NULL, "event=reload_failed msg=\"%s\" action=keeping_previous_config",
                err);
@@ -239,6 +307,29 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
 
 /* ------------------------------------------------------------------ life cycle */
 
+static int restore_one(void *user, const struct br_threshold_row *t)
+{
+    struct br_gateway *g = user;
+    if (t->route &&
+        br_router_threshold_restore(g->rt->router, t->route, t->config_threshold, t->threshold)) {
+        br_log(BR_LOG_INFO, NULL, "event=route_threshold_restored route=%s threshold=%.4f",
+               t->route, t->threshold);
+    }
+    return 0;
+}
+
+/* Thresholds re-tuned by an earlier run come back when the configured value is unchanged. */
+static void restore_thresholds(struct br_gateway *g)
+{
+    if (g->rt->cfg->n_routes == 0) {
+        return;
+    }
+    int rc = br_store_query_thresholds(g->rt->cfg->log_path, restore_one, g);
+    if (rc != BR_OK) {
+        br_log(BR_LOG_WARN, NULL, "event=route_threshold_restore_failed err=%s", br_err_name(rc));
+    }
+}
+
 /* One worker context per event loop, each holding a reference to the first runtime. */
 static int create_workers(struct br_gateway *g)
 {
@@ -254,6 +345,7 @@ static int create_workers(struct br_gateway *g)
         }
         w->g = g;
         w->index = i;
+        pthread_mutex_init(&w->done_mu, NULL);
         br_rng_seed(&w->rng, 0);
         br__runtime_ref(g->rt);
         w->rt = g->rt;
@@ -281,7 +373,12 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
         (void)snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    rc = load(config_path, &g->ov, &g->rt, err, errlen);
+    rc = br_route_live_create(&g->route_live);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    rc = load(config_path, &g->ov, g->route_live, &g->rt, err, errlen);
     if (rc != BR_OK) {
         goto fail;
     }
@@ -323,6 +420,7 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
             (void)snprintf(err, errlen, "request log %s: %s", c->log_path, br_strerror(rc));
             goto fail;
         }
+        restore_thresholds(g);
     }
 
     struct br_http_server_config hc = {
@@ -429,16 +527,20 @@ void br_gateway_destroy(br_gateway *g)
         return;
     }
     br_http_server_destroy(g->http);
+    /* The store goes before the workers: its writer may still hand feedback results to them
+     * (they are dropped, the workers being closed). */
+    br_store_close(g->store);
     for (unsigned i = 0; g->workers && i < g->n_workers; i++) {
         if (g->workers[i]) {
             br__runtime_unref(g->workers[i]->rt);
+            pthread_mutex_destroy(&g->workers[i]->done_mu);
             br_free(g->workers[i]);
         }
     }
     br_free(g->workers);
-    br_store_close(g->store);
     br_metrics_destroy(g->metrics);
     br__runtime_unref(g->rt);
+    br_route_live_destroy(g->route_live);
     pthread_mutex_destroy(&g->rt_lock);
     br_free(g->config_path);
     br_free(g);

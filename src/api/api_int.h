@@ -14,6 +14,7 @@
 #include "core/rand.h"
 #include "http/http.h"
 #include "metrics/metrics.h"
+#include "route/route.h"
 #include "store/store.h"
 #include "upstream/provider.h"
 
@@ -34,9 +35,10 @@ struct br_runtime {
     struct br_config *cfg;
     struct br_runtime_model *models; /* parallel to cfg->models */
     size_t n_models;
-    char *models_json; /* GET /v1/models body */
+    char *models_json; /* GET /v1/models body (models, then routes) */
     size_t models_json_len;
     int64_t created_s; /* load time, the "created" of every model */
+    br_router *router; /* routes: policies, classifiers, live statistics */
 };
 
 /* Metric family ids. */
@@ -56,6 +58,14 @@ struct br_api_metrics {
     unsigned log_written;     /* counter */
     unsigned reloads;         /* counter {result} */
     unsigned info;            /* gauge {version} */
+    unsigned route_decisions; /* counter {route, model, policy} */
+    unsigned route_score;     /* histogram {route}: classifier scores */
+    unsigned route_threshold; /* gauge {route}: current threshold */
+    unsigned route_quality;   /* gauge {route, model, decision, stat}: feedback estimates */
+    unsigned route_threshold_changes; /* counter {route} */
+    unsigned cascade;                 /* counter {route, model, outcome}: accepted / escalated */
+    unsigned feedback;                /* counter {route, model, result} */
+    unsigned latency_est;             /* gauge {model, stat}: live ttft / tokens per second */
 };
 
 struct br_gateway {
@@ -70,6 +80,7 @@ struct br_gateway {
     br_metrics *metrics;
     struct br_api_metrics m;
     br_store *store;
+    br_route_live *route_live; /* routing statistics, kept across reloads */
     enum br_log_full_policy log_on_full;
     atomic_bool draining;
 
@@ -91,7 +102,22 @@ struct br_worker {
     struct br_rng rng;
     struct br_runtime *rt; /* this worker's reference to the current runtime */
     uint_fast64_t rt_generation;
+    /* Completions handed back by other threads (feedback lookups on the store writer). */
+    uv_async_t async;
+    pthread_mutex_t done_mu;
+    struct br__done *done; /* pushed by other threads, taken by the loop */
+    bool async_open;       /* under done_mu */
 };
+
+/* A job finished on another thread, to be completed on the worker's loop. */
+struct br__done {
+    void (*complete)(struct br__done *d); /* runs on the loop; frees d */
+    void (*drop)(struct br__done *d);     /* the worker is gone: frees d without a request */
+    struct br__done *next;
+};
+
+/** Hands d to worker w's loop (any thread). When the worker is gone, d->drop runs instead. */
+void br__worker_post(struct br_worker *w, struct br__done *d);
 
 /* api_json.c */
 /** Compact JSON text of j in arena memory (NUL-terminated); NULL on OOM. */
@@ -100,7 +126,9 @@ char *br__json_dump(br_arena *a, const json_t *j, size_t *len_out);
 char *br__json_dump_heap(const json_t *j, size_t *len_out);
 
 /* api_runtime.c */
-int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err, size_t errlen);
+/** Builds a runtime; live (may be NULL: private statistics) carries routing state over. */
+int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runtime **out,
+                      char *err, size_t errlen);
 void br__runtime_ref(struct br_runtime *rt);
 void br__runtime_unref(struct br_runtime *rt);
 struct br_runtime_model *br__runtime_model(struct br_runtime *rt, const struct br_model_cfg *m);
@@ -154,12 +182,41 @@ void br__health(struct br_worker *w, br_http_request *req);
 void br__metrics_scrape(struct br_worker *w, br_http_request *req);
 void br__admin_config(struct br_worker *w, br_http_request *req);
 void br__admin_reload(struct br_worker *w, br_http_request *req);
+void br__admin_routes(struct br_worker *w, br_http_request *req);
 int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids);
+
+/* api_cascade.c */
+/** The body with "logprobs": true (any earlier logprobs member dropped), in arena memory. */
+int br__body_with_logprobs(br_arena *a, struct br_slice body, struct br_slice *out);
+/** Mean or minimum token log-probability of a chat.completion; BR_ERR_NOTFOUND without any. */
+int br__answer_logprob_confidence(struct br_slice answer, enum br_cascade_aggregate agg,
+                                  double *out);
+/** The answer with every choice's logprobs set to null (arena): the client did not ask. */
+int br__answer_drop_logprobs(br_arena *a, struct br_slice answer, struct br_slice *out);
+/** Decoded choices[0].message.content of a chat.completion (arena), or NULL. */
+char *br__answer_text(br_arena *a, struct br_slice answer, size_t *len_out);
+/** The self-verification request: the question and the proposed answer, yes or no. */
+int br__verify_body(br_arena *a, const char *question, size_t qlen, struct br_slice answer,
+                    int64_t max_tokens, bool logprobs, struct br_slice *out);
+/** P(yes) read from a verification answer (log-probabilities when present, else its text). */
+double br__verify_p_yes(struct br_slice answer);
+/** Re-chunks a chat.completion as chat.completion.chunk payloads (usage chunk on request). */
+int br__answer_to_chunks(struct br_slice answer, bool with_usage, const struct br_usage *u,
+                         int (*emit)(void *user, const char *json, size_t n), void *user);
+/** Appends the decoded delta content of a chunk to b. */
+int br__chunk_text_append(struct br_buf *b, struct br_slice chunk);
+
+/* api_feedback.c */
+void br__feedback_handle(struct br_worker *w, br_http_request *req);
+/** Applies a threshold change: log, metrics, persisted in the request log. */
+void br__route_adjusted(struct br_gateway *g, unsigned shard, const char *route,
+                        const struct br_route_adjustment *adj);
 
 /* Per-request handler state tag stored in req->user so on_abort can dispatch. */
 enum br_req_kind {
     BR_REQ_KIND_NONE = 0,
     BR_REQ_KIND_CHAT = 1,
+    BR_REQ_KIND_FEEDBACK = 2,
 };
 
 #endif

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The small endpoints: models, health, metrics, admin. */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -55,6 +56,13 @@ void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice i
         return;
     }
     const struct br_model_cfg *mc = br_config_model_find(rt->cfg, id.ptr, id.len);
+    const struct br_route_cfg *route = mc ? NULL : br_config_route_find(rt->cfg, id.ptr, id.len);
+    if (route) {
+        respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:I, s:s}", "id", route->name, "object", "model",
+                               "created", (json_int_t)rt->created_s, "owned_by", "brigade-route"));
+        return;
+    }
     if (!mc) {
         char *msg = br_arena_sprintf(req->arena, "The model `%.*s` does not exist.",
                                      (int)(id.len > 200 ? 200 : id.len), id.ptr);
@@ -77,6 +85,45 @@ void br__health(struct br_worker *w, br_http_request *req)
                            (json_int_t)rt->n_models));
 }
 
+/* Gauges read from the routers' live state at scrape time. */
+static void route_gauges(struct br_gateway *g, struct br_runtime *rt)
+{
+    const struct br_config *c = rt->cfg;
+    struct br_route_snapshot *snap = br_malloc(sizeof(*snap));
+    if (!snap) {
+        return;
+    }
+    for (size_t i = 0; i < c->n_routes; i++) {
+        const struct br_route_cfg *route = &c->routes[i];
+        br_router_snapshot(rt->router, route, snap);
+        const char *lr[] = {route->name};
+        if (!isnan(snap->threshold)) {
+            br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.route_threshold, lr,
+                           snap->threshold);
+        }
+        for (size_t e = 0; e < snap->n_estimates; e++) {
+            const struct br_route_estimate *est = &snap->estimates[e];
+            const double v[] = {est->mean, est->lo, est->hi, (double)est->n};
+            static const char *const stat[] = {"mean", "lower", "upper", "count"};
+            for (size_t k = 0; k < 4; k++) {
+                const char *l[] = {route->name, est->model, est->decision, stat[k]};
+                br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.route_quality, l, v[k]);
+            }
+        }
+    }
+    for (size_t i = 0; i < c->n_models; i++) {
+        double ttft = 0;
+        double tps = 0;
+        if (br_router_model_latency(rt->router, &c->models[i], &ttft, &tps)) {
+            const char *l1[] = {c->models[i].name, "ttft_ms"};
+            const char *l2[] = {c->models[i].name, "tokens_per_s"};
+            br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.latency_est, l1, ttft);
+            br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.latency_est, l2, tps);
+        }
+    }
+    br_free(snap);
+}
+
 void br__metrics_scrape(struct br_worker *w, br_http_request *req)
 {
     struct br_gateway *g = w->g;
@@ -84,6 +131,7 @@ void br__metrics_scrape(struct br_worker *w, br_http_request *req)
     if (rt->cfg->metrics_require_key && !authorized(rt, req, true)) {
         return;
     }
+    route_gauges(g, rt);
     if (g->store) {
         struct br_store_stats st;
         br_store_stats_get(g->store, &st);
@@ -140,6 +188,85 @@ void br__admin_config(struct br_worker *w, br_http_request *req)
                            c->has_master_key || c->n_keys > 0, "api_keys", (json_int_t)c->n_keys));
 }
 
+static json_t *number_or_null(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+static json_t *route_json(struct br_runtime *rt, const struct br_route_cfg *route,
+                          struct br_route_snapshot *snap)
+{
+    br_router_snapshot(rt->router, route, snap);
+    json_t *models = json_array();
+    json_t *policies = json_array();
+    json_t *estimates = json_array();
+    json_t *history = json_array();
+    for (size_t i = 0; i < route->n_models; i++) {
+        const struct br_model_cfg *mc = route->models[i];
+        double ttft = -1;
+        double tps = -1;
+        bool have = br_router_model_latency(rt->router, mc, &ttft, &tps);
+        json_array_append_new(
+            models, json_pack("{s:s, s:b, s:I, s:o, s:o}", "name", mc->name, "allowed",
+                              route->allowed[i], "decisions", (json_int_t)snap->decisions[i],
+                              "ttft_ms", number_or_null(have && ttft >= 0 ? ttft : NAN),
+                              "tokens_per_s", number_or_null(have && tps >= 0 ? tps : NAN)));
+    }
+    for (size_t i = 0; i < route->n_policies; i++) {
+        json_array_append_new(policies, json_string(br_route_policy_name(route->policies[i])));
+    }
+    for (size_t i = 0; i < snap->n_estimates; i++) {
+        const struct br_route_estimate *e = &snap->estimates[i];
+        char usd[BR_COST_USD_STRLEN];
+        br_cost_format_usd(e->cost_nano, usd);
+        json_array_append_new(estimates,
+                              json_pack("{s:s, s:s, s:I, s:f, s:f, s:f, s:s}", "model", e->model,
+                                        "decision", e->decision, "n", (json_int_t)e->n, "mean",
+                                        e->mean, "lower", e->lo, "upper", e->hi, "cost_usd", usd));
+    }
+    for (size_t i = 0; i < snap->n_history; i++) {
+        const struct br_route_history_entry *h = &snap->history[i];
+        json_array_append_new(history,
+                              json_pack("{s:I, s:o, s:o, s:s}", "ts_ms", (json_int_t)h->ts_ms,
+                                        "from", number_or_null(h->from), "to",
+                                        number_or_null(h->to), "why", h->why));
+    }
+    char usd[BR_COST_USD_STRLEN];
+    br_cost_format_usd(snap->cost_nano, usd);
+    const struct br_route_feedback_cfg *f = &route->feedback;
+    return json_pack(
+        "{s:s, s:o, s:o, s:o, s:o, s:f, s:I, s:s, s:I, s:{s:b, s:f, s:f, s:f, s:f, "
+        "s:f, s:I, s:I}, s:o, s:o}",
+        "name", route->name, "models", models, "policy", policies, "threshold",
+        number_or_null(snap->threshold), "config_threshold", number_or_null(snap->config_threshold),
+        "exploration", route->exploration, "requests", (json_int_t)snap->requests, "cost_usd", usd,
+        "feedback", (json_int_t)snap->feedback, "adapt", "adapt", f->adapt, "q_min", f->q_min,
+        "confidence", f->confidence, "step", f->step, "min_threshold", f->min_threshold,
+        "max_threshold", f->max_threshold, "cooldown_ms", (json_int_t)f->cooldown_ms, "min_samples",
+        (json_int_t)f->min_samples, "estimates", estimates, "history", history);
+}
+
+void br__admin_routes(struct br_worker *w, br_http_request *req)
+{
+    struct br_runtime *rt = br__worker_runtime(w);
+    if (!authorized(rt, req, true)) {
+        return;
+    }
+    struct br_route_snapshot *snap = br_malloc(sizeof(*snap));
+    json_t *routes = json_array();
+    if (!snap || !routes) {
+        br_free(snap);
+        json_decref(routes);
+        respond_json(req, 200, NULL); /* a 503 */
+        return;
+    }
+    for (size_t i = 0; i < rt->cfg->n_routes; i++) {
+        json_array_append_new(routes, route_json(rt, &rt->cfg->routes[i], snap));
+    }
+    br_free(snap);
+    respond_json(req, 200, json_pack("{s:o}", "routes", routes));
+}
+
 void br__admin_reload(struct br_worker *w, br_http_request *req)
 {
     struct br_runtime *rt = br__worker_runtime(w);
@@ -153,6 +280,47 @@ void br__admin_reload(struct br_worker *w, br_http_request *req)
         return;
     }
     respond_json(req, 200, json_pack("{s:s}", "status", "reloaded"));
+}
+
+static int register_route_metrics(br_metrics *m, struct br_api_metrics *ids)
+{
+    static const double score_buckets[] = {0.05, 0.1, 0.2, 0.3, 0.4,  0.5,
+                                           0.6,  0.7, 0.8, 0.9, 0.95, 1.0};
+    static const char *const l_rmp[] = {"route", "model", "policy"};
+    static const char *const l_route[] = {"route"};
+    static const char *const l_rmds[] = {"route", "model", "decision", "stat"};
+    static const char *const l_rmo[] = {"route", "model", "outcome"};
+    static const char *const l_rmr[] = {"route", "model", "result"};
+    static const char *const l_ms[] = {"model", "stat"};
+    int rc = 0;
+    rc |= br_metrics_register(m, "brigade_route_decisions_total",
+                              "Routing decisions by route, chosen model and deciding policy.",
+                              BR_METRIC_TYPE_COUNTER, l_rmp, 3, NULL, 0, &ids->route_decisions);
+    rc |= br_metrics_register(m, "brigade_route_score", "Classifier scores by route.",
+                              BR_METRIC_TYPE_HISTOGRAM, l_route, 1, score_buckets,
+                              sizeof(score_buckets) / sizeof(score_buckets[0]), &ids->route_score);
+    rc |= br_metrics_register(m, "brigade_route_threshold",
+                              "Current threshold of each route (configured, re-tuned by feedback).",
+                              BR_METRIC_TYPE_GAUGE, l_route, 1, NULL, 0, &ids->route_threshold);
+    rc |= br_metrics_register(m, "brigade_route_quality",
+                              "Feedback quality estimates per route, model and decision: mean, "
+                              "interval bounds and count.",
+                              BR_METRIC_TYPE_GAUGE, l_rmds, 4, NULL, 0, &ids->route_quality);
+    rc |= br_metrics_register(
+        m, "brigade_route_threshold_changes_total", "Threshold changes made by feedback re-tuning.",
+        BR_METRIC_TYPE_COUNTER, l_route, 1, NULL, 0, &ids->route_threshold_changes);
+    rc |= br_metrics_register(m, "brigade_cascade_steps_total",
+                              "Cascade answers judged, by route, model and outcome (accepted, "
+                              "escalated).",
+                              BR_METRIC_TYPE_COUNTER, l_rmo, 3, NULL, 0, &ids->cascade);
+    rc |= br_metrics_register(m, "brigade_feedback_total",
+                              "Feedback received by route and model (result: recorded, "
+                              "not_found, rejected).",
+                              BR_METRIC_TYPE_COUNTER, l_rmr, 3, NULL, 0, &ids->feedback);
+    rc |= br_metrics_register(m, "brigade_model_latency_estimate",
+                              "Live latency statistics per model (EWMA): ttft_ms, tokens_per_s.",
+                              BR_METRIC_TYPE_GAUGE, l_ms, 2, NULL, 0, &ids->latency_est);
+    return rc;
 }
 
 int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids)
@@ -217,6 +385,7 @@ int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids)
                               BR_METRIC_TYPE_COUNTER, l_result, 1, NULL, 0, &ids->reloads);
     rc |= br_metrics_register(m, "brigade_build_info", "Build information.", BR_METRIC_TYPE_GAUGE,
                               l_version, 1, NULL, 0, &ids->info);
+    rc |= register_route_metrics(m, ids);
     if (rc != 0) {
         return BR_ERR_NOMEM;
     }

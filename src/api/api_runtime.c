@@ -26,6 +26,7 @@ static void runtime_free(struct br_runtime *rt)
             m->ops->model_destroy(m->state);
         }
     }
+    br_router_destroy(rt->router);
     br_free(rt->models);
     br_free(rt->models_json);
     br_config_unref(rt->cfg);
@@ -52,6 +53,16 @@ static int build_models_json(struct br_runtime *rt)
             goto out;
         }
     }
+    /* Routes work wherever a model name does, so clients can discover them here too. */
+    for (size_t i = 0; i < rt->cfg->n_routes; i++) {
+        json_t *m =
+            json_pack("{s:s, s:s, s:I, s:s}", "id", rt->cfg->routes[i].name, "object", "model",
+                      "created", (json_int_t)rt->created_s, "owned_by", "brigade-route");
+        if (!m || json_array_append_new(data, m) != 0) {
+            json_decref(data);
+            goto out;
+        }
+    }
     json_decref(data);
     rt->models_json = br__json_dump_heap(root, &rt->models_json_len);
     rc = rt->models_json ? BR_OK : BR_ERR_NOMEM;
@@ -60,7 +71,8 @@ out:
     return rc;
 }
 
-int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err, size_t errlen)
+int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runtime **out,
+                      char *err, size_t errlen)
 {
     int rc = BR_ERR_NOMEM;
     struct br_runtime *rt = br_calloc(1, sizeof(*rt));
@@ -113,6 +125,10 @@ int br__runtime_build(struct br_config *cfg, struct br_runtime **out, char *err,
             m->state = NULL;
             goto fail;
         }
+    }
+    rc = br_router_create(cfg, live, &rt->router, err, errlen);
+    if (rc != BR_OK) {
+        goto fail;
     }
     rc = build_models_json(rt);
     if (rc != BR_OK) {

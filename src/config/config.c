@@ -23,15 +23,6 @@
 
 #define MAX_FILE_BYTES (4u << 20)
 
-struct loader {
-    br_arena *arena;
-    struct br_config *cfg;
-    const char *name;     /* file name for messages */
-    const char *base_dir; /* resolves relative paths; NULL = cwd */
-    char *err;
-    size_t errlen;
-};
-
 /* Snapshot storage: the arena plus the secrets to wipe on free. */
 struct storage {
     br_arena *arena;
@@ -39,21 +30,27 @@ struct storage {
     size_t n_secrets;
 };
 
-static int errf(struct loader *L, int line, const char *fmt, ...)
+static int errf(struct br__config_loader *L, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static int errf(struct loader *L, int line, const char *fmt, ...)
+int br__config_verrf(struct br__config_loader *L, int line, const char *fmt, va_list ap)
 {
     int k = snprintf(L->err, L->errlen, "%s:%d: ", L->name, line);
     if (k < 0 || (size_t)k >= L->errlen) {
         return BR_ERR_INVAL;
     }
-    va_list ap;
-    va_start(ap, fmt);
     /* A message cut at errlen is still the right error. */
     (void)vsnprintf(L->err + k, L->errlen - (size_t)k, fmt, ap);
-    va_end(ap);
     return BR_ERR_INVAL;
+}
+
+static int errf(struct br__config_loader *L, int line, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = br__config_verrf(L, line, fmt, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* errno's text; strerror() is not thread-safe and a reload runs on a worker thread. */
@@ -65,7 +62,7 @@ static const char *errno_text(int e, char *buf, size_t n)
     return buf;
 }
 
-static int nomem(struct loader *L)
+static int nomem(struct br__config_loader *L)
 {
     (void)snprintf(L->err, L->errlen, "%s: out of memory", L->name);
     return BR_ERR_NOMEM;
@@ -149,7 +146,7 @@ static const char *kind_name(const struct br_ynode *n)
     return n->kind == BR_YNODE_MAP ? "a mapping" : n->kind == BR_YNODE_SEQ ? "a list" : "a value";
 }
 
-static int want(struct loader *L, const struct br_ynode *n, enum br_ynode_kind kind,
+static int want(struct br__config_loader *L, const struct br_ynode *n, enum br_ynode_kind kind,
                 const char *what)
 {
     if (n->kind != kind) {
@@ -162,7 +159,8 @@ static int want(struct loader *L, const struct br_ynode *n, enum br_ynode_kind k
     return BR_OK;
 }
 
-static int scalar(struct loader *L, const struct br_ynode *n, const char *what, const char **out)
+static int scalar(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                  const char **out)
 {
     int rc = want(L, n, BR_YNODE_SCALAR, what);
     if (rc == BR_OK) {
@@ -171,7 +169,8 @@ static int scalar(struct loader *L, const struct br_ynode *n, const char *what, 
     return rc;
 }
 
-static int nonempty(struct loader *L, const struct br_ynode *n, const char *what, const char **out)
+static int nonempty(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                    const char **out)
 {
     int rc = scalar(L, n, what, out);
     if (rc == BR_OK && (*out)[0] == '\0') {
@@ -180,7 +179,8 @@ static int nonempty(struct loader *L, const struct br_ynode *n, const char *what
     return rc;
 }
 
-static int boolean(struct loader *L, const struct br_ynode *n, const char *what, bool *out)
+static int boolean(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                   bool *out)
 {
     const char *s;
     int rc = scalar(L, n, what, &s);
@@ -197,8 +197,8 @@ static int boolean(struct loader *L, const struct br_ynode *n, const char *what,
     return BR_OK;
 }
 
-static int integer(struct loader *L, const struct br_ynode *n, const char *what, int64_t min,
-                   int64_t max, int64_t *out)
+static int integer(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                   int64_t min, int64_t max, int64_t *out)
 {
     const char *s;
     int rc = scalar(L, n, what, &s);
@@ -215,8 +215,8 @@ static int integer(struct loader *L, const struct br_ynode *n, const char *what,
     return BR_OK;
 }
 
-static int duration(struct loader *L, const struct br_ynode *n, const char *what, uint64_t min_ms,
-                    uint64_t *out)
+static int duration(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                    uint64_t min_ms, uint64_t *out)
 {
     const char *s;
     int rc = scalar(L, n, what, &s);
@@ -232,7 +232,8 @@ static int duration(struct loader *L, const struct br_ynode *n, const char *what
     return BR_OK;
 }
 
-static int size(struct loader *L, const struct br_ynode *n, const char *what, size_t *out)
+static int size(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                size_t *out)
 {
     const char *s;
     uint64_t v;
@@ -249,20 +250,21 @@ static int size(struct loader *L, const struct br_ynode *n, const char *what, si
     return BR_OK;
 }
 
-static int unknown_key(struct loader *L, const struct br_ynode *key, const char *section,
+static int unknown_key(struct br__config_loader *L, const struct br_ynode *key, const char *section,
                        const char *allowed)
 {
     return errf(L, key->line, "%s: unknown key '%.60s' (allowed: %s)", section, key->value,
                 allowed);
 }
 
-static char *dup(struct loader *L, const char *s)
+static char *dup(struct br__config_loader *L, const char *s)
 {
     return br_arena_strndup(L->arena, s, strlen(s));
 }
 
 /* A non-empty string field copied into the snapshot. */
-static int set_str(struct loader *L, const struct br_ynode *v, const char *what, const char **dst)
+static int set_str(struct br__config_loader *L, const struct br_ynode *v, const char *what,
+                   const char **dst)
 {
     const char *s;
     int rc = nonempty(L, v, what, &s);
@@ -273,9 +275,57 @@ static int set_str(struct loader *L, const struct br_ynode *v, const char *what,
     return *dst ? BR_OK : nomem(L);
 }
 
+/* Non-static names of the helpers above, for config_route.c. */
+int br__config_want(struct br__config_loader *L, const struct br_ynode *n, enum br_ynode_kind kind,
+                    const char *what)
+{
+    return want(L, n, kind, what);
+}
+
+int br__config_scalar(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                      const char **out)
+{
+    return scalar(L, n, what, out);
+}
+
+int br__config_nonempty(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                        const char **out)
+{
+    return nonempty(L, n, what, out);
+}
+
+int br__config_boolean(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                       bool *out)
+{
+    return boolean(L, n, what, out);
+}
+
+int br__config_integer(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                       int64_t min, int64_t max, int64_t *out)
+{
+    return integer(L, n, what, min, max, out);
+}
+
+int br__config_duration(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                        uint64_t min_ms, uint64_t *out)
+{
+    return duration(L, n, what, min_ms, out);
+}
+
+int br__config_unknown_key(struct br__config_loader *L, const struct br_ynode *key,
+                           const char *section, const char *allowed)
+{
+    return unknown_key(L, key, section, allowed);
+}
+
+int br__config_nomem(struct br__config_loader *L)
+{
+    return nomem(L);
+}
+
 /* ---------------------------------------------------------------- secrets */
 
-static int remember_secret(struct loader *L, char *secret)
+static int remember_secret(struct br__config_loader *L, char *secret)
 {
     struct storage *st = L->cfg->priv;
     char **n = br_arena_alloc(L->arena, (st->n_secrets + 1) * sizeof(*n));
@@ -291,7 +341,8 @@ static int remember_secret(struct loader *L, char *secret)
 }
 
 /* Resolves env:NAME, file:PATH or a literal into arena memory (remembered for wiping). */
-static int resolve_secret(struct loader *L, const struct br_ynode *n, const char *what, char **out)
+static int resolve_secret(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                          char **out)
 {
     const char *ref;
     int rc = nonempty(L, n, what, &ref);
@@ -364,8 +415,8 @@ static int parse_hex_hash(const char *s, unsigned char out[BR_CONFIG_KEY_HASH_LE
 }
 
 /* A key given as `key: <secret ref>` (hashed now) or `sha256: <hex>`. */
-static int key_hash(struct loader *L, const struct br_ynode *n, bool is_hash, const char *what,
-                    unsigned char out[BR_CONFIG_KEY_HASH_LEN])
+static int key_hash(struct br__config_loader *L, const struct br_ynode *n, bool is_hash,
+                    const char *what, unsigned char out[BR_CONFIG_KEY_HASH_LEN])
 {
     if (is_hash) {
         const char *s;
@@ -385,7 +436,7 @@ static int key_hash(struct loader *L, const struct br_ynode *n, bool is_hash, co
 
 /* ---------------------------------------------------------------- sections */
 
-static int parse_listen(struct loader *L, const struct br_ynode *n)
+static int parse_listen(struct br__config_loader *L, const struct br_ynode *n)
 {
     const char *s;
     int rc = nonempty(L, n, "server.listen", &s);
@@ -426,7 +477,7 @@ static int parse_listen(struct loader *L, const struct br_ynode *n)
     return L->cfg->listen_host ? BR_OK : nomem(L);
 }
 
-static int parse_limits(struct loader *L, const struct br_ynode *m)
+static int parse_limits(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "server.limits");
     struct br_config *c = L->cfg;
@@ -451,7 +502,7 @@ static int parse_limits(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_timeouts(struct loader *L, const struct br_ynode *m)
+static int parse_timeouts(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "server.timeouts");
     struct br_config *c = L->cfg;
@@ -473,7 +524,7 @@ static int parse_timeouts(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_server(struct loader *L, const struct br_ynode *m)
+static int parse_server(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "server");
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
@@ -504,8 +555,8 @@ static int parse_server(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_key_entry(struct loader *L, const struct br_ynode *m, struct br_api_key_cfg *out,
-                           size_t idx)
+static int parse_key_entry(struct br__config_loader *L, const struct br_ynode *m,
+                           struct br_api_key_cfg *out, size_t idx)
 {
     char what[64];
     (void)snprintf(what, sizeof(what), "auth.keys[%zu]", idx); /* fits: 10 + 20 digits */
@@ -538,7 +589,7 @@ static int parse_key_entry(struct loader *L, const struct br_ynode *m, struct br
     return rc;
 }
 
-static int parse_auth(struct loader *L, const struct br_ynode *m)
+static int parse_auth(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "auth");
     struct br_config *c = L->cfg;
@@ -575,7 +626,7 @@ static int parse_auth(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_log(struct loader *L, const struct br_ynode *m)
+static int parse_log(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "log");
     struct br_config *c = L->cfg;
@@ -613,14 +664,18 @@ static int parse_log(struct loader *L, const struct br_ynode *m)
             } else if (rc == BR_OK) {
                 rc = errf(L, v->line, "log.on_full: expected reject or drop");
             }
+        } else if (strcmp(k->value, "bodies") == 0) {
+            rc = boolean(L, v, "log.bodies", &c->log_bodies);
+        } else if (strcmp(k->value, "body_max") == 0) {
+            rc = size(L, v, "log.body_max", &c->log_body_max_bytes);
         } else {
-            rc = unknown_key(L, k, "log", "path, queue, batch, flush, on_full");
+            rc = unknown_key(L, k, "log", "path, queue, batch, flush, on_full, bodies, body_max");
         }
     }
     return rc;
 }
 
-static int parse_upstream(struct loader *L, const struct br_ynode *m)
+static int parse_upstream(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "upstream");
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
@@ -643,7 +698,7 @@ static int parse_upstream(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_metrics(struct loader *L, const struct br_ynode *m)
+static int parse_metrics(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "metrics");
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
@@ -657,7 +712,7 @@ static int parse_metrics(struct loader *L, const struct br_ynode *m)
     return rc;
 }
 
-static int parse_price(struct loader *L, const struct br_ynode *m, const char *what,
+static int parse_price(struct br__config_loader *L, const struct br_ynode *m, const char *what,
                        struct br_price *p)
 {
     int rc = want(L, m, BR_YNODE_MAP, what);
@@ -693,7 +748,8 @@ static int parse_price(struct loader *L, const struct br_ynode *m, const char *w
     return rc;
 }
 
-static int parse_caps(struct loader *L, const struct br_ynode *n, const char *what, unsigned *out)
+static int parse_caps(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                      unsigned *out)
 {
     int rc = want(L, n, BR_YNODE_SEQ, what);
     for (size_t i = 0; rc == BR_OK && i < n->n; i++) {
@@ -716,8 +772,14 @@ static int parse_caps(struct loader *L, const struct br_ynode *n, const char *wh
     return rc;
 }
 
-static int parse_model_timeouts(struct loader *L, const struct br_ynode *m, const char *what,
-                                struct br_model_cfg *mc)
+int br__config_caps(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                    unsigned *out)
+{
+    return parse_caps(L, n, what, out);
+}
+
+static int parse_model_timeouts(struct br__config_loader *L, const struct br_ynode *m,
+                                const char *what, struct br_model_cfg *mc)
 {
     int rc = want(L, m, BR_YNODE_MAP, what);
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
@@ -740,7 +802,7 @@ static int parse_model_timeouts(struct loader *L, const struct br_ynode *m, cons
     return rc;
 }
 
-static int parse_headers(struct loader *L, const struct br_ynode *m, const char *what,
+static int parse_headers(struct br__config_loader *L, const struct br_ynode *m, const char *what,
                          struct br_model_cfg *mc)
 {
     int rc = want(L, m, BR_YNODE_MAP, what);
@@ -777,7 +839,7 @@ static int parse_headers(struct loader *L, const struct br_ynode *m, const char 
     return rc;
 }
 
-static int parse_replay(struct loader *L, const struct br_ynode *m, const char *what,
+static int parse_replay(struct br__config_loader *L, const struct br_ynode *m, const char *what,
                         struct br_model_cfg *mc)
 {
     int rc = want(L, m, BR_YNODE_MAP, what);
@@ -810,7 +872,7 @@ static int parse_replay(struct loader *L, const struct br_ynode *m, const char *
     return rc;
 }
 
-static int parse_base_url(struct loader *L, const struct br_ynode *v, const char *what,
+static int parse_base_url(struct br__config_loader *L, const struct br_ynode *v, const char *what,
                           struct br_model_cfg *mc)
 {
     const char *s;
@@ -829,7 +891,7 @@ static int parse_base_url(struct loader *L, const struct br_ynode *v, const char
     return mc->base_url ? BR_OK : nomem(L);
 }
 
-static int parse_api_key(struct loader *L, const struct br_ynode *v, const char *what,
+static int parse_api_key(struct br__config_loader *L, const struct br_ynode *v, const char *what,
                          struct br_model_cfg *mc)
 {
     char *secret = NULL;
@@ -846,8 +908,8 @@ static int parse_api_key(struct loader *L, const struct br_ynode *v, const char 
     return mc->api_key_ref ? BR_OK : nomem(L);
 }
 
-static int parse_model_field(struct loader *L, const struct br_ynode *k, const struct br_ynode *v,
-                             const char *what, struct br_model_cfg *mc)
+static int parse_model_field(struct br__config_loader *L, const struct br_ynode *k,
+                             const struct br_ynode *v, const char *what, struct br_model_cfg *mc)
 {
     char sub[96];
     /* A label for messages; a long unknown key is cut, which is fine. */
@@ -893,7 +955,7 @@ static int parse_model_field(struct loader *L, const struct br_ynode *k, const s
                        "context_window, max_tokens, capabilities, timeouts, headers");
 }
 
-static int parse_model(struct loader *L, const struct br_ynode *m, size_t idx,
+static int parse_model(struct br__config_loader *L, const struct br_ynode *m, size_t idx,
                        struct br_model_cfg *mc)
 {
     char what[48];
@@ -943,7 +1005,7 @@ static int parse_model(struct loader *L, const struct br_ynode *m, size_t idx,
     return BR_OK;
 }
 
-static int parse_models(struct loader *L, const struct br_ynode *s)
+static int parse_models(struct br__config_loader *L, const struct br_ynode *s)
 {
     int rc = want(L, s, BR_YNODE_SEQ, "models");
     if (rc != BR_OK) {
@@ -970,10 +1032,11 @@ static int parse_models(struct loader *L, const struct br_ynode *s)
     return rc;
 }
 
-static int parse_root(struct loader *L, const struct br_ynode *root)
+static int parse_root(struct br__config_loader *L, const struct br_ynode *root)
 {
     int rc = want(L, root, BR_YNODE_MAP, "configuration");
     bool have_models = false;
+    const struct br_ynode *routes = NULL;
     for (size_t i = 0; rc == BR_OK && i < root->n; i += 2) {
         const struct br_ynode *k = root->items[i];
         const struct br_ynode *v = root->items[i + 1];
@@ -990,12 +1053,18 @@ static int parse_root(struct loader *L, const struct br_ynode *root)
         } else if (strcmp(k->value, "models") == 0) {
             rc = parse_models(L, v);
             have_models = true;
+        } else if (strcmp(k->value, "routes") == 0) {
+            routes = v; /* parsed once the catalogue is known: routes name its models */
         } else {
-            rc = unknown_key(L, k, "configuration", "server, auth, log, metrics, upstream, models");
+            rc = unknown_key(L, k, "configuration",
+                             "server, auth, log, metrics, upstream, models, routes");
         }
     }
     if (rc == BR_OK && (!have_models || L->cfg->n_models == 0)) {
         rc = errf(L, root->line, "models: the catalogue needs at least one model");
+    }
+    if (rc == BR_OK && routes) {
+        rc = br__config_parse_routes(L, routes);
     }
     return rc;
 }
@@ -1019,6 +1088,8 @@ static void set_defaults(struct br_config *c)
     c->log_batch = 512;
     c->log_flush_ms = 50;
     c->log_on_full = BR_LOG_FULL_REJECT;
+    c->log_bodies = false;
+    c->log_body_max_bytes = (size_t)64 * 1024;
 }
 
 static void wipe(volatile char *p)
@@ -1032,6 +1103,7 @@ static void storage_free(struct br_config *c)
 {
     struct storage *st = c->priv;
     br_map_cleanup(&c->models_by_name);
+    br_map_cleanup(&c->routes_by_name);
     if (!st) {
         br_free(c);
         return;
@@ -1047,7 +1119,8 @@ static void storage_free(struct br_config *c)
 int br_config_load_string(const char *text, size_t n, const char *base_dir, struct br_config **out,
                           char *err, size_t errlen)
 {
-    struct loader L = {.name = "<string>", .base_dir = base_dir, .err = err, .errlen = errlen};
+    struct br__config_loader L = {
+        .name = "<string>", .base_dir = base_dir, .err = err, .errlen = errlen};
     struct br_ynode *root = NULL;
     br_arena *arena = NULL;
     int rc;
@@ -1072,6 +1145,7 @@ int br_config_load_string(const char *text, size_t n, const char *base_dir, stru
     c->priv = st;
     atomic_init(&c->refs, 1);
     br_map_init(&c->models_by_name);
+    br_map_init(&c->routes_by_name);
     set_defaults(c);
     c->path = "<string>";
     L.arena = arena;
@@ -1181,4 +1255,10 @@ const struct br_model_cfg *br_config_model_find(const struct br_config *c, const
                                                 size_t n)
 {
     return br_map_get(&c->models_by_name, br_slice_make(name, n));
+}
+
+const struct br_route_cfg *br_config_route_find(const struct br_config *c, const char *name,
+                                                size_t n)
+{
+    return br_map_get(&c->routes_by_name, br_slice_make(name, n));
 }

@@ -59,6 +59,144 @@ struct br_api_key_cfg {
     unsigned char sha256[BR_CONFIG_KEY_HASH_LEN];
 };
 
+/* ---- routes: a name clients use as "model", and how brigade picks among its models ---- */
+
+#define BR_ROUTE_MAX_MODELS   16 /* candidates (and fallbacks) per route */
+#define BR_ROUTE_MAX_POLICIES 8  /* policies composed in one route */
+
+enum br_route_policy_kind {
+    BR_ROUTE_POLICY_DIRECT,     /* the route's default model (an alias) */
+    BR_ROUTE_POLICY_RULES,      /* ordered conditions */
+    BR_ROUTE_POLICY_CLASSIFIER, /* learned score vs threshold */
+    BR_ROUTE_POLICY_CASCADE,    /* cheap first, escalate on low confidence */
+    BR_ROUTE_POLICY_LATENCY,    /* cheapest meeting the latency SLA */
+    BR_ROUTE_POLICY_COST,       /* best model within the cost cap */
+    BR_ROUTE_POLICY_RANDOM,     /* uniform among candidates (A/B baselines) */
+};
+
+/* Client quality tier (x-brigade-quality or metadata). */
+enum br_route_quality {
+    BR_ROUTE_QUALITY_NONE = 0,
+    BR_ROUTE_QUALITY_ECONOMY,
+    BR_ROUTE_QUALITY_STANDARD,
+    BR_ROUTE_QUALITY_HIGH,
+};
+
+enum br_route_text_scope {
+    BR_ROUTE_TEXT_LAST_USER, /* the last user message (default) */
+    BR_ROUTE_TEXT_ALL,       /* every message's text, joined with newlines */
+};
+
+enum br_route_target_kind {
+    BR_ROUTE_TARGET_MODEL,  /* a named candidate */
+    BR_ROUTE_TARGET_STRONG, /* the most expensive remaining candidate */
+    BR_ROUTE_TARGET_WEAK,   /* the cheapest remaining candidate */
+};
+
+/*
+ * One rule: every condition that is set must hold ("and"); unset ones are ignored. Integers
+ * use -1 for unset, tri-states -1 / 0 / 1. Strings are owned by the snapshot.
+ */
+struct br_route_rule {
+    int line;
+    int64_t min_prompt_tokens; /* estimated prompt tokens */
+    int64_t max_prompt_tokens;
+    int64_t min_turns; /* user messages */
+    int64_t max_turns;
+    const char *const *keywords; /* lower case; any one found (ASCII case-insensitive) */
+    size_t n_keywords;
+    const char *regex_src;         /* POSIX ERE as written, or NULL */
+    const void *regex;             /* compiled regex_t (REG_EXTENDED|REG_ICASE|REG_NOSUB) */
+    enum br_route_text_scope in;   /* where keywords and regex look */
+    int code;                      /* tri-state: request contains code */
+    int math;                      /* tri-state: request contains math */
+    unsigned uses;                 /* enum br_model_cap bits the request must use */
+    enum br_route_quality quality; /* client tier equals (NONE: any) */
+    int64_t latency_hint_max_ms;   /* client's max-latency hint present and <= this */
+    int64_t cost_hint_max_nano;    /* client's max-cost hint present and <= this */
+    const char *const *meta_keys;  /* body metadata key == value ("*": key present) */
+    const char *const *meta_values;
+    size_t n_meta;
+    enum br_route_target_kind then;
+    size_t then_index; /* candidate index for BR_ROUTE_TARGET_MODEL */
+};
+
+struct br_route_classifier_cfg {
+    const char *model_path; /* absolute (relative ones resolve against the config's folder) */
+    double threshold;       /* strong when score >= threshold */
+    double margin;          /* N-model: cheapest within margin of the best predicted quality */
+    enum br_route_text_scope text;
+    int line;
+};
+
+enum br_cascade_confidence {
+    BR_CASCADE_CONFIDENCE_LOGPROBS,    /* token log-probabilities of the answer */
+    BR_CASCADE_CONFIDENCE_SELF_VERIFY, /* a second short call: "is this answer correct?" */
+};
+
+enum br_cascade_aggregate {
+    BR_CASCADE_AGGREGATE_MEAN, /* mean token log-probability */
+    BR_CASCADE_AGGREGATE_MIN,  /* lowest token log-probability */
+};
+
+struct br_route_cascade_cfg {
+    size_t steps[BR_ROUTE_MAX_MODELS]; /* candidate indexes, cheap -> strong */
+    size_t n_steps;
+    enum br_cascade_confidence confidence;
+    enum br_cascade_aggregate aggregate;
+    double threshold;      /* tau: escalate when confidence < tau (logprobs: a log-prob
+                              <= 0, e.g. -0.3; self_verify: P(yes), 0..1) */
+    bool request_logprobs; /* add "logprobs": true to OpenAI-compatible calls */
+    size_t verifier_index; /* self_verify: model asked (SIZE_MAX: the step's own model) */
+    const struct br_model_cfg *verifier; /* resolved verifier, NULL = the step's model */
+    int64_t verify_max_tokens;
+    int line;
+};
+
+struct br_route_latency_cfg {
+    int64_t max_latency_ms;         /* route's SLA when the client gives none (0: none) */
+    int64_t expected_output_tokens; /* output tokens assumed when max_tokens is absent */
+    double prior_ttft_ms;           /* models without statistics */
+    double prior_tokens_per_s;
+    double alpha; /* EWMA weight of a new observation, 0..1 */
+};
+
+struct br_route_feedback_cfg {
+    bool adapt;           /* re-tune the threshold from feedback */
+    double q_min;         /* quality floor of cheap decisions, 0..1 */
+    double confidence;    /* interval confidence, e.g. 0.95 */
+    double step;          /* threshold change per adjustment */
+    double min_threshold; /* bounds of the re-tuned threshold */
+    double max_threshold;
+    uint64_t cooldown_ms;     /* least time between adjustments */
+    int64_t min_samples;      /* feedback needed before the first adjustment */
+    int64_t target_cost_nano; /* mean cost per request above this: move towards cheap (0: off) */
+};
+
+struct br_route_cfg {
+    const char *name;
+    int line;
+    const struct br_model_cfg *models[BR_ROUTE_MAX_MODELS]; /* cheapest first */
+    size_t n_models;
+    enum br_route_policy_kind policies[BR_ROUTE_MAX_POLICIES]; /* tried in order */
+    size_t n_policies;
+    size_t default_index;              /* when every policy passes; default: the last (strongest) */
+    bool allowed[BR_ROUTE_MAX_MODELS]; /* allowed_models (all true when not given) */
+    const struct br_model_cfg *fallbacks[BR_ROUTE_MAX_MODELS];
+    size_t n_fallbacks;
+    int64_t max_cost_nano;          /* per request, estimated (0: no cap) */
+    int64_t expected_output_tokens; /* for estimates when max_tokens is absent (default 256) */
+    bool accept_hints;              /* honour client hints (default true) */
+    double exploration;             /* share of traffic sent to a random candidate */
+    const struct br_route_rule *rules;
+    size_t n_rules;
+    struct br_route_classifier_cfg classifier;
+    struct br_route_cascade_cfg cascade;
+    struct br_route_latency_cfg latency;
+    int64_t cost_max_nano; /* cost policy's own cap (0: the request's or route's cap) */
+    struct br_route_feedback_cfg feedback;
+};
+
 enum br_log_full_policy {
     BR_LOG_FULL_REJECT, /* answer 503 to new requests while the log queue is full */
     BR_LOG_FULL_DROP,   /* serve, drop the row, count it in brigade_log_rows_dropped_total */
@@ -99,11 +237,18 @@ struct br_config {
     size_t log_batch;
     uint32_t log_flush_ms;
     enum br_log_full_policy log_on_full;
+    bool log_bodies;           /* log.bodies: store prompts and answers (off by default) */
+    size_t log_body_max_bytes; /* per stored body field; longer ones are cut */
 
     /* catalogue */
     const struct br_model_cfg *models;
     size_t n_models;
     struct br_map models_by_name; /* name -> const struct br_model_cfg * */
+
+    /* routes */
+    const struct br_route_cfg *routes;
+    size_t n_routes;
+    struct br_map routes_by_name; /* name -> const struct br_route_cfg * */
 
     void *priv; /* storage owned by the loader */
 };
@@ -130,6 +275,13 @@ void br_config_unref(struct br_config *c);
 /** The catalogue entry called name (n bytes), or NULL. */
 const struct br_model_cfg *br_config_model_find(const struct br_config *c, const char *name,
                                                 size_t n);
+
+/** The route called name (n bytes), or NULL. */
+const struct br_route_cfg *br_config_route_find(const struct br_config *c, const char *name,
+                                                size_t n);
+
+/** Name of a policy kind ("rules", "classifier", ...). */
+const char *br_route_policy_name(enum br_route_policy_kind k);
 
 /** SHA-256 of n bytes into out (used for key hashes). */
 void br_config_hash_key(const char *key, size_t n, unsigned char out[BR_CONFIG_KEY_HASH_LEN]);

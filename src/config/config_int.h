@@ -3,7 +3,10 @@
 #ifndef BR_CONFIG_INT_H
 #define BR_CONFIG_INT_H
 
+#include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config/config.h"
 #include "core/arena.h"
@@ -29,5 +32,42 @@ struct br_ynode {
 /** Parses YAML text into a tree allocated from arena. Errors carry "name:line: message". */
 int br__config_yaml_parse(br_arena *arena, const char *text, size_t n, const char *name,
                           struct br_ynode **root_out, char *err, size_t errlen);
+
+/* The state of one load (config.c); the section parsers write into cfg, errors into err. */
+struct br__config_loader {
+    br_arena *arena;
+    struct br_config *cfg;
+    const char *name;     /* file name for messages */
+    const char *base_dir; /* resolves relative paths; NULL = cwd */
+    char *err;
+    size_t errlen;
+};
+
+/*
+ * Schema helpers shared by the section parsers (config.c). Each returns BR_OK or an error code
+ * with a "file:line: what: problem" message in L->err.
+ */
+int br__config_verrf(struct br__config_loader *L, int line, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+int br__config_want(struct br__config_loader *L, const struct br_ynode *n, enum br_ynode_kind kind,
+                    const char *what);
+int br__config_scalar(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                      const char **out);
+int br__config_nonempty(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                        const char **out);
+int br__config_boolean(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                       bool *out);
+int br__config_integer(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                       int64_t min, int64_t max, int64_t *out);
+int br__config_duration(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                        uint64_t min_ms, uint64_t *out);
+int br__config_unknown_key(struct br__config_loader *L, const struct br_ynode *key,
+                           const char *section, const char *allowed);
+int br__config_caps(struct br__config_loader *L, const struct br_ynode *n, const char *what,
+                    unsigned *out);
+int br__config_nomem(struct br__config_loader *L);
+
+/** Parses the `routes:` list (config_route.c); runs after the catalogue is known. */
+int br__config_parse_routes(struct br__config_loader *L, const struct br_ynode *seq);
 
 #endif

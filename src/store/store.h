@@ -17,6 +17,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/slice.h"
+
 typedef struct br_store br_store;
 
 /*
@@ -45,6 +47,15 @@ struct br_log_row {
     int64_t overhead_us;         /* latency minus upstream time: what brigade added */
     const char *error_kind;      /* NULL on success; e.g. "upstream_timeout_first_byte" */
     const char *upstream_model;  /* model id reported by the upstream */
+    /* Routing decision (schema 2). For a direct model request policy is NULL and the numbers
+     * are stored as NULL. */
+    const char *policy;   /* "classifier", "rules", "cascade", "explore", ... */
+    const char *decision; /* "strong", "weak", "rule", "accepted", "escalated", ... */
+    double score;         /* policy score; NAN = none (NULL) */
+    double threshold;     /* threshold the score was compared with; NAN = none (NULL) */
+    const char *reason;   /* why, in words */
+    const char *cascade;  /* models called in order, "cheap>strong"; NULL when not a cascade */
+    double confidence;    /* cascade: confidence of the last answer judged; NAN = none */
 };
 
 /* Longest string kept per field, in bytes (longer ones are truncated). */
@@ -101,6 +112,78 @@ void br_store_stats_get(const br_store *s, struct br_store_stats *out);
  */
 int br_store_flush(br_store *s);
 
+/* ---- feedback, thresholds and bodies (schema 2): queued like rows, same writer ---- */
+
+/* Feedback about one request. Strings are copied (capped like row strings). */
+struct br_feedback_row {
+    const char *request_id;
+    int64_t ts_ms;
+    const char *key_id; /* key that sent the feedback; NULL when auth is off */
+    bool is_master;     /* sent with the master key: may rate any request */
+    double score;       /* 0..1 (thumbs up = 1, down = 0) */
+    const char *comment;
+};
+
+/* The request-log row a feedback is attributed to. Strings are borrowed for the callback. */
+struct br_feedback_attr {
+    const char *route;
+    const char *model;
+    const char *policy;
+    const char *decision;
+    double score;     /* routing score, NAN when none */
+    double threshold; /* NAN when none */
+    int64_t cost_nano_usd;
+    int status;
+    double previous; /* the score of an earlier feedback for the same request (replaced), or
+                        NAN when this is the first */
+};
+
+/*
+ * Called on the writer thread after the feedback's transaction: rc is BR_OK (attr filled),
+ * BR_ERR_NOTFOUND (no request with that id, or one made with another API key), or BR_ERR_IO.
+ * It must not block: hand the result to the requester's thread.
+ */
+typedef void (*br_store_feedback_fn)(void *user, int rc, const struct br_feedback_attr *attr);
+
+/**
+ * Queues feedback. The writer looks the request up by id (rows queued before the feedback are
+ * committed first, so a request logged a moment ago is found), stores the feedback with the
+ * request's route, model, policy and decision (replacing an earlier feedback for the same
+ * request), then calls fn exactly once. BR_ERR_BUSY (queue full) or BR_ERR_NOMEM: fn is not
+ * called.
+ */
+int br_store_feedback(br_store *s, const struct br_feedback_row *fb, br_store_feedback_fn fn,
+                      void *user);
+
+/* A route's threshold at a point in time (history and persistence of re-tuned values). */
+struct br_threshold_row {
+    const char *route;
+    int64_t ts_ms;
+    double config_threshold; /* the configured value this one derives from */
+    double threshold;
+    const char *reason;
+};
+
+/** Queues a threshold change. Errors as br_store_log. */
+int br_store_threshold(br_store *s, const struct br_threshold_row *t);
+
+/* Bodies of a request, for distillation (log.bodies: true). */
+struct br_body_row {
+    const char *request_id;
+    int64_t ts_ms;
+    const char *route;        /* or NULL */
+    const char *model;        /* model that answered */
+    struct br_slice messages; /* the request's "messages" JSON array text */
+    struct br_slice answer;   /* the answer's text */
+    int status;
+};
+
+/**
+ * Queues the bodies of a request; each is cut to max_bytes (a cut messages array is stored
+ * with truncated = 1 and never exported). Errors as br_store_log.
+ */
+int br_store_body(br_store *s, const struct br_body_row *b, size_t max_bytes);
+
 /* ---- read side, for the CLI (opens the file read-only; independent of a running writer) ---- */
 
 enum br_store_group {
@@ -139,5 +222,69 @@ int br_store_query_recent(const char *path, int limit, int64_t since_ms,
  */
 int br_store_query_totals(const char *path, enum br_store_group group, int64_t since_ms,
                           int (*fn)(void *user, const struct br_store_total *t), void *user);
+
+/**
+ * Calls fn for the latest threshold of each route (persisted re-tuned values), route order.
+ * A file without the table (or without any row) calls nothing. Errors as the other queries.
+ */
+int br_store_query_thresholds(const char *path,
+                              int (*fn)(void *user, const struct br_threshold_row *t), void *user);
+
+/** Calls fn for every threshold change of route (NULL: all routes), oldest first. */
+int br_store_query_threshold_history(const char *path, const char *route,
+                                     int (*fn)(void *user, const struct br_threshold_row *t),
+                                     void *user);
+
+/**
+ * Writes one threshold row directly (synchronously, its own connection): for `brigade
+ * calibrate`, which runs without a gateway. A running gateway picks the value up at its next
+ * start (when the configured value still matches) — or reload the config with the new value.
+ */
+int br_store_threshold_save(const char *path, const struct br_threshold_row *t);
+
+/* Per route and model: what the request log and the feedback say. */
+struct br_store_route_total {
+    const char *route;
+    const char *model;
+    const char *decision; /* NULL when grouped over decisions */
+    int64_t requests;
+    int64_t errors;
+    int64_t cost_nano_usd;
+    int64_t feedback;     /* feedback rows */
+    double feedback_mean; /* mean score, 0 when none */
+    double score_mean;    /* mean routing score (NAN when none) */
+};
+
+/**
+ * Calls fn for each (route, model, decision) of routed requests with ts_ms >= since_ms, route
+ * then model then decision order.
+ */
+int br_store_query_routes(const char *path, int64_t since_ms,
+                          int (*fn)(void *user, const struct br_store_route_total *t), void *user);
+
+/* One prompt/answer pair for export. Strings borrowed for the callback. */
+struct br_store_export_row {
+    const char *request_id;
+    int64_t ts_ms;
+    const char *route;
+    const char *model;
+    const char *messages; /* JSON array text */
+    const char *answer;
+    double feedback; /* NAN when none */
+};
+
+struct br_store_export_filter {
+    const char *model;   /* only this model (NULL: any) */
+    const char *route;   /* only this route (NULL: any) */
+    double min_feedback; /* only rows with feedback >= this (NAN: no filter) */
+    int64_t since_ms;    /* <= 0: all */
+};
+
+/**
+ * Calls fn for each stored successful (status 200), untruncated body pair matching the
+ * filter, oldest first.
+ */
+int br_store_query_bodies(const char *path, const struct br_store_export_filter *f,
+                          int (*fn)(void *user, const struct br_store_export_row *r), void *user);
 
 #endif

@@ -10,7 +10,10 @@
 #include <sqlite3.h>
 
 /* PRAGMA user_version of the schema this build writes and reads. */
-#define BR__STORE_SCHEMA_VERSION 1
+#define BR__STORE_SCHEMA_VERSION 2
+
+/* Columns added by schema 2 (ALTER TABLE ADD COLUMN when migrating a version-1 file). */
+#define BR__STORE_V1_COLS 21
 
 /* X(column, SQL type), in struct br_log_row order. */
 #define BR__STORE_COLUMNS(X)          \
@@ -34,7 +37,14 @@
     X(upstream_latency_us, "INTEGER") \
     X(overhead_us, "INTEGER")         \
     X(error_kind, "TEXT")             \
-    X(upstream_model, "TEXT")
+    X(upstream_model, "TEXT")         \
+    X(policy, "TEXT")                 \
+    X(decision, "TEXT")               \
+    X(score, "REAL")                  \
+    X(threshold, "REAL")              \
+    X(reason, "TEXT")                 \
+    X(cascade, "TEXT")                \
+    X(confidence, "REAL")
 
 /* Column positions (0-based), e.g. BR__STORE_COL_model. */
 enum {
@@ -45,7 +55,19 @@ enum {
 };
 
 /* Room for the longest SQL statement the store builds. */
-#define BR__STORE_SQL_MAX 1024
+#define BR__STORE_SQL_MAX 2048
+
+/* The other tables of schema 2 (created with the schema, or by the migration from 1). */
+#define BR__STORE_TABLES_V2                                                                \
+    "CREATE TABLE IF NOT EXISTS feedback(request_id TEXT, ts_ms INTEGER, key_id TEXT, "    \
+    "score REAL, comment TEXT, route TEXT, model TEXT, policy TEXT, decision TEXT);"       \
+    "CREATE INDEX IF NOT EXISTS feedback_request ON feedback(request_id);"                 \
+    "CREATE TABLE IF NOT EXISTS route_thresholds(route TEXT, ts_ms INTEGER, "              \
+    "config_threshold REAL, threshold REAL, reason TEXT);"                                 \
+    "CREATE INDEX IF NOT EXISTS route_thresholds_route ON route_thresholds(route, ts_ms);" \
+    "CREATE TABLE IF NOT EXISTS bodies(request_id TEXT, ts_ms INTEGER, route TEXT, "       \
+    "model TEXT, status INTEGER, messages TEXT, answer TEXT, truncated INTEGER);"          \
+    "CREATE INDEX IF NOT EXISTS bodies_request ON bodies(request_id);"
 
 /**
  * Writes "INSERT INTO requests(<columns>) VALUES(?,...)" into out (BR__STORE_SQL_MAX bytes).

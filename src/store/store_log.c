@@ -8,6 +8,7 @@
  * See docs/internals/store.md.
  */
 #define _DEFAULT_SOURCE /* syscall(SYS_gettid) for the writer's own priority */
+#include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>
@@ -30,12 +31,55 @@
 #define DEFAULT_BUSY_TIMEOUT 5000u
 #define ERRMSG_LEN           256
 
-/* A queued row: the row itself, then its strings in the same allocation. */
+/* What a queue entry carries. */
+enum qkind {
+    QK_ROW,       /* a request-log row */
+    QK_FEEDBACK,  /* feedback: looked up, stored, then the callback runs */
+    QK_THRESHOLD, /* a route threshold change */
+    QK_BODY,      /* a request's messages and answer */
+};
+
+#define ATTR_STR 256 /* route, model, policy, decision names of an attribution */
+
+struct qfeedback {
+    struct br_feedback_row fb;
+    br_store_feedback_fn fn;
+    void *user;
+    int result; /* set by the writer */
+    struct br_feedback_attr attr;
+    char route[ATTR_STR];
+    char model[ATTR_STR];
+    char policy[ATTR_STR];
+    char decision[ATTR_STR];
+};
+
+struct qbody {
+    struct br_body_row b;
+    bool truncated;
+};
+
+/* A queued entry: the payload, then its strings in the same allocation. */
 struct qrow {
-    struct br_log_row row; /* string fields point into text[] */
-    uint64_t seq;          /* 1, 2, ... in acceptance order */
-    uint64_t enq_ns;       /* CLOCK_MONOTONIC when accepted */
+    enum qkind kind;
+    uint64_t seq;    /* 1, 2, ... in acceptance order */
+    uint64_t enq_ns; /* CLOCK_MONOTONIC when accepted */
+    union {
+        struct br_log_row row; /* string fields point into text[] */
+        struct qfeedback fb;
+        struct br_threshold_row th;
+        struct qbody body;
+    } u;
     char text[];
+};
+
+/* The statements of the other tables. */
+struct stmts {
+    sqlite3_stmt *fb_lookup; /* the request a feedback is about */
+    sqlite3_stmt *fb_prev;   /* an earlier feedback for it */
+    sqlite3_stmt *fb_insert;
+    sqlite3_stmt *fb_update;
+    sqlite3_stmt *th_insert;
+    sqlite3_stmt *body_insert;
 };
 
 struct br_store {
@@ -44,7 +88,8 @@ struct br_store {
     size_t batch_max;
     uint64_t interval_ns;
     sqlite3 *db;         /* used only by the writer thread once it runs */
-    sqlite3_stmt *ins;   /* the one prepared INSERT */
+    sqlite3_stmt *ins;   /* the INSERT of request-log rows */
+    struct stmts st;     /* feedback, thresholds, bodies */
     struct qrow **batch; /* (batch_max) rows being written; writer only */
     pthread_t thread;
 
@@ -76,7 +121,7 @@ static uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- the row copy ---- */
+/* ---- the copies ---- */
 
 /* Length of s kept in the log: at most BR_STORE_MAX_STR bytes, cut before a UTF-8 sequence. */
 static size_t kept_len(const char *s)
@@ -92,8 +137,12 @@ static size_t kept_len(const char *s)
     return n;
 }
 
-#define ROW_STRINGS(X) \
-    X(id) X(key_id) X(model) X(provider) X(route) X(endpoint) X(error_kind) X(upstream_model)
+/* The string fields of a row (clang-format's layout of this list is not stable). */
+/* clang-format off */
+#define ROW_STRINGS(X)                                                                       \
+    X(id) X(key_id) X(model) X(provider) X(route) X(endpoint) X(error_kind) X(upstream_model) \
+    X(policy) X(decision) X(reason) X(cascade)
+/* clang-format on */
 
 static struct qrow *row_copy(const struct br_log_row *row)
 {
@@ -108,18 +157,110 @@ static struct qrow *row_copy(const struct br_log_row *row)
     if (!q) {
         return NULL;
     }
-    q->row = *row;
+    q->kind = QK_ROW;
+    q->u.row = *row;
     char *p = q->text;
 #define COPY_STR(f)                  \
     if (row->f) {                    \
         size_t n = kept_len(row->f); \
         memcpy(p, row->f, n);        \
         p[n] = '\0';                 \
-        q->row.f = p;                \
+        q->u.row.f = p;              \
         p += n + 1;                  \
     }
     ROW_STRINGS(COPY_STR)
 #undef COPY_STR
+    return q;
+}
+
+static char *put_str(char **p, const char *s)
+{
+    if (!s) {
+        return NULL;
+    }
+    size_t n = kept_len(s);
+    char *out = *p;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    *p += n + 1;
+    return out;
+}
+
+/* Longest prefix of s (n bytes) that fits max bytes without cutting a UTF-8 character. */
+static size_t cut_utf8(const char *s, size_t n, size_t max)
+{
+    if (n <= max) {
+        return n;
+    }
+    n = max;
+    while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80) {
+        n--;
+    }
+    return n;
+}
+
+static size_t opt_len(const char *s)
+{
+    return s ? kept_len(s) + 1 : 0;
+}
+
+static struct qrow *feedback_copy(const struct br_feedback_row *fb, br_store_feedback_fn fn,
+                                  void *user)
+{
+    struct qrow *q = br_malloc(sizeof(*q) + opt_len(fb->request_id) + opt_len(fb->key_id) +
+                               opt_len(fb->comment));
+    if (!q) {
+        return NULL;
+    }
+    memset(&q->u.fb, 0, sizeof(q->u.fb));
+    q->kind = QK_FEEDBACK;
+    q->u.fb.fb = *fb;
+    q->u.fb.fn = fn;
+    q->u.fb.user = user;
+    char *p = q->text;
+    q->u.fb.fb.request_id = put_str(&p, fb->request_id);
+    q->u.fb.fb.key_id = put_str(&p, fb->key_id);
+    q->u.fb.fb.comment = put_str(&p, fb->comment);
+    return q;
+}
+
+static struct qrow *threshold_copy(const struct br_threshold_row *t)
+{
+    struct qrow *q = br_malloc(sizeof(*q) + opt_len(t->route) + opt_len(t->reason));
+    if (!q) {
+        return NULL;
+    }
+    q->kind = QK_THRESHOLD;
+    q->u.th = *t;
+    char *p = q->text;
+    q->u.th.route = put_str(&p, t->route);
+    q->u.th.reason = put_str(&p, t->reason);
+    return q;
+}
+
+static struct qrow *body_copy(const struct br_body_row *b, size_t max_bytes)
+{
+    size_t nm = b->messages.ptr ? cut_utf8(b->messages.ptr, b->messages.len, max_bytes) : 0;
+    size_t na = b->answer.ptr ? cut_utf8(b->answer.ptr, b->answer.len, max_bytes) : 0;
+    struct qrow *q = br_malloc(sizeof(*q) + opt_len(b->request_id) + opt_len(b->route) +
+                               opt_len(b->model) + nm + na + 2);
+    if (!q) {
+        return NULL;
+    }
+    q->kind = QK_BODY;
+    q->u.body.b = *b;
+    q->u.body.truncated = nm < b->messages.len || na < b->answer.len;
+    char *p = q->text;
+    q->u.body.b.request_id = put_str(&p, b->request_id);
+    q->u.body.b.route = put_str(&p, b->route);
+    q->u.body.b.model = put_str(&p, b->model);
+    memcpy(p, b->messages.ptr ? b->messages.ptr : "", nm);
+    p[nm] = '\0';
+    q->u.body.b.messages = br_slice_make(p, nm);
+    p += nm + 1;
+    memcpy(p, b->answer.ptr ? b->answer.ptr : "", na);
+    p[na] = '\0';
+    q->u.body.b.answer = br_slice_make(p, na);
     return q;
 }
 
@@ -129,6 +270,16 @@ static void bind_text(sqlite3_stmt *st, int col, const char *s)
 {
     if (s) {
         sqlite3_bind_text(st, col + 1, s, -1, SQLITE_STATIC);
+    } else {
+        sqlite3_bind_null(st, col + 1);
+    }
+}
+
+/* A double, or NULL for NAN and infinities (SQLite has no NaN). */
+static void bind_real(sqlite3_stmt *st, int col, double v)
+{
+    if (isfinite(v)) {
+        sqlite3_bind_double(st, col + 1, v);
     } else {
         sqlite3_bind_null(st, col + 1);
     }
@@ -157,10 +308,151 @@ static void bind_row(sqlite3_stmt *st, const struct br_log_row *r)
     sqlite3_bind_int64(st, BR__STORE_COL_overhead_us + 1, r->overhead_us);
     bind_text(st, BR__STORE_COL_error_kind, r->error_kind);
     bind_text(st, BR__STORE_COL_upstream_model, r->upstream_model);
+    bind_text(st, BR__STORE_COL_policy, r->policy);
+    bind_text(st, BR__STORE_COL_decision, r->decision);
+    bind_real(st, BR__STORE_COL_score, r->policy ? r->score : NAN);
+    bind_real(st, BR__STORE_COL_threshold, r->policy ? r->threshold : NAN);
+    bind_text(st, BR__STORE_COL_reason, r->reason);
+    bind_text(st, BR__STORE_COL_cascade, r->cascade);
+    bind_real(st, BR__STORE_COL_confidence, r->cascade ? r->confidence : NAN);
+}
+
+static void copy_attr(char *dst, const unsigned char *src)
+{
+    (void)snprintf(dst, ATTR_STR, "%s", src ? (const char *)src : ""); /* names are short */
+}
+
+/* Looks up the request of a feedback and stores the feedback; the result goes to fb->result. */
+static int write_feedback(br_store *s, struct qfeedback *fb)
+{
+    sqlite3_stmt *q = s->st.fb_lookup;
+    sqlite3_bind_text(q, 1, fb->fb.request_id ? fb->fb.request_id : "", -1, SQLITE_STATIC);
+    int rc = sqlite3_step(q);
+    fb->result = BR_ERR_NOTFOUND;
+    if (rc == SQLITE_ROW) {
+        const unsigned char *key = sqlite3_column_text(q, 8);
+        /* Only the key that made the request (or the master key) may rate it; anyone else
+         * is told it does not exist, so request ids of other keys cannot be probed. */
+        bool allowed = fb->fb.is_master || !key ||
+                       (fb->fb.key_id && strcmp((const char *)key, fb->fb.key_id) == 0);
+        if (allowed) {
+            copy_attr(fb->route, sqlite3_column_text(q, 0));
+            copy_attr(fb->model, sqlite3_column_text(q, 1));
+            copy_attr(fb->policy, sqlite3_column_text(q, 2));
+            copy_attr(fb->decision, sqlite3_column_text(q, 3));
+            struct br_feedback_attr *at = &fb->attr;
+            at->route = sqlite3_column_type(q, 0) == SQLITE_NULL ? NULL : fb->route;
+            at->model = fb->model;
+            at->policy = sqlite3_column_type(q, 2) == SQLITE_NULL ? NULL : fb->policy;
+            at->decision = sqlite3_column_type(q, 3) == SQLITE_NULL ? NULL : fb->decision;
+            at->score =
+                sqlite3_column_type(q, 4) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 4);
+            at->threshold =
+                sqlite3_column_type(q, 5) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 5);
+            at->cost_nano_usd = sqlite3_column_int64(q, 6);
+            at->status = sqlite3_column_int(q, 7);
+            at->previous = NAN;
+            fb->result = BR_OK;
+        }
+        rc = SQLITE_DONE;
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE || fb->result != BR_OK) {
+        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    }
+    q = s->st.fb_prev;
+    sqlite3_bind_text(q, 1, fb->fb.request_id, -1, SQLITE_STATIC);
+    rc = sqlite3_step(q);
+    bool replace = rc == SQLITE_ROW;
+    if (replace) {
+        fb->attr.previous = sqlite3_column_double(q, 0);
+        rc = SQLITE_DONE;
+    }
+    sqlite3_reset(q);
+    if (rc != SQLITE_DONE) {
+        return rc;
+    }
+    q = replace ? s->st.fb_update : s->st.fb_insert;
+    sqlite3_bind_text(q, 1, fb->fb.request_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(q, 2, fb->fb.ts_ms);
+    bind_text(q, 2, fb->fb.key_id);
+    sqlite3_bind_double(q, 4, fb->fb.score);
+    bind_text(q, 4, fb->fb.comment);
+    bind_text(q, 5, fb->attr.route);
+    bind_text(q, 6, fb->attr.model);
+    bind_text(q, 7, fb->attr.policy);
+    bind_text(q, 8, fb->attr.decision);
+    rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int write_threshold(br_store *s, const struct br_threshold_row *t)
+{
+    sqlite3_stmt *q = s->st.th_insert;
+    bind_text(q, 0, t->route);
+    sqlite3_bind_int64(q, 2, t->ts_ms);
+    bind_real(q, 2, t->config_threshold);
+    bind_real(q, 3, t->threshold);
+    bind_text(q, 4, t->reason);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static int write_body(br_store *s, const struct qbody *b)
+{
+    sqlite3_stmt *q = s->st.body_insert;
+    bind_text(q, 0, b->b.request_id);
+    sqlite3_bind_int64(q, 2, b->b.ts_ms);
+    bind_text(q, 2, b->b.route);
+    bind_text(q, 3, b->b.model);
+    sqlite3_bind_int(q, 5, b->b.status);
+    sqlite3_bind_text(q, 6, b->b.messages.ptr, (int)b->b.messages.len, SQLITE_STATIC);
+    sqlite3_bind_text(q, 7, b->b.answer.ptr, (int)b->b.answer.len, SQLITE_STATIC);
+    sqlite3_bind_int(q, 8, b->truncated ? 1 : 0);
+    int rc = sqlite3_step(q);
+    sqlite3_reset(q);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* One queue entry inside the batch's transaction: SQLITE_OK/DONE, or the failure. */
+static int write_one(br_store *s, struct qrow *q)
+{
+    int rc;
+    switch (q->kind) {
+    case QK_ROW:
+        bind_row(s->ins, &q->u.row);
+        rc = sqlite3_step(s->ins);
+        sqlite3_reset(s->ins);
+        return rc == SQLITE_DONE ? SQLITE_OK : rc;
+    case QK_FEEDBACK:
+        return write_feedback(s, &q->u.fb);
+    case QK_THRESHOLD:
+        return write_threshold(s, &q->u.th);
+    case QK_BODY:
+        return write_body(s, &q->u.body);
+    }
+    return SQLITE_MISUSE;
+}
+
+static const char *entry_id(const struct qrow *q)
+{
+    switch (q->kind) {
+    case QK_ROW:
+        return q->u.row.id;
+    case QK_FEEDBACK:
+        return q->u.fb.fb.request_id;
+    case QK_BODY:
+        return q->u.body.b.request_id;
+    case QK_THRESHOLD:
+        return NULL;
+    }
+    return NULL;
 }
 
 /*
- * One attempt at writing the batch in one transaction. A row refused by a constraint (for
+ * One attempt at writing the batch in one transaction. An entry refused by a constraint (for
  * example a trigger) is dropped on its own and counted in *rejected; any other error rolls the
  * whole transaction back. Returns the SQLite code of the failure (its message copied to err,
  * before ROLLBACK replaces it), or SQLITE_OK after COMMIT.
@@ -175,15 +467,17 @@ static int try_batch(br_store *s, size_t n, size_t *rejected, char err[ERRMSG_LE
         return rc;
     }
     for (size_t i = 0; i < n; i++) {
-        bind_row(s->ins, &s->batch[i]->row);
-        rc = sqlite3_step(s->ins);
-        sqlite3_reset(s->ins);
-        if (rc == SQLITE_DONE) {
+        struct qrow *q = s->batch[i];
+        rc = write_one(s, q);
+        if (rc == SQLITE_OK) {
             continue;
         }
         if ((rc & 0xff) == SQLITE_CONSTRAINT) {
-            br_log(BR_LOG_ERR, s->batch[i]->row.id,
-                   "event=store_row_rejected sqlite_rc=%d msg=\"%s\"", rc, sqlite3_errmsg(s->db));
+            br_log(BR_LOG_ERR, entry_id(q), "event=store_row_rejected sqlite_rc=%d msg=\"%s\"", rc,
+                   sqlite3_errmsg(s->db));
+            if (q->kind == QK_FEEDBACK) {
+                q->u.fb.result = BR_ERR_IO;
+            }
             (*rejected)++;
             continue;
         }
@@ -207,10 +501,12 @@ static void write_batch(br_store *s, size_t n)
     int attempts = 0;
     char msg[ERRMSG_LEN];
     int rc;
+    bool ok = false;
     for (;;) {
         attempts++;
         rc = try_batch(s, n, &rejected, msg);
         if (rc == SQLITE_OK) {
+            ok = true;
             break;
         }
         bool busy = br__store_err(rc) == BR_ERR_BUSY;
@@ -223,15 +519,21 @@ static void write_batch(br_store *s, size_t n)
         br_log(BR_LOG_ERR, NULL, "event=store_write_failed rows=%zu sqlite_rc=%d msg=\"%s\"", n, rc,
                msg);
         atomic_fetch_add(&s->failed, n);
-        goto out;
+        break;
     }
-    atomic_fetch_add(&s->failed, rejected);
-    atomic_fetch_add(&s->written, n - rejected);
-    atomic_fetch_add(&s->transactions, 1);
-
-out:
+    if (ok) {
+        atomic_fetch_add(&s->failed, rejected);
+        atomic_fetch_add(&s->written, n - rejected);
+        atomic_fetch_add(&s->transactions, 1);
+    }
     for (size_t i = 0; i < n; i++) {
-        br_free(s->batch[i]);
+        struct qrow *q = s->batch[i];
+        if (q->kind == QK_FEEDBACK && q->u.fb.fn) {
+            struct qfeedback *fb = &q->u.fb;
+            int result = ok ? fb->result : BR_ERR_IO;
+            fb->fn(fb->user, result, result == BR_OK ? &fb->attr : NULL);
+        }
+        br_free(q);
         s->batch[i] = NULL;
     }
 }
@@ -372,11 +674,37 @@ static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
 
     char sql[BR__STORE_SQL_MAX];
     br__store_sql_insert(sql);
-    rc = sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->ins, NULL);
-    if (rc != SQLITE_OK) {
-        br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" what=prepare msg=\"%s\"",
-               path, sqlite3_errmsg(s->db));
-        return BR_ERR_IO;
+    const struct {
+        const char *sql;
+        sqlite3_stmt **st;
+    } stmts[] = {
+        {sql, &s->ins},
+        {"SELECT route, model, policy, decision, score, threshold, cost_nano_usd, status, key_id "
+         "FROM requests WHERE id = ?1 ORDER BY rowid DESC LIMIT 1",
+         &s->st.fb_lookup},
+        {"SELECT score FROM feedback WHERE request_id = ?1 ORDER BY rowid DESC LIMIT 1",
+         &s->st.fb_prev},
+        {"INSERT INTO feedback(request_id, ts_ms, key_id, score, comment, route, model, policy, "
+         "decision) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         &s->st.fb_insert},
+        {"UPDATE feedback SET ts_ms = ?2, key_id = ?3, score = ?4, comment = ?5, route = ?6, "
+         "model = ?7, policy = ?8, decision = ?9 WHERE request_id = ?1",
+         &s->st.fb_update},
+        {"INSERT INTO route_thresholds(route, ts_ms, config_threshold, threshold, reason) "
+         "VALUES(?1, ?2, ?3, ?4, ?5)",
+         &s->st.th_insert},
+        {"INSERT INTO bodies(request_id, ts_ms, route, model, status, messages, answer, "
+         "truncated) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         &s->st.body_insert},
+    };
+    for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
+        rc = sqlite3_prepare_v3(s->db, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, stmts[i].st,
+                                NULL);
+        if (rc != SQLITE_OK) {
+            br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" what=prepare msg=\"%s\"",
+                   path, sqlite3_errmsg(s->db));
+            return BR_ERR_IO;
+        }
     }
     return BR_OK;
 }
@@ -418,6 +746,12 @@ static void free_store(br_store *s, bool sync_ready)
         }
     }
     sqlite3_finalize(s->ins);
+    sqlite3_finalize(s->st.fb_lookup);
+    sqlite3_finalize(s->st.fb_prev);
+    sqlite3_finalize(s->st.fb_insert);
+    sqlite3_finalize(s->st.fb_update);
+    sqlite3_finalize(s->st.th_insert);
+    sqlite3_finalize(s->st.body_insert);
     if (s->db) {
         int rc = sqlite3_close(s->db);
         if (rc != SQLITE_OK) {
@@ -498,17 +832,9 @@ void br_store_close(br_store *s)
     free_store(s, true);
 }
 
-int br_store_log(br_store *s, const struct br_log_row *row)
+/* Pushes a copied entry (NULL: the copy failed) onto the queue; frees it when refused. */
+static int enqueue(br_store *s, struct qrow *q)
 {
-    if (!s || !row) {
-        return BR_ERR_INVAL;
-    }
-    /* Cheap early refusal without copying when the queue is visibly full. */
-    if (atomic_load_explicit(&s->depth, memory_order_relaxed) >= s->capacity) {
-        atomic_fetch_add(&s->dropped, 1);
-        return BR_ERR_BUSY;
-    }
-    struct qrow *q = row_copy(row);
     if (!q) {
         atomic_fetch_add(&s->dropped, 1);
         return BR_ERR_NOMEM;
@@ -527,12 +853,59 @@ int br_store_log(br_store *s, const struct br_log_row *row)
     atomic_store(&s->depth, s->count);
     atomic_fetch_add(&s->queued, 1);
     /* The writer sleeps either with no rows (wake on the first) or until a deadline (wake when
-     * a full batch is ready); other arrivals need no signal. */
-    if (s->count == 1 || s->count == s->batch_max) {
+     * a full batch is ready); other arrivals need no signal. Feedback waits for an answer:
+     * it is written at once. */
+    if (s->count == 1 || s->count == s->batch_max || q->kind == QK_FEEDBACK) {
+        if (q->kind == QK_FEEDBACK && s->flush_seq < q->seq) {
+            s->flush_seq = q->seq;
+        }
         pthread_cond_signal(&s->wake);
     }
     pthread_mutex_unlock(&s->mu);
     return BR_OK;
+}
+
+/* Cheap early refusal without copying when the queue is visibly full. */
+static bool visibly_full(br_store *s)
+{
+    if (atomic_load_explicit(&s->depth, memory_order_relaxed) >= s->capacity) {
+        atomic_fetch_add(&s->dropped, 1);
+        return true;
+    }
+    return false;
+}
+
+int br_store_log(br_store *s, const struct br_log_row *row)
+{
+    if (!s || !row) {
+        return BR_ERR_INVAL;
+    }
+    return visibly_full(s) ? BR_ERR_BUSY : enqueue(s, row_copy(row));
+}
+
+int br_store_feedback(br_store *s, const struct br_feedback_row *fb, br_store_feedback_fn fn,
+                      void *user)
+{
+    if (!s || !fb || !fb->request_id || !fn) {
+        return BR_ERR_INVAL;
+    }
+    return visibly_full(s) ? BR_ERR_BUSY : enqueue(s, feedback_copy(fb, fn, user));
+}
+
+int br_store_threshold(br_store *s, const struct br_threshold_row *t)
+{
+    if (!s || !t || !t->route) {
+        return BR_ERR_INVAL;
+    }
+    return visibly_full(s) ? BR_ERR_BUSY : enqueue(s, threshold_copy(t));
+}
+
+int br_store_body(br_store *s, const struct br_body_row *b, size_t max_bytes)
+{
+    if (!s || !b || max_bytes == 0) {
+        return BR_ERR_INVAL;
+    }
+    return visibly_full(s) ? BR_ERR_BUSY : enqueue(s, body_copy(b, max_bytes));
 }
 
 bool br_store_queue_full(const br_store *s)

@@ -4,8 +4,10 @@
  * it works next to a running writer (WAL readers never block the writer) or on a copied file.
  */
 #include <errno.h>
+#include <math.h>
 #include <sqlite3.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 
 #include "core/err.h"
@@ -60,6 +62,12 @@ static const char *col_text(sqlite3_stmt *st, int col)
     return (const char *)sqlite3_column_text(st, col);
 }
 
+/* A REAL column; NULL reads as NAN. */
+static double col_real(sqlite3_stmt *st, int col)
+{
+    return sqlite3_column_type(st, col) == SQLITE_NULL ? NAN : sqlite3_column_double(st, col);
+}
+
 static void read_row(sqlite3_stmt *st, struct br_log_row *r)
 {
     r->id = col_text(st, BR__STORE_COL_id);
@@ -83,6 +91,13 @@ static void read_row(sqlite3_stmt *st, struct br_log_row *r)
     r->overhead_us = sqlite3_column_int64(st, BR__STORE_COL_overhead_us);
     r->error_kind = col_text(st, BR__STORE_COL_error_kind);
     r->upstream_model = col_text(st, BR__STORE_COL_upstream_model);
+    r->policy = col_text(st, BR__STORE_COL_policy);
+    r->decision = col_text(st, BR__STORE_COL_decision);
+    r->score = col_real(st, BR__STORE_COL_score);
+    r->threshold = col_real(st, BR__STORE_COL_threshold);
+    r->reason = col_text(st, BR__STORE_COL_reason);
+    r->cascade = col_text(st, BR__STORE_COL_cascade);
+    r->confidence = col_real(st, BR__STORE_COL_confidence);
 }
 
 /* Steps st to the end, calling emit for each row; a non-zero emit result stops and is returned. */
@@ -217,6 +232,229 @@ int br_store_query_totals(const char *path, enum br_store_group group, int64_t s
     rc = run(db, st, emit_total, &c);
 
 out:
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- thresholds */
+
+static int emit_threshold(sqlite3_stmt *st, void *ctx)
+{
+    struct {
+        int (*fn)(void *user, const struct br_threshold_row *t);
+        void *user;
+    } *c = ctx;
+    struct br_threshold_row t;
+    t.route = col_text(st, 0);
+    t.ts_ms = sqlite3_column_int64(st, 1);
+    t.config_threshold = col_real(st, 2);
+    t.threshold = col_real(st, 3);
+    t.reason = col_text(st, 4);
+    return c->fn(c->user, &t);
+}
+
+static int threshold_query(const char *path, const char *sql, const char *route,
+                           int (*fn)(void *user, const struct br_threshold_row *t), void *user)
+{
+    if (!path || !fn) {
+        return BR_ERR_INVAL;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = open_ro(path, &db);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    rc = prepare(db, sql, &st);
+    if (rc == BR_OK) {
+        if (route) {
+            sqlite3_bind_text(st, 1, route, -1, SQLITE_STATIC);
+        }
+        struct {
+            int (*fn)(void *user, const struct br_threshold_row *t);
+            void *user;
+        } c = {fn, user};
+        rc = run(db, st, emit_threshold, &c);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+int br_store_query_thresholds(const char *path,
+                              int (*fn)(void *user, const struct br_threshold_row *t), void *user)
+{
+    /* The newest row per route (rowid breaks ties of equal timestamps). */
+    return threshold_query(path,
+                           "SELECT route, ts_ms, config_threshold, threshold, reason FROM "
+                           "route_thresholds t WHERE rowid = (SELECT rowid FROM route_thresholds "
+                           "u WHERE u.route = t.route ORDER BY ts_ms DESC, rowid DESC LIMIT 1) "
+                           "ORDER BY route",
+                           NULL, fn, user);
+}
+
+int br_store_query_threshold_history(const char *path, const char *route,
+                                     int (*fn)(void *user, const struct br_threshold_row *t),
+                                     void *user)
+{
+    return threshold_query(path,
+                           route ? "SELECT route, ts_ms, config_threshold, threshold, reason FROM "
+                                   "route_thresholds WHERE route = ?1 ORDER BY ts_ms, rowid"
+                                 : "SELECT route, ts_ms, config_threshold, threshold, reason FROM "
+                                   "route_thresholds ORDER BY route, ts_ms, rowid",
+                           route, fn, user);
+}
+
+int br_store_threshold_save(const char *path, const struct br_threshold_row *t)
+{
+    if (!path || !t || !t->route) {
+        return BR_ERR_INVAL;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK) {
+        sqlite3_close(db);
+        return BR_ERR_IO;
+    }
+    sqlite3_busy_timeout(db, 5000);
+    int brc = br__store_schema_ensure(db);
+    if (brc == BR_OK) {
+        brc = prepare(db,
+                      "INSERT INTO route_thresholds(route, ts_ms, config_threshold, threshold, "
+                      "reason) VALUES(?1, ?2, ?3, ?4, ?5)",
+                      &st);
+    }
+    if (brc == BR_OK) {
+        sqlite3_bind_text(st, 1, t->route, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, t->ts_ms);
+        sqlite3_bind_double(st, 3, t->config_threshold);
+        sqlite3_bind_double(st, 4, t->threshold);
+        if (t->reason) {
+            sqlite3_bind_text(st, 5, t->reason, -1, SQLITE_STATIC);
+        }
+        rc = sqlite3_step(st);
+        brc = rc == SQLITE_DONE ? BR_OK : br__store_err(rc);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return brc;
+}
+
+/* ---------------------------------------------------------------- routes report */
+
+struct routes_ctx {
+    int (*fn)(void *user, const struct br_store_route_total *t);
+    void *user;
+};
+
+static int emit_route(sqlite3_stmt *st, void *ctx)
+{
+    struct routes_ctx *c = ctx;
+    struct br_store_route_total t;
+    t.route = col_text(st, 0);
+    t.model = col_text(st, 1);
+    t.decision = col_text(st, 2);
+    t.requests = sqlite3_column_int64(st, 3);
+    t.errors = sqlite3_column_int64(st, 4);
+    t.cost_nano_usd = sqlite3_column_int64(st, 5);
+    t.feedback = sqlite3_column_int64(st, 6);
+    t.feedback_mean = sqlite3_column_double(st, 7);
+    t.score_mean = col_real(st, 8);
+    return c->fn(c->user, &t);
+}
+
+int br_store_query_routes(const char *path, int64_t since_ms,
+                          int (*fn)(void *user, const struct br_store_route_total *t), void *user)
+{
+    if (!path || !fn) {
+        return BR_ERR_INVAL;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = open_ro(path, &db);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    /* Feedback is joined per request (the latest one per request id counts). */
+    rc = prepare(db,
+                 "SELECT r.route, COALESCE(r.model, '-'), COALESCE(r.decision, '-'), COUNT(*), "
+                 "COALESCE(SUM(r.status >= 400), 0), COALESCE(SUM(r.cost_nano_usd), 0), "
+                 "COUNT(f.score), COALESCE(AVG(f.score), 0), AVG(r.score) "
+                 "FROM requests r LEFT JOIN (SELECT request_id, score FROM feedback g WHERE "
+                 "rowid = (SELECT MAX(rowid) FROM feedback h WHERE h.request_id = g.request_id)) "
+                 "f ON f.request_id = r.id WHERE r.route IS NOT NULL AND r.ts_ms >= ?1 "
+                 "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                 &st);
+    if (rc == BR_OK) {
+        sqlite3_bind_int64(st, 1, since_ms > 0 ? since_ms : INT64_MIN);
+        struct routes_ctx c = {fn, user};
+        rc = run(db, st, emit_route, &c);
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- export */
+
+struct export_ctx {
+    int (*fn)(void *user, const struct br_store_export_row *r);
+    void *user;
+};
+
+static int emit_export(sqlite3_stmt *st, void *ctx)
+{
+    struct export_ctx *c = ctx;
+    struct br_store_export_row r;
+    r.request_id = col_text(st, 0);
+    r.ts_ms = sqlite3_column_int64(st, 1);
+    r.route = col_text(st, 2);
+    r.model = col_text(st, 3);
+    r.messages = col_text(st, 4);
+    r.answer = col_text(st, 5);
+    r.feedback = col_real(st, 6);
+    if (!r.messages || !r.answer) {
+        return 0;
+    }
+    return c->fn(c->user, &r);
+}
+
+int br_store_query_bodies(const char *path, const struct br_store_export_filter *f,
+                          int (*fn)(void *user, const struct br_store_export_row *r), void *user)
+{
+    if (!path || !fn || !f) {
+        return BR_ERR_INVAL;
+    }
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int rc = open_ro(path, &db);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    rc = prepare(db,
+                 "SELECT b.request_id, b.ts_ms, b.route, b.model, b.messages, b.answer, "
+                 "(SELECT score FROM feedback f WHERE f.request_id = b.request_id ORDER BY "
+                 "rowid DESC LIMIT 1) AS fb "
+                 "FROM bodies b WHERE b.status = 200 AND b.truncated = 0 AND b.ts_ms >= ?1 "
+                 "AND (?2 IS NULL OR b.model = ?2) AND (?3 IS NULL OR b.route = ?3) "
+                 "AND (?4 IS NULL OR fb >= ?4) ORDER BY b.ts_ms, b.rowid",
+                 &st);
+    if (rc == BR_OK) {
+        sqlite3_bind_int64(st, 1, f->since_ms > 0 ? f->since_ms : INT64_MIN);
+        if (f->model) {
+            sqlite3_bind_text(st, 2, f->model, -1, SQLITE_STATIC);
+        }
+        if (f->route) {
+            sqlite3_bind_text(st, 3, f->route, -1, SQLITE_STATIC);
+        }
+        if (!isnan(f->min_feedback)) {
+            sqlite3_bind_double(st, 4, f->min_feedback);
+        }
+        struct export_ctx c = {fn, user};
+        rc = run(db, st, emit_export, &c);
+    }
     sqlite3_finalize(st);
     sqlite3_close(db);
     return rc;

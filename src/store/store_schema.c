@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The request-log schema: table `requests`, one column per field of struct br_log_row, indexes
- * for the CLI's filters (time, model, key) and for lookups by request id (feedback), versioned
- * with PRAGMA user_version so that a later build can migrate or refuse an old file.
+ * for the CLI's filters (time, model, key) and for lookups by request id (feedback), plus the
+ * feedback, route_thresholds and bodies tables; versioned with PRAGMA user_version. A
+ * version-1 file is migrated in place (ALTER TABLE ADD COLUMN, new tables); a newer one is
+ * refused.
  */
 #include <stdio.h>
 #include <string.h>
@@ -119,10 +121,34 @@ static int create_schema(sqlite3 *db)
                     * ids (feedback, support) are looked up; per-model and per-key totals scan
                     * a time range instead. */
                    "CREATE INDEX IF NOT EXISTS requests_ts_ms ON requests(ts_ms);"
-                   "CREATE INDEX IF NOT EXISTS requests_id ON requests(id);"
+                   "CREATE INDEX IF NOT EXISTS requests_id ON requests(id);" BR__STORE_TABLES_V2
                    "PRAGMA user_version=%d;",
                    BR__STORE_SCHEMA_VERSION);
     return br__store_exec(db, sql, "create_schema");
+}
+
+/* Version 1 -> 2: the routing columns (appended, so old rows read them as NULL) and the
+ * feedback, route_thresholds and bodies tables. */
+static int migrate_1_to_2(sqlite3 *db)
+{
+    static const char *const defs[] = {
+#define BR__STORE_COL_DEF(name, type) #name " " type,
+        BR__STORE_COLUMNS(BR__STORE_COL_DEF)
+#undef BR__STORE_COL_DEF
+    };
+    char sql[BR__STORE_SQL_MAX * 2];
+    size_t len = 0;
+    sql[0] = '\0';
+    for (size_t i = BR__STORE_V1_COLS; i < sizeof(defs) / sizeof(defs[0]); i++) {
+        len += (size_t)snprintf(sql + len, sizeof(sql) - len, "ALTER TABLE requests ADD COLUMN %s;",
+                                defs[i]);
+    }
+    (void)snprintf(sql + len, sizeof(sql) - len, "%s PRAGMA user_version=2;", BR__STORE_TABLES_V2);
+    int rc = br__store_exec(db, sql, "migrate_1_to_2");
+    if (rc == BR_OK) {
+        br_log(BR_LOG_INFO, NULL, "event=store_migrated from=1 to=2");
+    }
+    return rc;
 }
 
 int br__store_schema_ensure(sqlite3 *db)
@@ -135,7 +161,7 @@ int br__store_schema_ensure(sqlite3 *db)
     if (version == BR__STORE_SCHEMA_VERSION) {
         return BR_OK;
     }
-    if (version != 0) {
+    if (version != 0 && version != 1) {
         goto unsupported;
     }
     /* Another process may be creating the schema at the same time: re-check under the lock. */
@@ -149,6 +175,11 @@ int br__store_schema_ensure(sqlite3 *db)
     }
     if (version == 0) {
         rc = create_schema(db);
+        if (rc != BR_OK) {
+            goto rollback;
+        }
+    } else if (version == 1) {
+        rc = migrate_1_to_2(db);
         if (rc != BR_OK) {
             goto rollback;
         }

@@ -737,6 +737,9 @@ struct directives {
     long reasoning;   /* [[reasoning:N]] */
     int n_tools;
     char *tools[MAX_TOOLS]; /* [[tool:NAME]] */
+    int has_logprob;        /* [[logprob:X]] given */
+    double logprob;         /* every token's log-probability */
+    char *reply;            /* [[reply:TEXT]], '_' read as a space, or NULL */
     char *clean;            /* last user text without directives, words joined by one space */
 };
 
@@ -745,6 +748,7 @@ static void directives_free(struct directives *d)
     for (int i = 0; i < d->n_tools; i++) {
         free(d->tools[i]);
     }
+    free(d->reply);
     free(d->clean);
     memset(d, 0, sizeof(*d));
 }
@@ -770,7 +774,8 @@ static int counter_allows(const char *key, long limit)
 }
 
 static const char *const directive_names[] = {
-    "status", "fault", "delay", "chunk_delay", "words", "usage", "cached", "reasoning", "tool",
+    "status", "fault",     "delay", "chunk_delay", "words", "usage",
+    "cached", "reasoning", "tool",  "logprob",     "reply",
 };
 
 static int is_directive_name(const char *name)
@@ -838,6 +843,27 @@ static int set_directive(const char *name, const char *arg, struct directives *d
             return 0;
         }
         d->usage_none = 1;
+        return 1;
+    }
+    if (strcmp(name, "logprob") == 0) {
+        char *end = NULL;
+        double x = strtod(arg, &end);
+        if (!*arg || *end || !(x <= 0) || x < -100) {
+            return 0;
+        }
+        d->has_logprob = 1;
+        d->logprob = x;
+        return 1;
+    }
+    if (strcmp(name, "reply") == 0) {
+        if (!*arg) {
+            return 0;
+        }
+        free(d->reply);
+        d->reply = xstrdup(arg);
+        for (char *p = d->reply; *p; p++) {
+            *p = *p == '_' ? ' ' : *p;
+        }
         return 1;
     }
     if (strcmp(name, "tool") == 0) {
@@ -1066,7 +1092,9 @@ static void build_answer(const struct directives *d, const json_t *tools, const 
         a->completion = count_words(a->args) * d->n_tools;
         return;
     }
-    if (d->words >= 0) {
+    if (d->reply) {
+        sb_adds(&text, d->reply);
+    } else if (d->words >= 0) {
         for (long i = 1; i <= d->words; i++) {
             sb_printf(&text, i > 1 ? " w%ld" : "w%ld", i);
         }
@@ -1293,12 +1321,12 @@ static json_t *oa_usage(long prompt, long completion, long cached, long reasonin
     return u;
 }
 
-static json_t *oa_token_logprob(const char *tok, size_t i, long top)
+static json_t *oa_token_logprob(const char *tok, size_t i, long top, const struct directives *d)
 {
     json_t *o = json_object();
     json_t *bytes = json_array();
     json_t *tops = json_array();
-    double lp = -0.01 * (double)((i % 50) + 1);
+    double lp = d->has_logprob ? d->logprob : -0.01 * (double)((i % 50) + 1);
 
     for (const unsigned char *p = (const unsigned char *)tok; *p; p++) {
         json_array_append_new(bytes, json_integer(*p));
@@ -1387,7 +1415,7 @@ static json_t *oa_response(const struct oa_req *q, const struct answer *a,
             for (size_t i = 0; i < a->words.n; i++) {
                 char *tok = answer_token(a, i);
 
-                json_array_append_new(content, oa_token_logprob(tok, i, q->top_logprobs));
+                json_array_append_new(content, oa_token_logprob(tok, i, q->top_logprobs, d));
                 free(tok);
             }
             json_object_set_new(choice, "logprobs", oa_logprobs(content));
@@ -1523,7 +1551,7 @@ static void oa_build_stream(const struct oa_req *q, const struct answer *a,
             if (q->logprobs) {
                 json_t *content = json_array();
 
-                json_array_append_new(content, oa_token_logprob(tok, i, q->top_logprobs));
+                json_array_append_new(content, oa_token_logprob(tok, i, q->top_logprobs, d));
                 lp = oa_logprobs(content);
             }
             oa_push_delta(l, q, delta, lp, NULL, 1);
