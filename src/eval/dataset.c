@@ -191,8 +191,8 @@ static int grow(void **arr, size_t *cap, size_t need, size_t elem, size_t max)
 
 long br__ds_model_find(const struct br__ds_builder *b, const char *name, size_t len)
 {
-    void *v = br_map_get(&b->model_idx, br_slice_make(name, len));
-    return v == NULL ? -1 : (long)((uintptr_t)v - 1);
+    const size_t *idx = br_map_get(&b->model_idx, br_slice_make(name, len));
+    return idx == NULL ? -1 : (long)*idx;
 }
 
 int br__ds_model(struct br__ds_builder *b, const char *name, size_t len, size_t *idx_out)
@@ -208,10 +208,12 @@ int br__ds_model(struct br__ds_builder *b, const char *name, size_t len, size_t 
         return rc;
     }
     char *copy = br__pool_strndup(&b->pool, name, len);
-    if (copy == NULL) {
+    size_t *idx = pool_alloc(&b->pool, sizeof(size_t)); /* the map's value: the index */
+    if (copy == NULL || idx == NULL) {
         return BR_ERR_NOMEM;
     }
-    rc = br_map_put(&b->model_idx, br_slice_make(copy, len), (void *)(uintptr_t)(b->n_models + 1));
+    *idx = b->n_models;
+    rc = br_map_put(&b->model_idx, br_slice_make(copy, len), idx);
     if (rc != BR_OK) {
         return rc;
     }
@@ -394,6 +396,15 @@ static int builder_finish(struct br__ds_builder *b, const char *name, struct br_
 
 /* ---- files ---- */
 
+/* strerror is not thread-safe; the XSI strerror_r is (POSIX 2008). */
+static const char *errtext(int e, char buf[96])
+{
+    if (strerror_r(e, buf, 96) != 0) {
+        (void)snprintf(buf, 96, "errno %d", e);
+    }
+    return buf;
+}
+
 static int read_file(struct br__ds_builder *b, const char *path, char **data_out, size_t *n_out)
 {
     int rc = BR_OK;
@@ -401,12 +412,14 @@ static int read_file(struct br__ds_builder *b, const char *path, char **data_out
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        return br__ds_fail(b, 0, br_err_from_errno(e), "cannot open: %s", strerror(e));
+        char eb[96];
+        return br__ds_fail(b, 0, br_err_from_errno(e), "cannot open: %s", errtext(e, eb));
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         int e = errno;
-        rc = br__ds_fail(b, 0, br_err_from_errno(e), "cannot stat: %s", strerror(e));
+        char eb[96];
+        rc = br__ds_fail(b, 0, br_err_from_errno(e), "cannot stat: %s", errtext(e, eb));
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
@@ -432,7 +445,8 @@ static int read_file(struct br__ds_builder *b, const char *path, char **data_out
         }
         if (r < 0) {
             int e = errno;
-            rc = br__ds_fail(b, 0, br_err_from_errno(e), "read failed: %s", strerror(e));
+            char eb[96];
+            rc = br__ds_fail(b, 0, br_err_from_errno(e), "read failed: %s", errtext(e, eb));
             goto out;
         }
         if (r == 0) {
@@ -561,13 +575,10 @@ static bool is_file(const char *path)
 
 static char *path_join(const char *dir, const char *name)
 {
-    size_t a = strlen(dir);
-    size_t c = strlen(name);
-    char *p = br_malloc(a + c + 2);
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = br_malloc(n);
     if (p != NULL) {
-        memcpy(p, dir, a);
-        p[a] = '/';
-        memcpy(p + a + 1, name, c + 1);
+        (void)snprintf(p, n, "%s/%s", dir, name);
     }
     return p;
 }
@@ -593,8 +604,9 @@ static int list_csv(struct br__ds_builder *b, const char *dir, struct name_list 
     DIR *d = opendir(dir);
     if (d == NULL) {
         int e = errno;
+        char eb[96];
         b->file = dir;
-        return br__ds_fail(b, 0, br_err_from_errno(e), "cannot open folder: %s", strerror(e));
+        return br__ds_fail(b, 0, br_err_from_errno(e), "cannot open folder: %s", errtext(e, eb));
     }
     int rc = BR_OK;
     for (;;) {
@@ -774,6 +786,32 @@ static char *find_contaminated(const char *path, bool folder)
     return cand;
 }
 
+/*
+ * RouteLLM's layout: mmlu/responses/ holds the CSV files, mmlu/ the contaminated list. When a
+ * folder has no CSV file but a responses/ folder, *sub_out is that folder (caller frees).
+ */
+static int folder_data_path(struct br__ds_builder *b, const char *path, char **sub_out)
+{
+    struct name_list l = {0};
+    *sub_out = NULL;
+    int rc = list_csv(b, path, &l);
+    size_t n_csv = l.n;
+    name_list_cleanup(&l);
+    if (rc != BR_OK || n_csv > 0) {
+        return rc;
+    }
+    char *sub = path_join(path, "responses");
+    if (sub == NULL) {
+        return BR_ERR_NOMEM;
+    }
+    if (is_dir(sub)) {
+        *sub_out = sub;
+    } else {
+        br_free(sub);
+    }
+    return BR_OK;
+}
+
 static void builder_init(struct br__ds_builder *b, const struct br_dataset_opts *opts, char *err,
                          size_t errlen)
 {
@@ -809,24 +847,11 @@ int br_dataset_load(const char *path, const struct br_dataset_opts *opts, struct
     bool folder = is_dir(path);
     const char *data_path = path;
     if (folder) {
-        /* RouteLLM's layout: mmlu/responses/ holds the CSV files, mmlu/ the contaminated list. */
-        struct name_list l = {0};
-        rc = list_csv(&b, path, &l);
-        size_t n_csv = l.n;
-        name_list_cleanup(&l);
+        rc = folder_data_path(&b, path, &sub);
         if (rc != BR_OK) {
             goto out;
         }
-        if (n_csv == 0) {
-            sub = path_join(path, "responses");
-            if (sub == NULL) {
-                rc = BR_ERR_NOMEM;
-                goto out;
-            }
-            if (is_dir(sub)) {
-                data_path = sub;
-            }
-        }
+        data_path = sub != NULL ? sub : path;
     }
     if (given == NULL) {
         cont = find_contaminated(path, folder);

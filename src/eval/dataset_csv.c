@@ -118,7 +118,7 @@ static void echo(const char *s, size_t n, char out[48])
     size_t k = 0;
     for (size_t i = 0; i < n && k < 40; i++) {
         unsigned char c = (unsigned char)s[i];
-        out[k++] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+        out[k++] = (char)(c >= 0x20 && c < 0x7f ? c : '?');
     }
     if (n > 40) {
         out[k++] = '.';
@@ -177,6 +177,16 @@ static int parse_decimal(const char *s, size_t n, double *out)
     }
     *out = v;
     return BR_OK;
+}
+
+static bool has_nul(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '\0') {
+            return true;
+        }
+    }
+    return false;
 }
 
 static bool missing(const char *s, size_t n)
@@ -250,6 +260,49 @@ static size_t find_col(const struct csv_state *st, const char *name, size_t n)
     return SIZE_MAX;
 }
 
+/* What column i is, from its name alone; *stem is the model part of RESPONSE/COST names. */
+static enum col_kind kind_of(const char *name, size_t n, bool rb, size_t *stem)
+{
+    if (n == 0 || name_is(name, n, "Unnamed: 0") ||
+        (rb && (name_is(name, n, "sample_id") || name_is(name, n, "oracle_model_to_route_to")))) {
+        return COL_IGNORE;
+    }
+    if (name_is(name, n, "prompt")) {
+        return COL_PROMPT;
+    }
+    if (rb && name_is(name, n, "eval_name")) {
+        return COL_GROUP;
+    }
+    if (rb && has_suffix(name, n, "|model_response", stem)) {
+        return COL_RESPONSE;
+    }
+    if (rb && has_suffix(name, n, "|total_cost", stem)) {
+        return COL_COST;
+    }
+    if (!rb && has_suffix(name, n, "_response", stem)) {
+        return COL_RESPONSE;
+    }
+    return COL_QUALITY;
+}
+
+static int header_name_ok(struct csv_state *st, size_t i)
+{
+    const char *name = field(st, i);
+    size_t n = st->len[i];
+    char e[48];
+    if (has_nul(name, n) || !br__utf8_valid(name, n)) {
+        return br__ds_fail(st->b, st->row_line, BR_ERR_PARSE,
+                           "column %zu: the name is not valid UTF-8 text", i + 1);
+    }
+    for (size_t j = 0; j < i; j++) {
+        if (st->len[j] == n && memcmp(field(st, j), name, n) == 0) {
+            echo(name, n, e);
+            return br__ds_fail(st->b, st->row_line, BR_ERR_PARSE, "column '%s' appears twice", e);
+        }
+    }
+    return BR_OK;
+}
+
 /* First pass over the header: what each column is (models are not registered yet). */
 static int classify_header(struct csv_state *st)
 {
@@ -258,48 +311,27 @@ static int classify_header(struct csv_state *st)
     for (size_t i = 0; i < st->n_fields; i++) {
         const char *name = field(st, i);
         size_t n = st->len[i];
-        if (memchr(name, '\0', n) != NULL || !br__utf8_valid(name, n)) {
-            return br__ds_fail(b, st->row_line, BR_ERR_PARSE,
-                               "column %zu: the name is not valid UTF-8 text", i + 1);
-        }
-        for (size_t j = 0; j < i; j++) {
-            if (st->len[j] == n && memcmp(field(st, j), name, n) == 0) {
-                char e[48];
-                echo(name, n, e);
-                return br__ds_fail(b, st->row_line, BR_ERR_PARSE, "column '%s' appears twice", e);
-            }
+        char e[48];
+        int rc = header_name_ok(st, i);
+        if (rc != BR_OK) {
+            return rc;
         }
         size_t stem = 0;
         struct col *c = &st->cols[i];
-        c->kind = COL_QUALITY;
-        if (n == 0 || name_is(name, n, "Unnamed: 0")) {
-            c->kind = COL_IGNORE;
-        } else if (name_is(name, n, "prompt")) {
-            c->kind = COL_PROMPT;
+        c->kind = kind_of(name, n, rb, &stem);
+        if (c->kind == COL_PROMPT) {
             st->prompt_col = i;
-        } else if (rb && (name_is(name, n, "sample_id") ||
-                          name_is(name, n, "oracle_model_to_route_to"))) {
-            c->kind = COL_IGNORE;
-        } else if (rb && name_is(name, n, "eval_name")) {
-            c->kind = COL_GROUP;
+        } else if (c->kind == COL_GROUP) {
             st->group_col = i;
-        } else if (rb && (has_suffix(name, n, "|model_response", &stem) ||
-                          has_suffix(name, n, "|total_cost", &stem))) {
-            c->kind = name[n - 1] == 't' ? COL_COST : COL_RESPONSE;
-        } else if (!rb && has_suffix(name, n, "_response", &stem)) {
-            c->kind = COL_RESPONSE;
-        } else if (rb && memchr(name, '|', n) != NULL) {
-            char e[48];
+        } else if (c->kind == COL_QUALITY && rb && memchr(name, '|', n) != NULL) {
             echo(name, n, e);
             return br__ds_fail(b, st->row_line, BR_ERR_PARSE,
                                "column '%s': unknown kind (expected <model>|model_response or "
                                "<model>|total_cost)",
                                e);
-        }
-        if (c->kind == COL_RESPONSE || c->kind == COL_COST) {
+        } else if (c->kind == COL_RESPONSE || c->kind == COL_COST) {
             size_t mcol = find_col(st, name, stem);
             if (mcol == SIZE_MAX || mcol == st->prompt_col) {
-                char e[48];
                 echo(name, n, e);
                 return br__ds_fail(b, st->row_line, BR_ERR_PARSE,
                                    "column '%s' names no model column of this file", e);
@@ -313,19 +345,10 @@ static int classify_header(struct csv_state *st)
     return BR_OK;
 }
 
-static int take_header(struct csv_state *st)
+/* Registers the quality columns as models (later files of a folder: the same models). */
+static int register_models(struct csv_state *st)
 {
     struct br__ds_builder *b = st->b;
-    st->n_cols = st->n_fields;
-    st->cols = br_calloc(st->n_cols, sizeof(*st->cols));
-    st->mc = br_calloc(st->n_cols, sizeof(*st->mc));
-    if (st->cols == NULL || st->mc == NULL) {
-        return BR_ERR_NOMEM;
-    }
-    int rc = classify_header(st);
-    if (rc != BR_OK) {
-        return rc;
-    }
     bool first_file = b->n_files <= 1 || b->n_models == 0;
     size_t prior_models = b->n_models;
     for (size_t i = 0; i < st->n_cols; i++) {
@@ -341,7 +364,7 @@ static int take_header(struct csv_state *st)
                                "model column '%s' is not in the folder's first file", e);
         }
         size_t m = 0;
-        rc = br__ds_model(b, name, n, &m);
+        int rc = br__ds_model(b, name, n, &m);
         if (rc == BR_ERR_LIMIT) {
             return br__ds_fail(b, st->row_line, rc, "more than %u models", BR__DS_MAX_MODELS);
         }
@@ -363,32 +386,54 @@ static int take_header(struct csv_state *st)
                            "%zu model columns, the folder's first file has %zu", st->n_mc,
                            prior_models);
     }
+    return BR_OK;
+}
+
+/* Points each model at its answer and cost columns. */
+static int link_columns(struct csv_state *st)
+{
     for (size_t i = 0; i < st->n_cols; i++) {
         struct col *c = &st->cols[i];
         if (c->kind != COL_RESPONSE && c->kind != COL_COST) {
             continue;
         }
-        bool matched = false;
-        for (size_t k = 0; k < st->n_mc && !matched; k++) {
-            if (st->mc[k].quality == c->model) {
-                if (c->kind == COL_RESPONSE) {
-                    st->mc[k].response = i;
-                } else {
-                    st->mc[k].cost = i;
-                }
-                c->model = st->mc[k].model;
-                matched = true;
-            }
+        struct model_cols *hit = NULL;
+        for (size_t k = 0; k < st->n_mc && hit == NULL; k++) {
+            hit = st->mc[k].quality == c->model ? &st->mc[k] : NULL;
         }
-        if (!matched) {
+        if (hit == NULL) {
             char e[48];
             echo(field(st, i), st->len[i], e);
-            return br__ds_fail(b, st->row_line, BR_ERR_PARSE,
+            return br__ds_fail(st->b, st->row_line, BR_ERR_PARSE,
                                "column '%s' names no model column of this file", e);
         }
+        if (c->kind == COL_RESPONSE) {
+            hit->response = i;
+        } else {
+            hit->cost = i;
+        }
+        c->model = hit->model;
     }
-    st->have_header = true;
     return BR_OK;
+}
+
+static int take_header(struct csv_state *st)
+{
+    st->n_cols = st->n_fields;
+    st->cols = br_calloc(st->n_cols, sizeof(*st->cols));
+    st->mc = br_calloc(st->n_cols, sizeof(*st->mc));
+    if (st->cols == NULL || st->mc == NULL) {
+        return BR_ERR_NOMEM;
+    }
+    int rc = classify_header(st);
+    if (rc == BR_OK) {
+        rc = register_models(st);
+    }
+    if (rc == BR_OK) {
+        rc = link_columns(st);
+    }
+    st->have_header = rc == BR_OK;
+    return rc;
 }
 
 /* Text of a prompt or answer field: as it is (RouteLLM) or decoded from a list literal. */
@@ -414,7 +459,7 @@ static int field_text(struct csv_state *st, size_t col, struct br_buf *buf, cons
         s = buf->ptr != NULL ? buf->ptr : "";
         len = buf->len;
     }
-    if (memchr(s, '\0', len) != NULL) {
+    if (has_nul(s, len)) {
         return br__ds_fail(st->b, st->row_line, BR_ERR_PARSE, "column %zu: NUL byte in text",
                            col + 1);
     }
@@ -444,7 +489,7 @@ static int take_row(struct csv_state *st)
     if (st->group_col != SIZE_MAX) {
         group = field(st, st->group_col);
         glen = st->len[st->group_col];
-        if (memchr(group, '\0', glen) != NULL || !br__utf8_valid(group, glen)) {
+        if (has_nul(group, glen) || !br__utf8_valid(group, glen)) {
             return br__ds_fail(b, st->row_line, BR_ERR_PARSE, "group: invalid text");
         }
     }

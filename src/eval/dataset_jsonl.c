@@ -61,47 +61,83 @@ static int get_count(const json_t *v, int64_t *out)
     return BR_ERR_PARSE;
 }
 
+/* quality: 0..1 or a boolean (required). */
+static int get_quality(struct br__ds_builder *b, size_t line, const char *name, const json_t *m,
+                       double *out)
+{
+    const json_t *q = json_object_get(m, "quality");
+    if (json_is_boolean(q)) {
+        *out = json_is_true(q) ? 1.0 : 0.0;
+        return BR_OK;
+    }
+    if (!json_is_number(q)) {
+        return br__ds_fail(b, line, BR_ERR_PARSE,
+                           "models.\"%s\".quality is missing or not a number or boolean", name);
+    }
+    double v = json_number_value(q);
+    if (!(v >= 0.0 && v <= 1.0)) {
+        return br__ds_fail(b, line, BR_ERR_PARSE, "models.\"%s\".quality must be within 0..1",
+                           name);
+    }
+    *out = v + 0.0;
+    return BR_OK;
+}
+
+/* cost_usd: a non-negative number, or absent/null (NaN). */
+static int get_cost(struct br__ds_builder *b, size_t line, const char *name, const json_t *m,
+                    double *out)
+{
+    const json_t *c = json_object_get(m, "cost_usd");
+    *out = NAN;
+    if (c == NULL || json_is_null(c)) {
+        return BR_OK;
+    }
+    double v = json_is_number(c) ? json_number_value(c) : -1.0;
+    if (!(v >= 0.0) || !isfinite(v)) {
+        return br__ds_fail(b, line, BR_ERR_PARSE,
+                           "models.\"%s\".cost_usd must be a non-negative number", name);
+    }
+    *out = v + 0.0;
+    return BR_OK;
+}
+
+/* A token count: a non-negative integer, or absent/null (-1). */
+static int get_tokens(struct br__ds_builder *b, size_t line, const char *name, const json_t *m,
+                      const char *key, int64_t *out)
+{
+    const json_t *t = json_object_get(m, key);
+    *out = -1;
+    if (t == NULL || json_is_null(t)) {
+        return BR_OK;
+    }
+    if (get_count(t, out) != BR_OK) {
+        return br__ds_fail(b, line, BR_ERR_PARSE, "models.\"%s\".%s must be a non-negative integer",
+                           name, key);
+    }
+    return BR_OK;
+}
+
 static int model_cell(struct br__ds_builder *b, size_t line, const char *name, const json_t *m)
 {
     if (!json_is_object(m)) {
         return br__ds_fail(b, line, BR_ERR_PARSE, "models.\"%s\" is not an object", name);
     }
-    const json_t *q = json_object_get(m, "quality");
-    double quality;
-    if (json_is_boolean(q)) {
-        quality = json_is_true(q) ? 1.0 : 0.0;
-    } else if (json_is_number(q)) {
-        quality = json_number_value(q);
-        if (!(quality >= 0.0 && quality <= 1.0)) {
-            return br__ds_fail(b, line, BR_ERR_PARSE, "models.\"%s\".quality must be within 0..1",
-                               name);
-        }
-        quality += 0.0;
-    } else {
-        return br__ds_fail(b, line, BR_ERR_PARSE,
-                           "models.\"%s\".quality is missing or not a number or boolean", name);
-    }
+    double quality = NAN;
     double cost = NAN;
-    const json_t *c = json_object_get(m, "cost_usd");
-    if (c != NULL && !json_is_null(c)) {
-        if (!json_is_number(c) || !(json_number_value(c) >= 0.0) ||
-            !isfinite(json_number_value(c))) {
-            return br__ds_fail(b, line, BR_ERR_PARSE,
-                               "models.\"%s\".cost_usd must be a non-negative number", name);
-        }
-        cost = json_number_value(c) + 0.0;
-    }
     int64_t pt = -1;
     int64_t ct = -1;
-    const json_t *t = json_object_get(m, "prompt_tokens");
-    if (t != NULL && !json_is_null(t) && get_count(t, &pt) != BR_OK) {
-        return br__ds_fail(b, line, BR_ERR_PARSE,
-                           "models.\"%s\".prompt_tokens must be a non-negative integer", name);
+    int rc = get_quality(b, line, name, m, &quality);
+    if (rc == BR_OK) {
+        rc = get_cost(b, line, name, m, &cost);
     }
-    t = json_object_get(m, "completion_tokens");
-    if (t != NULL && !json_is_null(t) && get_count(t, &ct) != BR_OK) {
-        return br__ds_fail(b, line, BR_ERR_PARSE,
-                           "models.\"%s\".completion_tokens must be a non-negative integer", name);
+    if (rc == BR_OK) {
+        rc = get_tokens(b, line, name, m, "prompt_tokens", &pt);
+    }
+    if (rc == BR_OK) {
+        rc = get_tokens(b, line, name, m, "completion_tokens", &ct);
+    }
+    if (rc != BR_OK) {
+        return rc;
     }
     const char *resp = NULL;
     size_t rlen = 0;
@@ -115,7 +151,7 @@ static int model_cell(struct br__ds_builder *b, size_t line, const char *name, c
         rlen = json_string_length(r);
     }
     size_t idx = 0;
-    int rc = br__ds_model(b, name, strlen(name), &idx);
+    rc = br__ds_model(b, name, strlen(name), &idx);
     if (rc == BR_ERR_LIMIT) {
         return br__ds_fail(b, line, rc, "more than %u models", BR__DS_MAX_MODELS);
     }

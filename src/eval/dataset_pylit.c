@@ -178,55 +178,56 @@ static int string_lit(struct pyl *p)
     }
 }
 
+/* The items after '[': strings separated by commas, up to and including ']'. */
+static int items(struct pyl *p)
+{
+    size_t n_items = 0;
+    for (;;) {
+        skip_ws(p);
+        if (p->i < p->n && p->s[p->i] == ']') {
+            p->i++;
+            return BR_OK;
+        }
+        if (p->i >= p->n || (p->s[p->i] != '\'' && p->s[p->i] != '"')) {
+            return fail(p, n_items ? "expected a string or ']'" : "expected a string");
+        }
+        if (n_items > 0) {
+            int rc = br_buf_append(p->out, "\n\n", 2);
+            if (rc != BR_OK) {
+                return rc;
+            }
+        }
+        int rc = string_lit(p);
+        if (rc != BR_OK) {
+            return rc;
+        }
+        n_items++;
+        skip_ws(p);
+        if (p->i < p->n && p->s[p->i] == ',') {
+            p->i++;
+        } else if (p->i >= p->n || p->s[p->i] != ']') {
+            return fail(p, "expected ',' or ']'");
+        }
+    }
+}
+
 int br__pylist_decode(const char *s, size_t n, struct br_buf *out, const char **what, size_t *off)
 {
     struct pyl p = {.s = s, .n = n, .i = 0, .out = out, .what = NULL};
-    int rc = BR_OK;
-    size_t items = 0;
+    int rc;
     skip_ws(&p);
     if (p.i >= p.n || p.s[p.i] != '[') {
         rc = fail(&p, "expected '['");
-        goto out;
+    } else {
+        p.i++;
+        rc = items(&p);
     }
-    p.i++;
-    for (;;) {
+    if (rc == BR_OK) {
         skip_ws(&p);
-        if (p.i < p.n && p.s[p.i] == ']') {
-            p.i++;
-            break;
+        if (p.i != p.n) {
+            rc = fail(&p, "data after ']'");
         }
-        if (p.i >= p.n || (p.s[p.i] != '\'' && p.s[p.i] != '"')) {
-            rc = fail(&p, items ? "expected a string or ']'" : "expected a string");
-            goto out;
-        }
-        if (items > 0) {
-            rc = br_buf_append(out, "\n\n", 2);
-            if (rc != BR_OK) {
-                goto out;
-            }
-        }
-        rc = string_lit(&p);
-        if (rc != BR_OK) {
-            goto out;
-        }
-        items++;
-        skip_ws(&p);
-        if (p.i < p.n && p.s[p.i] == ',') {
-            p.i++;
-            continue;
-        }
-        if (p.i < p.n && p.s[p.i] == ']') {
-            p.i++;
-            break;
-        }
-        rc = fail(&p, "expected ',' or ']'");
-        goto out;
     }
-    skip_ws(&p);
-    if (p.i != p.n) {
-        rc = fail(&p, "data after ']'");
-    }
-out:
     if (rc == BR_ERR_LIMIT) {
         p.what = "text too long";
         rc = BR_ERR_PARSE;

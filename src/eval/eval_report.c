@@ -238,7 +238,9 @@ static void write_router(FILE *f, const struct br__eval_report *rep,
     fmt_num(r->apgr_q10, 4, b);
     (void)fprintf(f, "APGR             %s  (every threshold; RouteLLM's 10-quantile estimate %s)\n",
                   a, b);
-    char c50[16], c80[16], c95[16];
+    char c50[16];
+    char c80[16];
+    char c95[16];
     fmt_pct(res->cpt50, c50);
     fmt_pct(res->cpt80, c80);
     fmt_pct(res->cpt95, c95);
@@ -272,7 +274,11 @@ static void write_baselines(FILE *f, const struct br__eval_report *rep)
     const struct br_eval_result *o = &rep->oracle;
     bool costed = rep->task->c_strong != NULL;
     double k = 1000.0;
-    char c1[24], c2[24], c3[24], r1[48], r3[48];
+    char c1[24];
+    char c2[24];
+    char c3[24];
+    char r1[48];
+    char r3[48];
     fmt_num(costed ? o->cost_weak * k : NAN, 4, c1);
     fmt_num(costed ? o->cost_strong * k : NAN, 4, c2);
     size_t best = best_index(o);
@@ -516,7 +522,10 @@ int br__eval_write_csv(FILE *f, const struct br__eval_report *rep, size_t router
 #define SVG_MAX 1500u /* polyline points per router */
 
 struct axes {
-    double x0, x1, y0, y1;
+    double x0;
+    double x1;
+    double y0;
+    double y1;
 };
 
 static double sx(const struct axes *a, double x)
@@ -573,14 +582,18 @@ static void svg_axes(FILE *f, const struct br__eval_report *rep, const struct ax
     double xs = nice_step(a->x1 - a->x0, 6);
     double ys = nice_step(a->y1 - a->y0, 6);
     (void)fprintf(f, "<g font-size=\"11\" fill=\"#333\">\n");
-    for (double x = ceil(a->x0 / xs) * xs; x <= a->x1 + xs * 1e-9; x += xs) {
+    double x_first = ceil(a->x0 / xs) * xs;
+    double y_first = ceil(a->y0 / ys) * ys;
+    for (int k = 0; k < 100 && x_first + k * xs <= a->x1 + xs * 1e-9; k++) {
+        double x = x_first + k * xs;
         (void)fprintf(f,
                       "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>"
                       "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%g</text>\n",
                       sx(a, x), SVG_T, sx(a, x), SVG_H - SVG_B, sx(a, x), SVG_H - SVG_B + 16,
                       fabs(x) < xs * 1e-9 ? 0.0 : x);
     }
-    for (double y = ceil(a->y0 / ys) * ys; y <= a->y1 + ys * 1e-9; y += ys) {
+    for (int k = 0; k < 100 && y_first + k * ys <= a->y1 + ys * 1e-9; k++) {
+        double y = y_first + k * ys;
         (void)fprintf(f,
                       "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>"
                       "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n",

@@ -30,6 +30,14 @@
 #include "eval/eval_int.h"
 #include "eval/eval_router.h"
 
+/* Callbacks that cannot fail still take the ops table's error buffer. */
+static void no_error(char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0) {
+        err[0] = '\0';
+    }
+}
+
 /* ---- random ---- */
 
 struct random_state {
@@ -39,8 +47,7 @@ struct random_state {
 static int random_create(const struct br_eval_router_cfg *cfg, const struct br_eval_task *task,
                          void **state_out, char *err, size_t errlen)
 {
-    (void)err;
-    (void)errlen;
+    no_error(err, errlen);
     struct random_state *st = br_calloc(1, sizeof(*st));
     if (st == NULL) {
         return BR_ERR_NOMEM;
@@ -92,8 +99,7 @@ static int none_create(const struct br_eval_router_cfg *cfg, const struct br_eva
 {
     (void)cfg;
     (void)task;
-    (void)err;
-    (void)errlen;
+    no_error(err, errlen);
     *state_out = NULL;
     return BR_OK;
 }
@@ -176,8 +182,7 @@ static int oracle_create(const struct br_eval_router_cfg *cfg, const struct br_e
                          void **state_out, char *err, size_t errlen)
 {
     (void)cfg;
-    (void)err;
-    (void)errlen;
+    no_error(err, errlen);
     struct oracle_state *st = br_calloc(1, sizeof(*st));
     if (st == NULL) {
         return BR_ERR_NOMEM;
@@ -240,7 +245,7 @@ struct scores_csv {
     size_t n_cols;
     size_t key_col, score_col;
     bool by_prompt;
-    struct br_map prompt_rows; /* prompt -> (row + 1) of its first occurrence */
+    struct br_map prompt_rows; /* prompt -> &ds->prompts[first row with that prompt] */
     size_t *next_same;         /* [n_prompts] next row with the same prompt + 1, 0 = none */
 };
 
@@ -308,8 +313,9 @@ static int sc_header(struct scores_csv *c)
         }
         for (size_t r = ds->n_prompts; r > 0; r--) {
             struct br_slice key = br_slice_from_cstr(ds->prompts[r - 1]);
-            c->next_same[r - 1] = (size_t)(uintptr_t)br_map_get(&c->prompt_rows, key);
-            if (br_map_put(&c->prompt_rows, key, (void *)(uintptr_t)r) != BR_OK) {
+            char *const *later = br_map_get(&c->prompt_rows, key);
+            c->next_same[r - 1] = later != NULL ? (size_t)(later - ds->prompts) + 1 : 0;
+            if (br_map_put(&c->prompt_rows, key, &ds->prompts[r - 1]) != BR_OK) {
                 return BR_ERR_NOMEM;
             }
         }
@@ -342,12 +348,12 @@ static int sc_record(struct scores_csv *c)
     }
     const char *key = c->row.ptr + c->off[c->key_col];
     if (c->by_prompt) {
-        void *hit = br_map_get(&c->prompt_rows, br_slice_make(key, c->len[c->key_col]));
+        char *const *hit = br_map_get(&c->prompt_rows, br_slice_make(key, c->len[c->key_col]));
         if (hit == NULL) {
             return BR_OK; /* a prompt of another dataset (or dropped as contaminated) */
         }
         /* Every copy of a repeated prompt gets the score. */
-        for (size_t r1 = (size_t)(uintptr_t)hit; r1 != 0; r1 = c->next_same[r1 - 1]) {
+        for (size_t r1 = (size_t)(hit - ds->prompts) + 1; r1 != 0; r1 = c->next_same[r1 - 1]) {
             int rc = sc_set(c, r1 - 1, v);
             if (rc != BR_OK) {
                 return rc;

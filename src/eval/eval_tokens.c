@@ -30,41 +30,67 @@ static bool space(unsigned char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
 }
 
+/* Each run starts at s[i], adds its tokens to *n and returns the index past it. */
+
+static size_t word_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i++; /* a letter, or the space/apostrophe before one */
+    while (i < len && letter(s[i])) {
+        i++;
+    }
+    size_t w = i - start;
+    *n += w <= 8 ? 1 : (int64_t)((w + 3) / 4);
+    return i;
+}
+
+static size_t digit_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i;
+    while (i < len && digit(s[i])) {
+        i++;
+    }
+    *n += (int64_t)((i - start + 2) / 3);
+    return i;
+}
+
+static size_t space_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    size_t start = i;
+    bool newline = false;
+    while (i < len && space(s[i])) {
+        newline = newline || s[i] == '\n';
+        i++;
+    }
+    if (newline || (i - start > 1 && i == len)) {
+        (*n)++;
+    }
+    return i;
+}
+
+static size_t symbol_run(const unsigned char *s, size_t len, size_t i, int64_t *n)
+{
+    while (i < len && !letter(s[i]) && !digit(s[i]) && !space(s[i])) {
+        i++;
+    }
+    (*n)++;
+    return i;
+}
+
 int64_t br_eval_tokens_estimate(const char *text, size_t len)
 {
     const unsigned char *s = (const unsigned char *)text;
     int64_t tokens = 0;
     size_t i = 0;
     while (i < len) {
-        size_t start = i;
         unsigned char c = s[i];
-        bool lead = (c == ' ' || c == '\'') && i + 1 < len && letter(s[i + 1]);
-        if (letter(c) || lead) {
-            i++;
-            while (i < len && letter(s[i])) {
-                i++;
-            }
-            size_t w = i - start;
-            tokens += w <= 8 ? 1 : (int64_t)((w + 3) / 4);
+        if (letter(c) || ((c == ' ' || c == '\'') && i + 1 < len && letter(s[i + 1]))) {
+            i = word_run(s, len, i, &tokens);
         } else if (digit(c)) {
-            while (i < len && digit(s[i])) {
-                i++;
-            }
-            tokens += (int64_t)((i - start + 2) / 3);
+            i = digit_run(s, len, i, &tokens);
         } else if (space(c)) {
-            bool newline = false;
-            while (i < len && space(s[i])) {
-                newline = newline || s[i] == '\n';
-                i++;
-            }
-            if (newline || (i - start > 1 && i == len)) {
-                tokens++;
-            }
+            i = space_run(s, len, i, &tokens);
         } else {
-            while (i < len && !letter(s[i]) && !digit(s[i]) && !space(s[i])) {
-                i++;
-            }
-            tokens++;
+            i = symbol_run(s, len, i, &tokens);
         }
     }
     return tokens;

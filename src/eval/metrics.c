@@ -169,6 +169,38 @@ static double cpt(const struct br_eval_point *c, size_t n_curve, double x)
     return NAN;
 }
 
+/* The cheapest point whose quality reaches 95% of always-strong (ties: fewer strong), and the
+ * mistakes made there. */
+static void q95_point(const double *scores, const double *q_strong, const double *q_weak, size_t n,
+                      struct br_eval_result *out)
+{
+    double floor_q = 0.95 * out->q_strong;
+    size_t best = SIZE_MAX;
+    for (size_t i = 0; i < out->n_curve; i++) {
+        if (at_least(out->curve[i].quality, floor_q) &&
+            (best == SIZE_MAX || out->curve[i].cost < out->curve[best].cost)) {
+            best = i;
+        }
+    }
+    if (best == SIZE_MAX) {
+        best = out->n_curve - 1; /* unreachable: p_H = 1 has quality q_strong */
+    }
+    const struct br_eval_point *bp = &out->curve[best];
+    out->cost_at_q95 = bp->cost;
+    out->cost_at_q95_ratio = out->cost_strong > 0.0 ? bp->cost / out->cost_strong : NAN;
+    out->p_strong_at_q95 = bp->p_strong;
+    out->threshold_at_q95 = bp->threshold;
+    out->quality_at_q95 = bp->quality;
+    for (size_t i = 0; i < n; i++) {
+        bool strong = scores[i] >= bp->threshold;
+        if (!strong && q_strong[i] > q_weak[i]) {
+            out->hard_to_weak++;
+        } else if (strong && q_weak[i] >= q_strong[i]) {
+            out->easy_to_strong++;
+        }
+    }
+}
+
 int br_eval_binary(const double *scores, const double *q_strong, const double *q_weak,
                    const double *c_strong, const double *c_weak, size_t n,
                    struct br_eval_result *out)
@@ -187,7 +219,11 @@ int br_eval_binary(const double *scores, const double *q_strong, const double *q
         rc = BR_ERR_NOMEM;
         goto out;
     }
-    double sw = 0.0, ss = 0.0, so = 0.0, cw = 0.0, cs = 0.0;
+    double sw = 0.0;
+    double ss = 0.0;
+    double so = 0.0;
+    double cw = 0.0;
+    double cs = 0.0;
     for (size_t i = 0; i < n; i++) {
         sw += q_weak[i];
         ss += q_strong[i];
@@ -232,32 +268,7 @@ int br_eval_binary(const double *scores, const double *q_strong, const double *q
     qsort(gains, n, sizeof(double), cmp_double_desc);
     out->oracle_p_strong_95 = oracle_share(gains, n, sw, 0.95 * ss);
 
-    /* The cheapest point whose quality reaches 95% of always-strong (ties: fewer strong). */
-    double floor_q = 0.95 * out->q_strong;
-    size_t best = SIZE_MAX;
-    for (size_t i = 0; i < out->n_curve; i++) {
-        if (at_least(out->curve[i].quality, floor_q) &&
-            (best == SIZE_MAX || out->curve[i].cost < out->curve[best].cost)) {
-            best = i;
-        }
-    }
-    if (best == SIZE_MAX) {
-        best = out->n_curve - 1; /* unreachable: p_H = 1 has quality q_strong */
-    }
-    const struct br_eval_point *bp = &out->curve[best];
-    out->cost_at_q95 = bp->cost;
-    out->cost_at_q95_ratio = out->cost_strong > 0.0 ? bp->cost / out->cost_strong : NAN;
-    out->p_strong_at_q95 = bp->p_strong;
-    out->threshold_at_q95 = bp->threshold;
-    out->quality_at_q95 = bp->quality;
-    for (size_t i = 0; i < n; i++) {
-        bool strong = scores[i] >= bp->threshold;
-        if (!strong && q_strong[i] > q_weak[i]) {
-            out->hard_to_weak++;
-        } else if (strong && q_weak[i] >= q_strong[i]) {
-            out->easy_to_strong++;
-        }
-    }
+    q95_point(scores, q_strong, q_weak, n, out);
 out:
     br_free(s);
     br_free(gains);
@@ -286,7 +297,8 @@ double br_eval_apgr(const double *scores, const double *q_strong, const double *
     if (s == NULL) {
         return NAN;
     }
-    double sw = 0.0, ss = 0.0;
+    double sw = 0.0;
+    double ss = 0.0;
     for (size_t i = 0; i < n; i++) {
         sw += q_weak[i];
         ss += q_strong[i];
@@ -309,7 +321,10 @@ int br_eval_point_at(const double *scores, const double *q_strong, const double 
     if (rc != BR_OK) {
         return rc;
     }
-    double sw = 0.0, ss = 0.0, q = 0.0, c = 0.0;
+    double sw = 0.0;
+    double ss = 0.0;
+    double q = 0.0;
+    double c = 0.0;
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         bool strong = scores[i] >= threshold;
@@ -342,7 +357,8 @@ static double quantile(const double *sorted, size_t n, double q)
 }
 
 struct pq {
-    double p, q;
+    double p;
+    double q;
 };
 
 static int cmp_pq(const void *a, const void *b)
@@ -367,7 +383,8 @@ double br_eval_apgr_quantiles(const double *scores, const double *q_strong, cons
     }
     memcpy(sorted, scores, n * sizeof(double));
     qsort(sorted, n, sizeof(double), cmp_double_asc);
-    double sw = 0.0, ss = 0.0;
+    double sw = 0.0;
+    double ss = 0.0;
     for (size_t i = 0; i < n; i++) {
         sw += q_weak[i];
         ss += q_strong[i];

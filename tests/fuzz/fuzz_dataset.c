@@ -20,9 +20,8 @@
 #include "eval/eval_int.h"
 #include "eval/metrics.h"
 
-static void check(const struct br_dataset *ds)
+static void check_cells(const struct br_dataset *ds)
 {
-    assert(ds->n_prompts > 0 && ds->n_models > 0);
     size_t m = ds->n_models;
     for (size_t j = 0; j < m; j++) {
         assert(ds->models[j] != NULL && ds->models[j][0] != '\0');
@@ -39,9 +38,12 @@ static void check(const struct br_dataset *ds)
             assert(ds->completion_tokens[i * m + j] >= -1);
         }
     }
-    if (m < 2) {
-        return;
-    }
+}
+
+/* The metrics on models 0 and 1, scored by prompt length. */
+static void check_metrics(const struct br_dataset *ds)
+{
+    size_t m = ds->n_models;
     double *s = calloc(ds->n_prompts, sizeof(double));
     double *a = calloc(ds->n_prompts, sizeof(double));
     double *b = calloc(ds->n_prompts, sizeof(double));
@@ -56,19 +58,26 @@ static void check(const struct br_dataset *ds)
             n++;
         }
     }
-    if (n > 0) {
-        struct br_eval_result r;
-        int rc = br_eval_binary(s, a, b, NULL, NULL, n, &r);
-        assert(rc == BR_OK || rc == BR_ERR_NOMEM);
-        if (rc == BR_OK) {
-            assert(r.n_curve >= 2 && r.curve[0].p_strong == 0.0);
-            assert(r.curve[r.n_curve - 1].p_strong == 1.0);
-            br_eval_result_cleanup(&r);
-        }
+    struct br_eval_result r;
+    int rc = n > 0 ? br_eval_binary(s, a, b, NULL, NULL, n, &r) : BR_ERR_INVAL;
+    assert(rc == BR_OK || rc == BR_ERR_NOMEM || n == 0);
+    if (rc == BR_OK) {
+        assert(r.n_curve >= 2 && r.curve[0].p_strong == 0.0);
+        assert(r.curve[r.n_curve - 1].p_strong == 1.0);
+        br_eval_result_cleanup(&r);
     }
     free(s);
     free(a);
     free(b);
+}
+
+static void check(const struct br_dataset *ds)
+{
+    assert(ds->n_prompts > 0 && ds->n_models > 0);
+    check_cells(ds);
+    if (ds->n_models >= 2) {
+        check_metrics(ds);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
