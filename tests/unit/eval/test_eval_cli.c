@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "br_test.h"
@@ -370,6 +371,34 @@ static void test_progress_mmlu(void **state)
     run_free(&r);
 }
 
+/* The real binary, when it is built: `brigade eval` reaches the same command. */
+static void test_brigade_binary(void **state)
+{
+    (void)state;
+    const char *bin = BR_BINARY_DIR "/src/brigade";
+    if (access(bin, X_OK) != 0) {
+        skip();
+    }
+    char cmd[1024];
+    snprintf(cmd, sizeof(cmd), "%s eval --help", bin);
+    FILE *p = popen(cmd, "r");
+    assert_non_null(p);
+    char buf[256] = "";
+    assert_non_null(fgets(buf, sizeof(buf), p));
+    char rest[4096];
+    while (fread(rest, 1, sizeof(rest), p) > 0) {
+        /* read it all: closing early would kill the writer with SIGPIPE */
+    }
+    assert_int_equal(pclose(p), 0);
+    expect(buf, "usage: brigade eval DATASET");
+    snprintf(cmd, sizeof(cmd), "%s eval %s --router oracle --quiet --json > /dev/null", bin,
+             DATA("routellm/gsm8k/gsm8k_responses.csv"));
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof(cmd), "%s eval 2> /dev/null", bin);
+    int st = system(cmd);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
 int main(int argc, char **argv)
 {
     /* One test per line: the CMake helper registers each line. */
@@ -381,6 +410,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_json_and_scores_roundtrip),
         cmocka_unit_test(test_gsm8k_oracle_and_random),
         cmocka_unit_test(test_progress_mmlu),
+        cmocka_unit_test(test_brigade_binary),
     };
     /* clang-format on */
     if (argc > 1) {

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "br_test.h"
+#include "core/alloc.h"
 #include "core/buf.h"
 #include "core/err.h"
 #include "eval/dataset.h"
@@ -509,6 +510,48 @@ static void test_progress(void **state)
     br_dataset_free(NULL);
 }
 
+/* Fails every allocation of a load once: each run ends in success or BR_ERR_NOMEM, and the
+ * heap is back where it was. */
+static void torture_load(const char *path, const char *contaminated)
+{
+    struct br_dataset_opts o = {.contaminated = contaminated, .keep_responses = true};
+    struct br_dataset *ds = NULL;
+    char err[512];
+    size_t live = br_alloc_live_bytes();
+    uint64_t c0 = br_alloc_count();
+    assert_int_equal(br_dataset_load(path, &o, &ds, err, sizeof(err)), BR_OK);
+    br_dataset_free(ds);
+    uint64_t total = br_alloc_count() - c0;
+    assert_int_equal(br_alloc_live_bytes(), live);
+    for (uint64_t i = 1; i <= total; i++) {
+        ds = NULL;
+        br_alloc_fail_at(i);
+        int rc = br_dataset_load(path, &o, &ds, err, sizeof(err));
+        br_alloc_fail_at(0);
+        if (rc != BR_OK && rc != BR_ERR_NOMEM) {
+            fprintf(stderr, "%s: allocation %llu failed: rc %d, %s\n", path, (unsigned long long)i,
+                    rc, err);
+        }
+        assert_true(rc == BR_OK || rc == BR_ERR_NOMEM);
+        assert_true(rc == BR_OK || ds == NULL);
+        br_dataset_free(ds);
+        assert_int_equal(br_alloc_live_bytes(), live);
+    }
+}
+
+static void test_allocation_failures(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip(); /* fault injection exists only in builds without NDEBUG */
+#else
+    torture_load(FIX("routellm_small.csv"), FIX("routellm_small_contaminated.jsonl"));
+    torture_load(FIX("mmlu_mini"), NULL);
+    torture_load(FIX("routerbench_small.csv"), NULL);
+    torture_load(FIX("small.jsonl"), NULL);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     /* One test per line: the CMake helper registers each line. */
@@ -528,6 +571,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_real_routellm),
         cmocka_unit_test(test_real_routerbench),
         cmocka_unit_test(test_progress),
+        cmocka_unit_test(test_allocation_failures),
     };
     /* clang-format on */
     if (argc > 1) {

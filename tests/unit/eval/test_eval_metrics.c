@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "br_test.h"
+#include "core/alloc.h"
 #include "core/err.h"
 #include "eval/eval.h"
 #include "eval/folds.h"
@@ -388,6 +389,34 @@ static void test_learned_never_scores_training_rows(void **state)
     br_eval_run_out_cleanup(&out);
 }
 
+static void test_allocation_failures(void **state)
+{
+    (void)state;
+#ifdef NDEBUG
+    skip();
+#else
+    /* Each allocation of the metrics fails once: BR_ERR_NOMEM, nothing leaked. */
+    size_t live = br_alloc_live_bytes();
+    for (uint64_t i = 1; i <= 3; i++) {
+        struct br_eval_result r;
+        br_alloc_fail_at(i);
+        int rc = br_eval_binary(S5, QS5, QW5, CS5, CW5, 5, &r);
+        br_alloc_fail_at(0);
+        assert_int_equal(rc, BR_ERR_NOMEM);
+        assert_null(r.curve);
+        assert_int_equal(br_alloc_live_bytes(), live);
+    }
+    br_alloc_fail_at(1);
+    assert_true(isnan(br_eval_apgr(S5, QS5, QW5, 5)));
+    br_alloc_fail_at(0);
+    int f[10];
+    br_alloc_fail_at(1);
+    assert_int_equal(br_eval_folds(10, 2, 1, NULL, f), BR_ERR_NOMEM);
+    br_alloc_fail_at(0);
+    assert_int_equal(br_alloc_live_bytes(), live);
+#endif
+}
+
 int main(int argc, char **argv)
 {
     /* One test per line: the CMake helper registers each line. */
@@ -402,6 +431,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_folds),
         cmocka_unit_test(test_learned_never_scores_training_rows),
+        cmocka_unit_test(test_allocation_failures),
     };
     /* clang-format on */
     if (argc > 1) {
