@@ -24,6 +24,7 @@ libyaml-dev
 libsqlite3-dev
 libcmocka-dev
 libcsv-dev
+liblinear-dev
 libssl-dev
 ca-certificates
 nodejs

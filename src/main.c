@@ -26,6 +26,7 @@
 #include "cost/cost.h"
 #include "eval/calibrate_cli.h"
 #include "eval/eval_cli.h"
+#include "eval/train_cli.h"
 #include "store/store.h"
 #include "upstream/upstream.h"
 
@@ -42,6 +43,7 @@ static const char usage_main[] =
     "  logs      show recent requests and cost totals from the request log\n"
     "  eval      evaluate routing policies offline on recorded outcomes (APGR, CPT, cost)\n"
     "  calibrate choose a route's threshold for a quality floor, a share or a budget\n"
+    "  train     train the learned router (logistic regression) on recorded outcomes\n"
     "  routes    report each route: decisions, cost, feedback, threshold history\n"
     "  export    write logged strong-model answers as fine-tuning JSONL (log.bodies)\n"
     "  config    check a configuration file (brigade config check -c FILE)\n"
@@ -537,6 +539,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "calibrate") == 0) {
         return br_calibrate_cli(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "train") == 0) {
+        return br_train_cli(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "routes") == 0) {
         return br_cli_routes(argc - 2, argv + 2);
