@@ -759,6 +759,19 @@ static void step_answered(struct chat *c, const struct br_provider_result *res)
               cc->aggregate == BR_CASCADE_AGGREGATE_MIN ? "min logprob" : "mean logprob", res);
         return;
     }
+    if (cc->confidence == BR_CASCADE_CONFIDENCE_VERIFIER) {
+        size_t alen = 0;
+        char *atext = br__answer_text(c->req->arena, ans, &alen);
+        double p_ok = NAN;
+        if (!atext || br_router_verify(c->rt->router, c->plan.route_cfg, c->rreq->last_user,
+                                       c->rreq->last_user_len, atext, alen, &p_ok) != BR_OK) {
+            detail_add(c, "%s: the verifier could not judge the answer", c->rm->cfg->name);
+            escalate(c, next, res);
+            return;
+        }
+        judge(c, c->rm, c->answer, c->answer_len, p_ok, "verifier P(ok)", res);
+        return;
+    }
     /* Self-verification: ask the verifier (or the same model) whether the answer is right. */
     c->judged = c->rm;
     c->judged_answer = c->answer;

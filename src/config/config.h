@@ -132,6 +132,7 @@ struct br_route_classifier_cfg {
 enum br_cascade_confidence {
     BR_CASCADE_CONFIDENCE_LOGPROBS,    /* token log-probabilities of the answer */
     BR_CASCADE_CONFIDENCE_SELF_VERIFY, /* a second short call: "is this answer correct?" */
+    BR_CASCADE_CONFIDENCE_VERIFIER,    /* a learned verifier (brigade train) on the answer */
 };
 
 enum br_cascade_aggregate {
@@ -150,6 +151,7 @@ struct br_route_cascade_cfg {
     size_t verifier_index; /* self_verify: model asked (SIZE_MAX: the step's own model) */
     const struct br_model_cfg *verifier; /* resolved verifier, NULL = the step's model */
     int64_t verify_max_tokens;
+    const char *verifier_model_path; /* confidence verifier: model file (absolute) */
     int line;
 };
 

@@ -545,8 +545,11 @@ static int cascade_field(loader *L, struct br_route_cfg *r, const struct br_ynod
             c->confidence = BR_CASCADE_CONFIDENCE_LOGPROBS;
         } else if (rc == BR_OK && strcmp(s, "self_verify") == 0) {
             c->confidence = BR_CASCADE_CONFIDENCE_SELF_VERIFY;
+        } else if (rc == BR_OK && strcmp(s, "verifier") == 0) {
+            c->confidence = BR_CASCADE_CONFIDENCE_VERIFIER;
         } else if (rc == BR_OK) {
-            rc = errf(L, v->line, "%s.confidence: expected logprobs or self_verify, got '%.40s'",
+            rc = errf(L, v->line,
+                      "%s.confidence: expected logprobs, self_verify or verifier, got '%.40s'",
                       what, s);
         }
         return rc;
@@ -571,6 +574,15 @@ static int cascade_field(loader *L, struct br_route_cfg *r, const struct br_ynod
     if (strcmp(k->value, "verifier") == 0) {
         return catalogue_model(L, v, label(lb, what, "verifier"), &c->verifier);
     }
+    if (strcmp(k->value, "verifier_model") == 0) {
+        rc = br__config_nonempty(L, v, label(lb, what, "verifier_model"), &s);
+        if (rc == BR_OK && (s[0] == '/' || !L->base_dir)) {
+            c->verifier_model_path = br_arena_strndup(L->arena, s, strlen(s));
+        } else if (rc == BR_OK) {
+            c->verifier_model_path = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+        }
+        return rc != BR_OK || c->verifier_model_path ? rc : br__config_nomem(L);
+    }
     if (strcmp(k->value, "verify_max_tokens") == 0) {
         return br__config_integer(L, v, label(lb, what, "verify_max_tokens"), 1, 256,
                                   &c->verify_max_tokens);
@@ -591,20 +603,30 @@ static int parse_cascade(loader *L, struct br_route_cfg *r, const struct br_ynod
         rc = cascade_field(L, r, m->items[i], m->items[i + 1], what);
         have_threshold |= strcmp(m->items[i]->value, "threshold") == 0;
     }
+    struct br_route_cascade_cfg *c = &r->cascade;
+    if (rc == BR_OK && !have_threshold && c->confidence != BR_CASCADE_CONFIDENCE_LOGPROBS) {
+        c->threshold = 0.5; /* a probability; the default -0.5 is a log-probability */
+    }
+    if (rc == BR_OK && c->confidence == BR_CASCADE_CONFIDENCE_VERIFIER && !c->verifier_model_path) {
+        return errf(L, m->line, "%s: confidence verifier needs verifier_model: <file>", what);
+    }
+    if (rc == BR_OK && c->confidence != BR_CASCADE_CONFIDENCE_VERIFIER && c->verifier_model_path) {
+        return errf(L, m->line, "%s: verifier_model is only used with confidence: verifier", what);
+    }
     if (rc != BR_OK || !have_threshold) {
         return rc;
     }
-    const struct br_route_cascade_cfg *c = &r->cascade;
     if (c->confidence == BR_CASCADE_CONFIDENCE_LOGPROBS && c->threshold > 0) {
         return errf(L, m->line,
                     "%s.threshold: with confidence logprobs the threshold is a token "
                     "log-probability (<= 0, e.g. -0.3)",
                     what);
     }
-    if (c->confidence == BR_CASCADE_CONFIDENCE_SELF_VERIFY && c->threshold < 0) {
+    if (c->confidence != BR_CASCADE_CONFIDENCE_LOGPROBS && c->threshold < 0) {
         return errf(L, m->line,
-                    "%s.threshold: with confidence self_verify the threshold is P(yes), 0 to 1",
-                    what);
+                    "%s.threshold: with confidence %s the threshold is a probability, 0 to 1", what,
+                    c->confidence == BR_CASCADE_CONFIDENCE_SELF_VERIFY ? "self_verify (P(yes))"
+                                                                       : "verifier (P(ok))");
     }
     return BR_OK;
 }

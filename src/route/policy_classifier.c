@@ -29,6 +29,14 @@ int br__route_classifier_load(struct br__route_rt *rt, const char *cfg_path, cha
                        route->classifier.line, route->name, why[0] ? why : br_strerror(rc));
         return rc;
     }
+    if (br_classifier_kind(c) == BR_CLASSIFIER_VERIFIER) {
+        (void)snprintf(err, errlen,
+                       "%s:%d: routes[%s].classifier: %s is a verifier model (it judges answers): "
+                       "use it as cascade.verifier_model",
+                       cfg_path, route->classifier.line, route->name, route->classifier.model_path);
+        br_classifier_free(c);
+        return BR_ERR_INVAL;
+    }
     size_t n = br_classifier_n_outputs(c);
     rt->clf = c;
     rt->clf_outputs = n;
@@ -59,6 +67,45 @@ void br__route_classifier_free(struct br__route_rt *rt)
 {
     br_classifier_free(rt->clf);
     rt->clf = NULL;
+    br_classifier_free(rt->verifier);
+    rt->verifier = NULL;
+}
+
+int br__route_verifier_load(struct br__route_rt *rt, const char *cfg_path, char *err, size_t errlen)
+{
+    const struct br_route_cfg *route = rt->cfg;
+    char why[384] = "";
+    br_classifier *c = NULL;
+    int rc = br_classifier_load(route->cascade.verifier_model_path, &c, why, sizeof(why));
+    if (rc == BR_OK && br_classifier_kind(c) != BR_CLASSIFIER_VERIFIER) {
+        (void)snprintf(why, sizeof(why), "%s is not a verifier model (trained for answers)",
+                       route->cascade.verifier_model_path);
+        br_classifier_free(c);
+        c = NULL;
+        rc = BR_ERR_INVAL;
+    }
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "%s:%d: routes[%s].cascade: %s", cfg_path, route->cascade.line,
+                       route->name, why[0] ? why : br_strerror(rc));
+        return rc;
+    }
+    rt->verifier = c;
+    return BR_OK;
+}
+
+int br_router_verify(const br_router *r, const struct br_route_cfg *route, const char *prompt,
+                     size_t plen, const char *answer, size_t alen, double *p_ok)
+{
+    const struct br__route_rt *rt = br__router_rt(r, route);
+    double p_escalate = NAN;
+    if (!rt || !rt->verifier) {
+        return BR_ERR_NOTFOUND;
+    }
+    int rc = br_classifier_verify(rt->verifier, prompt, plen, answer, alen, &p_escalate);
+    if (rc == BR_OK) {
+        *p_ok = 1.0 - p_escalate;
+    }
+    return rc;
 }
 
 int br__route_classifier_score(const struct br__route_rt *rt, const char *text, size_t len,
@@ -124,6 +171,9 @@ static int classifier_decide(const struct br__route_ctx *ctx, struct br__route_c
         return decide_n_model(ctx, text, len, out);
     }
     double s = br_classifier_score(rt->clf, text, len);
+    if (isnan(s)) {
+        return BR_AGAIN; /* the model could not score this text: the next policy decides */
+    }
     double t = br__live_load(&rt->live->threshold);
     bool strong = s >= t;
     out->index = strong ? br__route_strongest(ctx) : br__route_weakest(ctx);
@@ -149,6 +199,28 @@ int br__route_classifier_load(struct br__route_rt *rt, const char *cfg_path, cha
 void br__route_classifier_free(struct br__route_rt *rt)
 {
     rt->clf = NULL;
+    rt->verifier = NULL;
+}
+
+int br__route_verifier_load(struct br__route_rt *rt, const char *cfg_path, char *err, size_t errlen)
+{
+    (void)snprintf(err, errlen,
+                   "%s:%d: routes[%s]: this build has no classifier (src/route/classifier.c)",
+                   cfg_path, rt->cfg->cascade.line, rt->cfg->name);
+    return BR_ERR_UNSUPPORTED;
+}
+
+int br_router_verify(const br_router *r, const struct br_route_cfg *route, const char *prompt,
+                     size_t plen, const char *answer, size_t alen, double *p_ok)
+{
+    (void)r;
+    (void)route;
+    (void)prompt;
+    (void)plen;
+    (void)answer;
+    (void)alen;
+    *p_ok = NAN;
+    return BR_ERR_NOTFOUND;
 }
 
 int br__route_classifier_score(const struct br__route_rt *rt, const char *text, size_t len,

@@ -20,16 +20,20 @@ static char lower(char c)
     return c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
 }
 
-/* needle is lower case already (config). */
+/* needle is lower case already (config). ASCII case-insensitive; UTF-8 bytes compare as they
+ * are. The first byte is tested with one OR for letters, so most positions cost a compare. */
 static bool contains_nocase(const char *hay, size_t n, const char *needle)
 {
     size_t m = strlen(needle);
     if (m == 0 || m > n) {
         return m == 0;
     }
-    char first = needle[0];
+    unsigned char first = (unsigned char)needle[0];
+    bool letter = first >= 'a' && first <= 'z';
+    const unsigned char *h = (const unsigned char *)hay;
     for (size_t i = 0; i + m <= n; i++) {
-        if (lower(hay[i]) != first) {
+        unsigned char c = h[i];
+        if ((letter ? (unsigned char)(c | 0x20) : c) != first) {
             continue;
         }
         size_t j = 1;

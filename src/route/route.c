@@ -163,6 +163,13 @@ int br_router_create(const struct br_config *cfg, br_route_live *live, br_router
                 goto fail;
             }
         }
+        if (uses_policy(route, BR_ROUTE_POLICY_CASCADE) &&
+            route->cascade.confidence == BR_CASCADE_CONFIDENCE_VERIFIER) {
+            rc = br__route_verifier_load(rt, cfg->path, err, errlen);
+            if (rc != BR_OK) {
+                goto fail;
+            }
+        }
         if (join_live(rt, live) != BR_OK) {
             goto nomem;
         }

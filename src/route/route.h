@@ -186,6 +186,14 @@ int br_router_score_text(const br_router *r, const struct br_route_cfg *route, c
                          size_t len, double *out);
 
 /**
+ * A cascade's learned verifier (confidence: verifier): P(the cheap answer is good) for a
+ * prompt and the answer's text. BR_ERR_NOTFOUND when the route has no verifier. Thread-safe,
+ * allocates nothing.
+ */
+int br_router_verify(const br_router *r, const struct br_route_cfg *route, const char *prompt,
+                     size_t plen, const char *answer, size_t alen, double *p_ok);
+
+/**
  * The route's current threshold: the classifier's (or the cascade's tau when the route has no
  * classifier). NAN when the route has neither.
  */

@@ -89,6 +89,7 @@ void br__live_history_add(struct br__live_route *lr, int64_t ts_ms, double from,
 struct br__route_rt {
     const struct br_route_cfg *cfg;
     br_classifier *clf;                                 /* classifier policy, or NULL */
+    br_classifier *verifier;                            /* cascade confidence verifier, or NULL */
     size_t clf_outputs;                                 /* 1: binary; else N-model */
     size_t clf_map[BR_ROUTE_MAX_MODELS];                /* N-model: output index per candidate */
     struct br__live_route *live;                        /* never NULL */
@@ -156,6 +157,8 @@ double br__route_predict_ms(const struct br__route_ctx *ctx, size_t i);
 int br__route_classifier_load(struct br__route_rt *rt, const char *cfg_path, char *err,
                               size_t errlen);
 void br__route_classifier_free(struct br__route_rt *rt);
+int br__route_verifier_load(struct br__route_rt *rt, const char *cfg_path, char *err,
+                            size_t errlen);
 int br__route_classifier_score(const struct br__route_rt *rt, const char *text, size_t len,
                                double *out);
 

@@ -138,7 +138,16 @@ void br__live_history_add(struct br__live_route *lr, int64_t ts_ms, double from,
     e->ts_ms = ts_ms;
     e->from = from;
     e->to = to;
-    (void)snprintf(e->why, sizeof(e->why), "%s", why); /* a cut reason is fine */
+    /* A reason cut at the buffer (on a character boundary) is fine. */
+    size_t n = strlen(why);
+    if (n >= sizeof(e->why)) {
+        n = sizeof(e->why) - 1;
+        while (n > 0 && ((unsigned char)why[n] & 0xc0) == 0x80) {
+            n--;
+        }
+    }
+    memcpy(e->why, why, n);
+    e->why[n] = '\0';
     lr->n_hist++;
 }
 

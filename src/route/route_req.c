@@ -128,83 +128,103 @@ static bool latex_at(const char *p, const char *end)
     return false;
 }
 
-static bool is_op(char c)
+/* Bytes the scan stops at (scan_stops) and what they may start. */
+enum {
+    SCAN_LINE = 1,  /* '\n' */
+    SCAN_TICK = 2,  /* '`' */
+    SCAN_SLASH = 3, /* '\\' */
+    SCAN_DOLLAR = 4,
+    SCAN_CARET = 5,
+    SCAN_OP = 6, /* + - * / = < > % */
+};
+
+static const unsigned char scan_class[256] = {
+    ['\n'] = SCAN_LINE, ['`'] = SCAN_TICK, ['\\'] = SCAN_SLASH, ['$'] = SCAN_DOLLAR,
+    ['^'] = SCAN_CARET, ['+'] = SCAN_OP,   ['-'] = SCAN_OP,     ['*'] = SCAN_OP,
+    ['/'] = SCAN_OP,    ['='] = SCAN_OP,   ['<'] = SCAN_OP,     ['>'] = SCAN_OP,
+    ['%'] = SCAN_OP,
+};
+
+static const char scan_stops[] = "\n`\\$^+-*/=<>%";
+
+/* An operator at p with a digit before it and one after it (spaces allowed around it). */
+static bool arithmetic_around(const char *t, const char *p, const char *end)
 {
-    return c == '+' || c == '-' || c == '*' || c == '/' || c == '^' || c == '=' || c == '<' ||
-           c == '>' || c == '%';
+    const char *l = p;
+    while (l > t && l[-1] == ' ') {
+        l--;
+    }
+    const char *r = p + 1;
+    while (r < end && *r == ' ') {
+        r++;
+    }
+    return l > t && is_digit(l[-1]) && r < end && is_digit(*r);
 }
 
-/* digit [spaces] operator [spaces] digit, starting at the digit p[0]. */
-static bool arithmetic_at(const char *p, const char *end)
+/* At the start of a line: an indented line, or a line starting with a code keyword. */
+static void line_start(const char *p, const char *end, int *indented, bool *code)
 {
-    const char *q = p + 1;
-    while (q < end && *q == ' ') {
-        q++;
+    static const char *const line_keywords[] = {"def ",    "#include", "import ", "class ",
+                                                "fn ",     "func ",    "public ", "function ",
+                                                "SELECT ", "const ",   "let ",    "var "};
+    if (end - p > 4 &&
+        ((p[0] == '\t' && p[1] > ' ') || (memcmp(p, "    ", 4) == 0 && p[4] > ' '))) {
+        (*indented)++;
     }
-    if (q >= end || !is_op(*q)) {
-        return false;
+    for (size_t k = 0; k < sizeof(line_keywords) / sizeof(line_keywords[0]); k++) {
+        if (at_line_start_word(p, end, line_keywords[k])) {
+            *code = true;
+            return;
+        }
     }
-    q++;
-    while (q < end && *q == ' ') {
-        q++;
-    }
-    return q < end && is_digit(*q);
 }
 
 /*
  * One pass: code (a ``` fence, two indented lines, two lines ending in '{', '}' or ';', or a
  * line starting with a code keyword) and math (LaTeX commands, $$, arithmetic between digits,
- * '^' before a digit or brace).
+ * '^' before a digit or brace). The text must be NUL-terminated (embedded NULs end the scan
+ * early, which only loses signals; the gateway refuses \u0000 in requests).
  */
 static void scan_text(const char *t, size_t n, bool *code_out, bool *math_out)
 {
-    static const char *const line_keywords[] = {"def ",    "#include", "import ", "class ",
-                                                "fn ",     "func ",    "public ", "function ",
-                                                "SELECT ", "const ",   "let ",    "var "};
     const char *end = t + n;
     int indented = 0;
     int brace_lines = 0;
     bool code = false;
     bool math = false;
-    bool line_start = true;
-    for (const char *p = t; p < end; p++) {
-        char c = *p;
-        if (line_start && !code) {
-            if ((c == '\t' || (end - p >= 5 && memcmp(p, "    ", 4) == 0)) && end - p > 4 &&
-                p[c == '\t' ? 1 : 4] > ' ') {
-                indented++;
-            }
-            for (size_t k = 0; k < sizeof(line_keywords) / sizeof(line_keywords[0]); k++) {
-                if (at_line_start_word(p, end, line_keywords[k])) {
-                    code = true;
-                    break;
-                }
-            }
+    if (n > 0) {
+        line_start(t, end, &indented, &code);
+    }
+    for (const char *p = t; p < end && !(code && math); p++) {
+        /* strcspn compares 16 bytes at a time (SSE4.2 in glibc); the text ends with a NUL. */
+        p += strcspn(p, scan_stops);
+        if (p >= end) {
+            break;
         }
-        line_start = false;
-        switch (c) {
-        case '\n':
-            line_start = true;
+        unsigned char cls = scan_class[(unsigned char)*p];
+        switch (cls) {
+        case SCAN_LINE:
             if (p > t && (p[-1] == '{' || p[-1] == '}' || p[-1] == ';')) {
                 brace_lines++;
             }
+            if (!code) {
+                line_start(p + 1, end, &indented, &code);
+            }
             break;
-        case '`':
+        case SCAN_TICK:
             code |= end - p >= 3 && p[1] == '`' && p[2] == '`';
             break;
-        case '\\':
+        case SCAN_SLASH:
             math |= latex_at(p + 1, end);
             break;
-        case '$':
+        case SCAN_DOLLAR:
             math |= p + 1 < end && p[1] == '$';
             break;
-        case '^':
+        case SCAN_CARET:
             math |= p + 1 < end && (is_digit(p[1]) || p[1] == '{');
             break;
         default:
-            if (is_digit(c) && !math) {
-                math = arithmetic_at(p, end);
-            }
+            math |= arithmetic_around(t, p, end);
             break;
         }
     }
@@ -223,15 +243,112 @@ struct text_buf {
     size_t cap;
 };
 
-/* Appends a JSON string value's decoded text. */
+static int hex4(const char *p, unsigned *out)
+{
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        unsigned d;
+        if (c >= '0' && c <= '9') {
+            d = (unsigned)(c - '0');
+        } else if (c >= 'a' && c <= 'f') {
+            d = (unsigned)(c - 'a' + 10);
+        } else if (c >= 'A' && c <= 'F') {
+            d = (unsigned)(c - 'A' + 10);
+        } else {
+            return BR_ERR_PARSE;
+        }
+        v = v * 16 + d;
+    }
+    *out = v;
+    return BR_OK;
+}
+
+/* One escape at p (after the backslash; n bytes left) into out; returns bytes consumed or 0. */
+static size_t unescape(const char *p, size_t n, char *out, size_t *out_len)
+{
+    static const char simple_in[] = "\"\\/bfnrt";
+    static const char simple_out[] = "\"\\/\b\f\n\r\t";
+    const char *k = n ? memchr(simple_in, p[0], sizeof(simple_in) - 1) : NULL;
+    if (k) {
+        out[0] = simple_out[k - simple_in];
+        *out_len = 1;
+        return 1;
+    }
+    unsigned cp;
+    if (n < 5 || p[0] != 'u' || hex4(p + 1, &cp) != BR_OK) {
+        return 0;
+    }
+    size_t used = 5;
+    if (cp >= 0xd800 && cp < 0xdc00) {
+        unsigned lo;
+        if (n < 11 || p[5] != '\\' || p[6] != 'u' || hex4(p + 7, &lo) != BR_OK || lo < 0xdc00 ||
+            lo > 0xdfff) {
+            return 0;
+        }
+        cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+        used = 11;
+    } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+        return 0;
+    }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        *out_len = 1;
+    } else if (cp < 0x800) {
+        out[0] = (char)(0xc0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        *out_len = 2;
+    } else if (cp < 0x10000) {
+        out[0] = (char)(0xe0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[2] = (char)(0x80 | (cp & 0x3f));
+        *out_len = 3;
+    } else {
+        out[0] = (char)(0xf0 | (cp >> 18));
+        out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        out[3] = (char)(0x80 | (cp & 0x3f));
+        *out_len = 4;
+    }
+    return used;
+}
+
+/*
+ * Appends a JSON string value's decoded text: runs between escapes are copied whole (a
+ * byte-at-a-time decoder costs several nanoseconds per byte, most of a decision's budget).
+ * The value is the exact text of a string (quotes included) from validated JSON.
+ */
 static int append_string(struct text_buf *b, struct br_slice v)
 {
-    size_t len = 0;
-    int rc = br_json_string_decode(v, b->p + b->len, b->cap - b->len, &len);
-    if (rc != BR_OK) {
-        return rc;
+    if (v.len < 2 || v.ptr[0] != '"' || v.ptr[v.len - 1] != '"') {
+        return BR_ERR_PARSE;
     }
-    b->len += len;
+    const char *p = v.ptr + 1;
+    const char *end = v.ptr + v.len - 1;
+    while (p < end) {
+        const char *q = memchr(p, '\\', (size_t)(end - p));
+        size_t run = (size_t)((q ? q : end) - p);
+        if (run >= b->cap - b->len) {
+            return BR_ERR_LIMIT;
+        }
+        memcpy(b->p + b->len, p, run);
+        b->len += run;
+        if (!q) {
+            break;
+        }
+        char dec[4];
+        size_t dec_len = 0;
+        size_t used = unescape(q + 1, (size_t)(end - q - 1), dec, &dec_len);
+        if (used == 0) {
+            return BR_ERR_PARSE;
+        }
+        if (dec_len >= b->cap - b->len) {
+            return BR_ERR_LIMIT;
+        }
+        memcpy(b->p + b->len, dec, dec_len);
+        b->len += dec_len;
+        p = q + 1 + used;
+    }
     return BR_OK;
 }
 
@@ -279,11 +396,37 @@ static int append_content(struct text_buf *b, struct br_slice content, struct br
     return rc == BR_ERR_NOTFOUND ? BR_OK : rc;
 }
 
-static bool role_is(struct br_slice msg, const char *role)
+static bool is_user(struct br_slice role)
 {
-    struct br_slice r = br_json_obj_get(msg, "role");
-    return r.ptr && br_json_type_of(r) == BR_JSON_STRING && r.len >= 2 &&
-           br_json_key_eq(br_slice_make(r.ptr + 1, r.len - 2), role);
+    if (role.len == 6 && memcmp(role.ptr, "\"user\"", 6) == 0) {
+        return true;
+    }
+    return role.len > 2 && role.ptr[0] == '"' && memchr(role.ptr, '\\', role.len) &&
+           br_json_key_eq(br_slice_make(role.ptr + 1, role.len - 2), "user");
+}
+
+/* A message's role and content values in one pass (the last of duplicates, as decoders do;
+ * the gateway refuses duplicates anyway). BR_ERR_PARSE when m is not an object. */
+static int message_fields(struct br_slice m, struct br_slice *role, struct br_slice *content)
+{
+    struct br_json_iter it;
+    struct br_json_member mb;
+    int rc = br_json_obj_iter_init(&it, m);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &mb)) == BR_OK) {
+        if (mb.key.len == 4 && memcmp(mb.key.ptr, "role", 4) == 0) {
+            *role = mb.value;
+        } else if (mb.key.len == 7 && memcmp(mb.key.ptr, "content", 7) == 0) {
+            *content = mb.value;
+        } else if (memchr(mb.key.ptr, '\\', mb.key.len)) {
+            /* An escaped key ("\u0072ole") is still the same name. */
+            if (br_json_key_eq(mb.key, "role")) {
+                *role = mb.value;
+            } else if (br_json_key_eq(mb.key, "content")) {
+                *content = mb.value;
+            }
+        }
+    }
+    return rc == BR_ERR_NOTFOUND ? BR_OK : BR_ERR_PARSE;
 }
 
 static int read_messages(br_arena *a, struct br_slice msgs, struct br_route_req *out)
@@ -302,7 +445,9 @@ static int read_messages(br_arena *a, struct br_slice msgs, struct br_route_req 
     struct br_slice m;
     int rc = br_json_arr_iter_init(&it, msgs);
     while (rc == BR_OK && (rc = br_json_arr_iter_next(&it, &m)) == BR_OK) {
-        if (br_json_type_of(m) != BR_JSON_OBJECT) {
+        struct br_slice role = {0};
+        struct br_slice content = {0};
+        if (message_fields(m, &role, &content) != BR_OK) {
             continue;
         }
         if (out->n_messages > 0 && b.len < b.cap - 1) {
@@ -310,14 +455,13 @@ static int read_messages(br_arena *a, struct br_slice msgs, struct br_route_req 
         }
         out->n_messages++;
         size_t start = b.len;
-        struct br_slice content = br_json_obj_get(m, "content");
         if (content.ptr) {
             rc = append_content(&b, content, out);
             if (rc != BR_OK) {
                 break;
             }
         }
-        if (role_is(m, "user")) {
+        if (is_user(role)) {
             out->n_turns++;
             last_start = start;
             last_end = b.len;

@@ -137,6 +137,7 @@ static void test_full_route(void **state)
     assert_false(k->cascade.request_logprobs);
     assert_int_equal(k->cascade.verify_max_tokens, 3);
     assert_int_equal(k->default_index, 2); /* the last model */
+    assert_true(fabs(k->cascade.threshold - 0.7) < 1e-12);
     assert_null(br_config_route_find(c, "small", 5));
     br_config_unref(c);
 }
@@ -270,7 +271,7 @@ static void test_errors(void **state)
                "    models: [small, large]\n"
                "    policy: cascade\n"
                "    cascade: {confidence: vibes}\n",
-               9, "logprobs or self_verify");
+               9, "self_verify or verifier");
     expect_err("  - name: r\n"
                "    models: [small, large]\n"
                "    policy: cascade\n"
@@ -281,6 +282,16 @@ static void test_errors(void **state)
                "    policy: cascade\n"
                "    cascade: {confidence: self_verify, threshold: -0.5}\n",
                9, "P(yes)");
+    expect_err("  - name: r\n"
+               "    models: [small, large]\n"
+               "    policy: cascade\n"
+               "    cascade: {confidence: verifier}\n",
+               9, "needs verifier_model");
+    expect_err("  - name: r\n"
+               "    models: [small, large]\n"
+               "    policy: cascade\n"
+               "    cascade: {verifier_model: v.brr}\n",
+               9, "only used with confidence: verifier");
     expect_err("  - name: r\n"
                "    models: [small, large]\n"
                "    policy: cascade\n"
