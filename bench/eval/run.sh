@@ -42,13 +42,17 @@ fi
 sets=(
     "mmlu|$repo/data/routellm/mmlu|"
     "gsm8k|$repo/data/routellm/gsm8k/gsm8k_responses.csv|"
-    "arc|$repo/data/routerbench/arc_challenge_train.csv|--strong gpt-4-1106-preview --weak mistralai/mixtral-8x7b-chat"
-    "mbpp|$repo/data/routerbench/mbpp_train.csv|--strong gpt-4-1106-preview --weak mistralai/mixtral-8x7b-chat"
+    "arc|$repo/../shared/data/routing/routerbench/arc_challenge_train.csv|--strong gpt-4-1106-preview --weak mistralai/mixtral-8x7b-chat"
+    "mbpp|$repo/../shared/data/routing/routerbench/mbpp_train.csv|--strong gpt-4-1106-preview --weak mistralai/mixtral-8x7b-chat"
 )
 
 echo "brigade eval timing: $brigade, routers $routers, $runs runs each"
 for s in "${sets[@]}"; do
     IFS='|' read -r name data extra <<<"$s"
+    if [ ! -e "$data" ]; then
+        echo "$name: skipped ($data is not here: RouterBench is read from ../shared, not copied)"
+        continue
+    fi
     # shellcheck disable=SC2206
     args=(eval "$data" --router "$routers" --quiet $extra)
     "$brigade" "${args[@]}" >/dev/null # warm the page cache; fails loudly on a bad set

@@ -20,8 +20,9 @@
 #include "eval/eval_int.h"
 #include "upstream/provider.h"
 
-#define FIX(name)  BR_SOURCE_DIR "/tests/data/eval/" name
-#define DATA(name) BR_SOURCE_DIR "/data/" name
+#define FIX(name)    BR_SOURCE_DIR "/tests/data/eval/" name
+#define DATA(name)   BR_SOURCE_DIR "/data/" name
+#define SHARED(name) BR_SOURCE_DIR "/../shared/data/routing/" name
 
 static struct br_dataset *load_ok(const char *path, const char *contaminated)
 {
@@ -466,10 +467,15 @@ static void test_real_routerbench(void **state)
         size_t n;
         const char *group;
     } sets[] = {
-        {DATA("routerbench/arc_challenge_train.csv"), 1039, "arc-challenge"},
-        {DATA("routerbench/winograde_train.csv"), 887, "winogrande"},
-        {DATA("routerbench/mbpp_train.csv"), 299, "mbpp"},
+        {SHARED("routerbench/arc_challenge_train.csv"), 1039, "arc-challenge"},
+        {SHARED("routerbench/winograde_train.csv"), 887, "winogrande"},
+        {SHARED("routerbench/mbpp_train.csv"), 299, "mbpp"},
     };
+    /* RouterBench declares no licence, so it is not copied into the repository: read the
+     * team's shared copy when it is there, skip otherwise. */
+    if (access(sets[0].file, R_OK) != 0) {
+        skip();
+    }
     for (size_t k = 0; k < 3; k++) {
         struct br_dataset *ds = load_ok(sets[k].file, NULL);
         assert_int_equal(ds->format, BR_DATASET_FORMAT_ROUTERBENCH);
