@@ -27,7 +27,7 @@ static const char *const label_names[] = {"soft", "gain", "weak-wrong", "diff"};
 
 void br_train_opts_default(struct br_train_opts *out)
 {
-    static const double grid[] = {0.01, 0.03, 0.1, 0.3, 1.0};
+    static const double grid[] = {0.01, 0.03, 0.1, 0.3, 1.0, 3.0};
     memset(out, 0, sizeof(*out));
     out->kind = BR_TRAIN_BINARY;
     out->label = BR_TRAIN_LABEL_SOFT;
