@@ -17,6 +17,7 @@ conns=64
 soak=
 keep_tmp=0
 c1_same_cpu=0
+route=
 
 usage() {
     cat <<EOF
@@ -30,6 +31,9 @@ usage: bench/overhead/run.sh [--brigade PATH] [--duration 10s] [--reps 3] [--qui
   --c1-same-cpu    run the 1-connection latency runs with the gateway moved to wrk's CPU
                    (no cross-CPU wake-ups: isolates per-request processing cost)
   --keep-tmp       keep the temporary directory (configs, logs) after the run
+  --route R        send brigade's requests to a route ("model": "auto-plain"/"auto-sse") over
+                   two models of the same upstream instead of a model: R is "rules" (a rules
+                   route) or a classifier model file (a classifier route, from brigade train)
 EOF
 }
 
@@ -42,6 +46,7 @@ while [ $# -gt 0 ]; do
     --soak) soak=$2; shift 2 ;;
     --keep-tmp) keep_tmp=1; shift ;;
     --c1-same-cpu) c1_same_cpu=1; shift ;;
+    --route) route=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -265,6 +270,39 @@ models:
     base_url: http://127.0.0.1:$up_port/sse/v1
     price: {input: 0.15, output: 0.60}
 EOF
+if [ -n "$route" ]; then
+    # A route per mode over a cheap and a strong model of the same upstream: the routing
+    # decision is the only difference from the plain model runs.
+    if [ "$route" = rules ]; then
+        policy="policy: [rules, direct]
+    rules:
+      - {if: {keywords: [prove, derive, step by step]}, then: strong}
+      - {if: {regex: '[0-9]+ *% '}, then: strong}
+      - {if: {code: true}, then: strong}
+      - {then: weak}"
+    else
+        [ -f "$route" ] || die "--route: no such model file: $route"
+        policy="policy: classifier
+    classifier: {model: $(cd "$(dirname "$route")" && pwd)/$(basename "$route"), threshold: 0.5}"
+    fi
+    cat >>"$tmp/brigade.yaml" <<EOF
+  - name: bench-plain-cheap
+    provider: openai
+    base_url: http://127.0.0.1:$up_port/plain/v1
+    price: {input: 0.01, output: 0.02}
+  - name: bench-sse-cheap
+    provider: openai
+    base_url: http://127.0.0.1:$up_port/sse/v1
+    price: {input: 0.01, output: 0.02}
+routes:
+  - name: auto-plain
+    models: [bench-plain-cheap, bench-plain]
+    $policy
+  - name: auto-sse
+    models: [bench-sse-cheap, bench-sse]
+    $policy
+EOF
+fi
 
 start_nginx() { # $1 = name, rest = pinning command
     local name=$1
@@ -323,6 +361,11 @@ model[hop.plain]=gpt-4o-mini
 model[hop.sse]=gpt-4o-mini
 model[brigade.plain]=bench-plain
 model[brigade.sse]=bench-sse
+if [ -n "$route" ]; then
+    model[brigade.plain]=auto-plain
+    model[brigade.sse]=auto-sse
+    note "brigade requests go to routes auto-plain / auto-sse ($route)"
+fi
 
 # The request body chat.lua sends, for the curl checks.
 request_body() { # $1 = model, $2 = 1 for stream

@@ -17,6 +17,14 @@
 
 #include "br_test.h"
 #include "common.h"
+#include "core/arena.h"
+#include "core/err.h"
+#include "route/route.h"
+#ifdef BR_ROUTE_HAVE_CLASSIFIER
+#include <csv.h>
+
+#include "route/classifier.h"
+#endif
 
 #define MASTER "sk-brigade-master-it-77"
 
@@ -329,6 +337,160 @@ static void test_metrics_and_admin(void **state)
     json_decref(j);
     http_resp_free(&r);
 }
+
+#ifdef BR_ROUTE_HAVE_CLASSIFIER
+/* The first n prompts of the GSM8K file (the replay models answer exactly these). */
+struct prompts {
+    char **p;
+    size_t n;
+    size_t max;
+    long field;
+    bool header;
+};
+
+static void on_field(void *s, size_t len, void *user)
+{
+    struct prompts *ps = user;
+    if (!ps->header && ps->field == 0 && ps->n < ps->max) {
+        ps->p[ps->n] = strndup(s, len);
+        ps->n++;
+    }
+    ps->field++;
+}
+
+static void on_row(int c, void *user)
+{
+    (void)c;
+    struct prompts *ps = user;
+    ps->header = false;
+    ps->field = 0;
+}
+
+static void read_gsm8k(struct prompts *ps)
+{
+    FILE *f = fopen(BR_SOURCE_DIR "/data/routellm/gsm8k/gsm8k_responses.csv", "rb");
+    assert_non_null(f);
+    struct csv_parser p;
+    csv_init(&p, CSV_APPEND_NULL);
+    ps->header = true;
+    char buf[65536];
+    size_t k;
+    while (ps->n < ps->max && (k = fread(buf, 1, sizeof(buf), f)) > 0) {
+        csv_parse(&p, buf, k, on_field, on_row, ps);
+    }
+    csv_free(&p);
+    fclose(f);
+}
+
+/* A binary router model with random weights (the shipped one may not exist in a checkout). */
+static void write_router_model(const char *path)
+{
+    struct br_classifier_spec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.kind = BR_CLASSIFIER_BINARY;
+    spec.combine = BR_CLASSIFIER_COMBINE_NONE;
+    br_features_config_default(&spec.features);
+    spec.features.hash_bits = 12;
+    spec.n_sets = 1;
+    spec.sets[0].name = "strong";
+    spec.sets[0].cost_usd = NAN;
+    spec.sets[0].quality = NAN;
+    spec.threshold = NAN;
+    size_t dim = br_classifier_dim(spec.kind, &spec.features);
+    float *w = malloc(dim * sizeof(*w));
+    srand(11);
+    for (size_t i = 0; i < dim; i++) {
+        w[i] = (float)((double)rand() / RAND_MAX - 0.5) * 4.0f;
+    }
+    spec.weights = w;
+    char err[256];
+    if (br_classifier_save(&spec, path, err, sizeof(err)) != BR_OK) {
+        fail_msg("model: %s", err);
+    }
+    free(w);
+}
+
+static const char classifier_config[] =
+    "server: {workers: 1, timeouts: {drain: 5s}}\n"
+    "models:\n" REPLAY("mixtral-8x7b-instruct", "mistralai/Mixtral-8x7B-Instruct-v0.1_response",
+                       "0.6", "0.6", "[json_mode]")
+        REPLAY("gpt-4-1106-preview", "gpt-4-1106-preview_response", "10", "30",
+               "[tools, json_mode, vision]") "routes:\n"
+                                             "  - name: auto\n"
+                                             "    models: [mixtral-8x7b-instruct, "
+                                             "gpt-4-1106-preview]\n"
+                                             "    policy: classifier\n"
+                                             "    classifier: {model: {DIR}/router.brr, "
+                                             "threshold: 0.5}\n";
+
+static void test_auto_classifier_matches_policy(void **state)
+{
+    (void)state;
+    struct env e;
+    env_start_mock(&e, NULL);
+    char model[300];
+    (void)snprintf(model, sizeof(model), "%s/router.brr", e.dir);
+    write_router_model(model);
+    env_start_gateway(&e, classifier_config);
+    /* The policy's own prediction, from the same config file, in this process. */
+    struct br_config *cfg = NULL;
+    char err[512];
+    assert_int_equal(br_config_load_file(e.config_path, &cfg, err, sizeof(err)), BR_OK);
+    br_router *router = NULL;
+    assert_int_equal(br_router_create(cfg, NULL, &router, err, sizeof(err)), BR_OK);
+    br_arena *a = NULL;
+    assert_int_equal(br_arena_create(0, &a), BR_OK);
+    struct br_rng rng;
+    br_rng_seed(&rng, 1);
+    struct prompts ps = {.max = 40};
+    ps.p = calloc(ps.max, sizeof(*ps.p));
+    read_gsm8k(&ps);
+    assert_int_equal(ps.n, 40);
+    int strong = 0;
+    for (size_t i = 0; i < ps.n; i++) {
+        char *b = chat_body("auto", ps.p[i], false, NULL);
+        struct br_route_req rq;
+        struct br_route_error re;
+        struct br_plan plan;
+        br_arena_reset(a);
+        assert_int_equal(br_route_req_parse(a, br_slice_from_cstr(b), &rq, err, sizeof(err)),
+                         BR_OK);
+        assert_int_equal(br_route_plan(router, &cfg->routes[0], &rq, &rng, &plan, &re), BR_OK);
+        struct http_resp r;
+        http_request(&e, "POST", "/v1/chat/completions", NULL, b, &r);
+        free(b);
+        if (r.status != 200) {
+            fail_msg("prompt %zu: %ld %s", i, r.status, r.body);
+        }
+        expect_header(&r, "x-brigade-model", plan.steps[0].model->name);
+        char score[64];
+        (void)snprintf(score, sizeof(score), "policy=classifier; model=%s; score=%.3f",
+                       plan.steps[0].model->name, plan.score);
+        expect_header(&r, "x-brigade-route", score);
+        strong += plan.chosen == 1;
+        /* The real recorded answer of the model the policy chose. */
+        json_t *j = parse_json(r.body);
+        const char *m = json_string_value(json_object_get(j, "model"));
+        assert_non_null(strstr(m, plan.chosen == 1 ? "gpt-4" : "mixtral"));
+        json_decref(j);
+        http_resp_free(&r);
+        free(ps.p[i]);
+    }
+    free(ps.p);
+    /* Both models were chosen: the test says something about the threshold. */
+    assert_true(strong > 0 && strong < 40);
+    br_arena_destroy(a);
+    br_router_destroy(router);
+    br_config_unref(cfg);
+    env_stop(&e);
+}
+#else
+static void test_auto_classifier_matches_policy(void **state)
+{
+    (void)state;
+    skip(); /* this build has no classifier */
+}
+#endif
 
 /* ------------------------------------------------------------------ M2: cascades */
 
@@ -757,6 +919,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_auto_reaches_predicted_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_models_list_routes, setup, teardown),
+        cmocka_unit_test(test_auto_classifier_matches_policy),
         cmocka_unit_test_setup_teardown(test_hints, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics_and_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascade_accepts_confident_answer, setup, teardown),
