@@ -343,16 +343,26 @@ static char *route_header(struct chat *c)
 {
     br_arena *a = c->req->arena;
     const struct br_plan *p = &c->plan;
+    /* Numbers without printf (it costs more than a routing decision). */
     char nums[160] = "";
     size_t k = 0;
-    if (!isnan(p->score)) {
-        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; score=%.3f", p->score);
-    }
-    if (!isnan(p->threshold) && k < sizeof(nums)) {
-        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; threshold=%.3f", p->threshold);
-    }
-    if (c->chain[0] && k < sizeof(nums)) {
-        k += (size_t)snprintf(nums + k, sizeof(nums) - k, "; confidence=%.3f", c->confidence);
+    const struct {
+        const char *name;
+        double v;
+        bool show;
+    } fields[] = {
+        {"; score=", p->score, !isnan(p->score)},
+        {"; threshold=", p->threshold, !isnan(p->threshold)},
+        {"; confidence=", c->confidence, c->chain[0] != '\0'},
+    };
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (!fields[i].show) {
+            continue;
+        }
+        size_t n = strlen(fields[i].name);
+        memcpy(nums + k, fields[i].name, n);
+        k += n;
+        k += br_route_fmt3(fields[i].v, nums + k);
     }
     char *v =
         br_arena_sprintf(a, "%s; policy=%s; model=%s%s%s%s", p->route, p->policy, c->rm->cfg->name,

@@ -180,8 +180,23 @@ static int classifier_decide(const struct br__route_ctx *ctx, struct br__route_c
     out->score = s;
     out->threshold = t;
     out->decision = strong ? "strong" : "weak";
-    (void)snprintf(out->reason, out->reason_len, "classifier: score %.3f %s threshold %.3f: %s", s,
-                   strong ? ">=" : "<", t, strong ? "strong model" : "cheap model");
+    /* Built without printf: formatting doubles costs more than the rest of the decision. */
+    char ss[BR_ROUTE_FMT3_LEN];
+    char ts[BR_ROUTE_FMT3_LEN];
+    br_route_fmt3(s, ss);
+    br_route_fmt3(t, ts);
+    const char *parts[] = {"classifier: score ", ss, strong ? " >= threshold " : " < threshold ",
+                           ts, strong ? ": strong model" : ": cheap model"};
+    size_t k = 0;
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        size_t n = strlen(parts[i]);
+        if (k + n >= out->reason_len) {
+            break;
+        }
+        memcpy(out->reason + k, parts[i], n);
+        k += n;
+    }
+    out->reason[k] = '\0';
     return BR_OK;
 }
 

@@ -28,6 +28,38 @@ static const struct br_route_policy_ops *const policy_table[] = {
     [BR_ROUTE_POLICY_RANDOM] = &br__policy_random,
 };
 
+size_t br_route_fmt3(double v, char out[BR_ROUTE_FMT3_LEN])
+{
+    size_t n = 0;
+    if (isnan(v)) {
+        memcpy(out, "nan", 4);
+        return 3;
+    }
+    if (v < 0) {
+        out[n++] = '-';
+        v = -v;
+    }
+    if (!(v < 1e15)) {
+        memcpy(out + n, "inf", 4);
+        return n + 3;
+    }
+    uint64_t milli = (uint64_t)(v * 1000.0 + 0.5);
+    if (milli == 0 && n == 1) {
+        n = 0; /* no "-0.000" */
+    }
+    char digits[BR_FMT_I64_LEN];
+    size_t k = br_fmt_i64((long long)(milli / 1000), digits);
+    memcpy(out + n, digits, k);
+    n += k;
+    unsigned frac = (unsigned)(milli % 1000);
+    out[n++] = '.';
+    out[n++] = (char)('0' + frac / 100);
+    out[n++] = (char)('0' + frac / 10 % 10);
+    out[n++] = (char)('0' + frac % 10);
+    out[n] = '\0';
+    return n;
+}
+
 /* ---------------------------------------------------------------- direct */
 
 int br_route_plan_direct(const struct br_config *cfg, const char *model, size_t n,

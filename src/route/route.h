@@ -121,6 +121,16 @@ int br_route_req_parse(br_arena *a, struct br_slice body, struct br_route_req *o
 int br_route_hint_set(struct br_route_hints *h, enum br_route_hint_kind k, struct br_slice value,
                       char *err, size_t errlen);
 
+/** Longest text br_route_fmt3 writes, NUL included. */
+#define BR_ROUTE_FMT3_LEN 32
+
+/**
+ * Writes v with three decimals ("0.731", "-2.500", "1200.000"; "nan", "inf") without printf,
+ * which costs more than a whole rules decision. |v| >= 1e15 is written as "inf". Returns the
+ * length.
+ */
+size_t br_route_fmt3(double v, char out[BR_ROUTE_FMT3_LEN]);
+
 /* ---- routers ---- */
 
 typedef struct br_router br_router;
