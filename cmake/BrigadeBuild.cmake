@@ -83,6 +83,7 @@ function(br_add_fuzz_target target)
   endif()
   target_include_directories(fuzz_${target} PRIVATE ${PROJECT_SOURCE_DIR}/src)
   target_compile_definitions(fuzz_${target} PRIVATE _POSIX_C_SOURCE=200809L)
-  target_compile_options(fuzz_${target} PRIVATE ${BR_WARNINGS} -Wno-missing-prototypes)
+  # assert() is the fuzz oracle: keep it in every build type, Release included.
+  target_compile_options(fuzz_${target} PRIVATE ${BR_WARNINGS} -Wno-missing-prototypes -UNDEBUG)
   target_link_libraries(fuzz_${target} PRIVATE ${A_DEPS})
 endfunction()

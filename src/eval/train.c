@@ -832,7 +832,7 @@ static int choose_c(const struct matrix *mx, const struct br_train_data *d, cons
     for (size_t s = 0; s < (per_set ? n_sets : 1); s++) {
         double best = -INFINITY, best_c = o->c_grid[0];
         for (size_t g = 0; g < o->n_c_grid; g++) {
-            double v;
+            double v = -INFINITY;
             rc = inner_score(mx, d, rows, n, fold_of, k, o, per_set ? s : SIZE_MAX, o->c_grid[g],
                              &v);
             if (rc != BR_OK) {

@@ -516,6 +516,7 @@ static void test_progress(void **state)
     br_dataset_free(NULL);
 }
 
+#ifndef NDEBUG
 /* Fails every allocation of a load once: each run ends in success or BR_ERR_NOMEM, and the
  * heap is back where it was. */
 static void torture_load(const char *path, const char *contaminated)
@@ -544,6 +545,7 @@ static void torture_load(const char *path, const char *contaminated)
         assert_int_equal(br_alloc_live_bytes(), live);
     }
 }
+#endif
 
 static void test_allocation_failures(void **state)
 {
