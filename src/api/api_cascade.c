@@ -285,7 +285,7 @@ int br__answer_to_chunks(struct br_slice answer, bool with_usage, const struct b
                       "chat.completion.chunk", "created", created, "model", model, "choices",
                       "usage", "prompt_tokens", (json_int_t)u->prompt_tokens, "completion_tokens",
                       (json_int_t)u->completion_tokens, "total_tokens",
-                      (json_int_t)(u->prompt_tokens + u->completion_tokens));
+                      (json_int_t)u->prompt_tokens + (json_int_t)u->completion_tokens);
         rc = emit_json(chunk, emit, user);
     }
     json_decref(doc);

@@ -212,69 +212,90 @@ static void log_bodies(struct chat *c, int status)
     }
 }
 
-/* Records the request-log row and the metrics. Call before the http request is finished. */
-static void account(struct chat *c, int status, const struct br_provider_result *res,
-                    const char *error_kind)
+/* Durations of a finished request, in microseconds. */
+struct timing {
+    int64_t latency_us;  /* arrival to now */
+    int64_t upstream_us; /* first call to the end of the last; -1 without a call */
+    int64_t overhead_us; /* latency_us - upstream_us, at least 0 */
+};
+
+static struct timing timing_at(const struct chat *c, uint64_t now)
+{
+    struct timing t;
+    t.latency_us = us_between(c->req->t_start_ns, now);
+    t.upstream_us =
+        c->t_first_call ? us_between(c->t_first_call, c->t_call_end ? c->t_call_end : now) : -1;
+    t.overhead_us = t.upstream_us >= 0 ? t.latency_us - t.upstream_us : t.latency_us;
+    if (t.overhead_us < 0) {
+        t.overhead_us = 0;
+    }
+    return t;
+}
+
+/* The decision's reason, with the cascade's detail appended when there is one (in the request
+ * arena; the bare reason if that allocation fails). */
+static const char *log_reason(const struct chat *c)
+{
+    if (!c->detail[0]) {
+        return c->plan.reason;
+    }
+    const char *r = br_arena_sprintf(c->req->arena, "%s; %s", c->plan.reason, c->detail);
+    return r ? r : c->plan.reason;
+}
+
+/* Writes the request-log row (and the bodies when they are logged). decided: a route made a
+ * decision (plan steps), whose policy, decision and reason the row records. */
+static void log_request(struct chat *c, int status, const struct br_provider_result *res,
+                        const char *error_kind, const struct timing *t, bool decided)
+{
+    struct br_gateway *g = c->w->g;
+    const struct br_model_cfg *mc = c->rm ? c->rm->cfg : NULL;
+    struct br_log_row row = {
+        .id = c->req->id,
+        .ts_ms = br_clock_wall_ms() - t->latency_us / 1000,
+        .key_id = c->key_id,
+        .model = mc ? mc->name : c->model_requested,
+        .provider = mc ? mc->provider : NULL,
+        .route = c->plan.route,
+        .endpoint = "/v1/chat/completions",
+        .status = status,
+        .stream = c->stream,
+        .prompt_tokens = c->usage.prompt_tokens,
+        .completion_tokens = c->usage.completion_tokens,
+        .cached_tokens = c->usage.cached_tokens,
+        .reasoning_tokens = c->usage.reasoning_tokens,
+        .usage_estimated = c->usage_estimated,
+        .cost_nano_usd = c->cost_nano,
+        .latency_us = t->latency_us,
+        .ttft_us = us_between(c->req->t_start_ns, c->t_first_token),
+        .upstream_latency_us = t->upstream_us,
+        .overhead_us = t->overhead_us,
+        .error_kind = error_kind,
+        .upstream_model = res ? res->upstream_model : NULL,
+        .score = c->plan.score,
+        .threshold = c->plan.threshold,
+        .cascade = c->chain[0] ? c->chain : NULL,
+        .confidence = c->confidence,
+    };
+    if (decided) {
+        row.policy = c->plan.policy;
+        row.decision = c->plan.decision;
+        row.reason = log_reason(c);
+    }
+    if (br_store_log(g->store, &row) != BR_OK) {
+        br_metrics_add(g->metrics, c->w->index, g->m.log_dropped, NULL, 1);
+    }
+    log_bodies(c, status);
+}
+
+/* The request's metrics: its count by model and status, then (for a catalogue model) the
+ * latency histograms. */
+static void observe_request(struct chat *c, int status, const struct br_provider_result *res,
+                            const struct timing *t)
 {
     struct br_worker *w = c->w;
     struct br_gateway *g = w->g;
-    uint64_t now = br_clock_now_ns();
     const struct br_model_cfg *mc = c->rm ? c->rm->cfg : NULL;
-    int64_t latency_us = us_between(c->req->t_start_ns, now);
-    int64_t upstream_us =
-        c->t_first_call ? us_between(c->t_first_call, c->t_call_end ? c->t_call_end : now) : -1;
-    int64_t overhead_us = upstream_us >= 0 ? latency_us - upstream_us : latency_us;
-    if (overhead_us < 0) {
-        overhead_us = 0;
-    }
-    const char *model = mc ? mc->name : c->model_requested;
-    bool routed = c->plan.route != NULL;
-    char *reason = (char *)c->plan.reason;
-    if (routed && c->detail[0]) {
-        reason = br_arena_sprintf(c->req->arena, "%s; %s", c->plan.reason, c->detail);
-        reason = reason ? reason : (char *)c->plan.reason;
-    }
-
-    if (g->store) {
-        struct br_log_row row = {
-            .id = c->req->id,
-            .ts_ms = br_clock_wall_ms() - latency_us / 1000,
-            .key_id = c->key_id,
-            .model = model,
-            .provider = mc ? mc->provider : NULL,
-            .route = c->plan.route,
-            .endpoint = "/v1/chat/completions",
-            .status = status,
-            .stream = c->stream,
-            .prompt_tokens = c->usage.prompt_tokens,
-            .completion_tokens = c->usage.completion_tokens,
-            .cached_tokens = c->usage.cached_tokens,
-            .reasoning_tokens = c->usage.reasoning_tokens,
-            .usage_estimated = c->usage_estimated,
-            .cost_nano_usd = c->cost_nano,
-            .latency_us = latency_us,
-            .ttft_us = us_between(c->req->t_start_ns, c->t_first_token),
-            .upstream_latency_us = upstream_us,
-            .overhead_us = overhead_us,
-            .error_kind = error_kind,
-            .upstream_model = res ? res->upstream_model : NULL,
-            .policy = routed && c->plan.n_steps ? c->plan.policy : NULL,
-            .decision = routed && c->plan.n_steps ? c->plan.decision : NULL,
-            .score = c->plan.score,
-            .threshold = c->plan.threshold,
-            .reason = routed && c->plan.n_steps ? reason : NULL,
-            .cascade = c->chain[0] ? c->chain : NULL,
-            .confidence = c->confidence,
-        };
-        if (br_store_log(g->store, &row) != BR_OK) {
-            br_metrics_add(g->metrics, w->index, g->m.log_dropped, NULL, 1);
-        }
-        log_bodies(c, status);
-    }
-    if (routed && c->plan.n_steps) {
-        br_router_observe_cost(c->rt->router, c->plan.route_cfg, c->cost_nano);
-    }
-
     char st[BR_FMT_I64_LEN];
     status_str(status, st);
     /* Label values come from the catalogue only: a client-chosen model name would let anyone
@@ -285,8 +306,8 @@ static void account(struct chat *c, int status, const struct br_provider_result 
         return;
     }
     const char *lbl_m[] = {mc->name};
-    br_metrics_observe(g->metrics, w->index, g->m.duration, lbl_m, (double)latency_us / 1e6);
-    br_metrics_observe(g->metrics, w->index, g->m.overhead, NULL, (double)overhead_us / 1e6);
+    br_metrics_observe(g->metrics, w->index, g->m.duration, lbl_m, (double)t->latency_us / 1e6);
+    br_metrics_observe(g->metrics, w->index, g->m.overhead, NULL, (double)t->overhead_us / 1e6);
     if (res && res->t_first_byte_ns && c->t_call_start) {
         br_metrics_observe(g->metrics, w->index, g->m.upstream_ttfb, lbl_m,
                            (double)(res->t_first_byte_ns - c->t_call_start) / 1e9);
@@ -295,6 +316,21 @@ static void account(struct chat *c, int status, const struct br_provider_result 
         br_metrics_observe(g->metrics, w->index, g->m.ttft, lbl_m,
                            (double)(c->t_first_token - c->req->t_start_ns) / 1e9);
     }
+}
+
+/* Records the request-log row and the metrics. Call before the http request is finished. */
+static void account(struct chat *c, int status, const struct br_provider_result *res,
+                    const char *error_kind)
+{
+    struct timing t = timing_at(c, br_clock_now_ns());
+    bool decided = c->plan.route != NULL && c->plan.n_steps;
+    if (c->w->g->store) {
+        log_request(c, status, res, error_kind, &t, decided);
+    }
+    if (decided) {
+        br_router_observe_cost(c->rt->router, c->plan.route_cfg, c->cost_nano);
+    }
+    observe_request(c, status, res, &t);
 }
 
 static const char *error_kind_of(const struct br_provider_result *res, char *buf, size_t n)

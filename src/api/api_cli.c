@@ -228,12 +228,15 @@ static int write_pair(void *user, const struct br_store_export_row *r)
 {
     struct export_out *o = user;
     json_t *msgs = json_loads(r->messages, 0, NULL);
-    if (!json_is_array(msgs)) {
+    /* An answer jansson cannot take (not UTF-8) skips the pair: a conversation without its
+     * answer is no training example. */
+    if (!json_is_array(msgs) ||
+        json_array_append_new(
+            msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", r->answer)) != 0) {
         json_decref(msgs);
         o->skipped++;
         return 0;
     }
-    json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", r->answer));
     json_t *line = json_pack("{s:o}", "messages", msgs);
     size_t len = 0;
     char *text = line ? br__json_dump_heap(line, &len) : NULL;
@@ -251,27 +254,32 @@ static int write_pair(void *user, const struct br_store_export_row *r)
     return 0;
 }
 
-int br_cli_export(int argc, char **argv)
+/* The arguments of `brigade export`. */
+struct export_args {
+    const char *config;
+    const char *db;
+    const char *out_path;
+    struct br_store_export_filter f;
+};
+
+/* Parses the arguments into a: -1 to go on, otherwise the exit code (0 after --help). */
+static int export_parse(int argc, char **argv, struct export_args *a)
 {
-    const char *config = NULL;
-    const char *db = NULL;
     const char *since_s = NULL;
     const char *min_s = NULL;
-    const char *out_path = NULL;
-    struct br_store_export_filter f = {.min_feedback = NAN};
     for (int i = 0; i < argc; i++) {
         int m = 0;
         if (is_help(argv[i])) {
             (void)fputs(usage_export, stdout);
             return 0;
         }
-        if ((m = opt(argc, argv, &i, "--config", "-c", &config)) ||
-            (m = opt(argc, argv, &i, "--db", NULL, &db)) ||
-            (m = opt(argc, argv, &i, "--model", NULL, &f.model)) ||
-            (m = opt(argc, argv, &i, "--route", NULL, &f.route)) ||
+        if ((m = opt(argc, argv, &i, "--config", "-c", &a->config)) ||
+            (m = opt(argc, argv, &i, "--db", NULL, &a->db)) ||
+            (m = opt(argc, argv, &i, "--model", NULL, &a->f.model)) ||
+            (m = opt(argc, argv, &i, "--route", NULL, &a->f.route)) ||
             (m = opt(argc, argv, &i, "--min-feedback", NULL, &min_s)) ||
             (m = opt(argc, argv, &i, "--since", NULL, &since_s)) ||
-            (m = opt(argc, argv, &i, "--out", "-o", &out_path))) {
+            (m = opt(argc, argv, &i, "--out", "-o", &a->out_path))) {
             if (m < 0) {
                 (void)fprintf(stderr, "brigade export: %s needs a value\n", argv[i]);
                 return 2;
@@ -283,8 +291,8 @@ int br_cli_export(int argc, char **argv)
     }
     if (min_s) {
         char *end = NULL;
-        f.min_feedback = strtod(min_s, &end);
-        if (!*min_s || *end || !(f.min_feedback >= 0 && f.min_feedback <= 1)) {
+        a->f.min_feedback = strtod(min_s, &end);
+        if (!*min_s || *end || !(a->f.min_feedback >= 0 && a->f.min_feedback <= 1)) {
             (void)fprintf(stderr, "brigade export: --min-feedback wants a number from 0 to 1\n");
             return 2;
         }
@@ -294,37 +302,53 @@ int br_cli_export(int argc, char **argv)
         (void)fprintf(stderr, "brigade export: --since wants a duration such as 30m or 24h\n");
         return 2;
     }
-    f.since_ms = since ? br_clock_wall_ms() - (int64_t)since : 0;
+    a->f.since_ms = since ? br_clock_wall_ms() - (int64_t)since : 0;
+    return -1;
+}
+
+/* What a successful export wrote, on stderr. */
+static void export_summary(const struct export_out *o)
+{
+    (void)fprintf(stderr, "brigade export: %ld pairs written%s", o->written,
+                  o->skipped ? "" : "\n");
+    if (o->skipped) {
+        (void)fprintf(stderr, ", %ld skipped (unreadable messages)\n", o->skipped);
+    }
+    if (o->written == 0) {
+        (void)fprintf(stderr, "brigade export: none found: is log.bodies on?\n");
+    }
+}
+
+int br_cli_export(int argc, char **argv)
+{
+    struct export_args a = {.f = {.min_feedback = NAN}};
+    int code = export_parse(argc, argv, &a);
+    if (code >= 0) {
+        return code;
+    }
     struct br_config *cfg = NULL;
     const char *path = NULL;
-    int code = db_path("export", db, config, &cfg, &path);
+    code = db_path("export", a.db, a.config, &cfg, &path);
     if (code) {
         return code;
     }
     struct export_out o = {.f = stdout};
-    if (out_path) {
-        o.f = fopen(out_path, "w");
+    if (a.out_path) {
+        o.f = fopen(a.out_path, "w");
         if (!o.f) {
-            (void)fprintf(stderr, "brigade export: cannot write %s\n", out_path);
+            (void)fprintf(stderr, "brigade export: cannot write %s\n", a.out_path);
             br_config_unref(cfg);
             return 1;
         }
     }
-    int rc = br_store_query_bodies(path, &f, write_pair, &o);
-    if (out_path && fclose(o.f) != 0 && rc == BR_OK) {
+    int rc = br_store_query_bodies(path, &a.f, write_pair, &o);
+    if (a.out_path && fclose(o.f) != 0 && rc == BR_OK) {
         rc = BR_ERR_IO;
     }
     if (rc != BR_OK) {
         (void)fprintf(stderr, "brigade export: %s: %s\n", path, br_strerror(rc));
     } else {
-        (void)fprintf(stderr, "brigade export: %ld pairs written%s", o.written,
-                      o.skipped ? "" : "\n");
-        if (o.skipped) {
-            (void)fprintf(stderr, ", %ld skipped (unreadable messages)\n", o.skipped);
-        }
-        if (o.written == 0) {
-            (void)fprintf(stderr, "brigade export: none found: is log.bodies on?\n");
-        }
+        export_summary(&o);
     }
     br_config_unref(cfg);
     return rc == BR_OK ? 0 : 1;

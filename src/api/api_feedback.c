@@ -23,9 +23,9 @@
 #include "core/json.h"
 #include "core/log.h"
 
-#define ID_MAX      128
-#define COMMENT_MAX 4096
-#define NAME_MAX_   256
+#define ID_MAX            128
+#define COMMENT_MAX       4096
+#define FEEDBACK_NAME_MAX 256
 
 struct fb_job {
     struct br__done done; /* first */
@@ -35,10 +35,10 @@ struct fb_job {
     int rc;
     bool have_attr;
     struct br_feedback_attr attr; /* strings point into the buffers below */
-    char route[NAME_MAX_];
-    char model[NAME_MAX_];
-    char policy[NAME_MAX_];
-    char decision[NAME_MAX_];
+    char route[FEEDBACK_NAME_MAX];
+    char model[FEEDBACK_NAME_MAX];
+    char policy[FEEDBACK_NAME_MAX];
+    char decision[FEEDBACK_NAME_MAX];
     char request_id[ID_MAX + 1];
 };
 
@@ -77,7 +77,7 @@ void br__route_adjusted(struct br_gateway *g, unsigned shard, const char *route,
 
 static void copy_name(char *dst, const char *src)
 {
-    (void)snprintf(dst, NAME_MAX_, "%s", src ? src : ""); /* config names are short */
+    (void)snprintf(dst, FEEDBACK_NAME_MAX, "%s", src ? src : ""); /* config names are short */
 }
 
 /* Store writer thread: keep the result and hand the job to the worker's loop. */
@@ -243,11 +243,12 @@ static int parse_body(br_http_request *req, struct fb_body *b)
     size_t off = 0;
     const char *why = NULL;
     memset(b, 0, sizeof(*b));
+    static const char not_object[] =
+        "The body must be a JSON object: {\"request_id\": ..., \"score\": 0..1} or "
+        "{\"request_id\": ..., \"thumbs\": \"up\"|\"down\"}.";
     if (br_json_validate(req->body.ptr, req->body.len, 0, &off, &why) != BR_OK ||
         br_json_type_of(req->body) != BR_JSON_OBJECT) {
-        return bad(req, NULL, "invalid_json",
-                   "The body must be a JSON object: {\"request_id\": ..., \"score\": 0..1} or "
-                   "{\"request_id\": ..., \"thumbs\": \"up\"|\"down\"}.");
+        return bad(req, NULL, "invalid_json", not_object);
     }
     struct br_json_iter it;
     struct br_json_member m;
@@ -258,6 +259,12 @@ static int parse_body(br_http_request *req, struct fb_body *b)
         if (rc != BR_OK) {
             return rc;
         }
+    }
+    /* The members end with BR_ERR_NOTFOUND; anything else is text the iterator could not read
+     * (the body was validated above, so this does not happen, but it is never taken as the
+     * end of the members). */
+    if (rc != BR_ERR_NOTFOUND) {
+        return bad(req, NULL, "invalid_json", not_object);
     }
     if (!(seen & 1)) {
         return bad(req, "request_id", "missing_required_parameter",

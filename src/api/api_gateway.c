@@ -113,6 +113,45 @@ static void method_not_allowed(br_http_request *req, const char *allowed)
     br_http_respond_error(req, 405, "invalid_request_error", "method_not_allowed", NULL, msg);
 }
 
+/* Endpoints at fixed paths, after the chat completions one (on_request checks it first). */
+static const struct endpoint {
+    const char *path;
+    const char *alias; /* a second path for the same endpoint, or NULL */
+    bool post;         /* POST only; otherwise GET (and HEAD) only */
+    void (*handle)(struct br_worker *w, br_http_request *req);
+} endpoints[] = {
+    {"/v1/feedback", "/feedback", true, br__feedback_handle},
+    {"/v1/models", "/models", false, br__models_list},
+    {"/health", "/healthz", false, br__health},
+    {"/metrics", NULL, false, br__metrics_scrape},
+    {"/admin/config", NULL, false, br__admin_config},
+    {"/admin/routes", NULL, false, br__admin_routes},
+    {"/admin/reload", NULL, true, br__admin_reload},
+};
+
+/* Calls e's handler when the method is allowed, answers 405 otherwise. */
+static void dispatch(const struct endpoint *e, struct br_worker *w, br_http_request *req)
+{
+    enum br_http_method m = req->method;
+    bool ok =
+        e->post ? m == BR_HTTP_METHOD_POST : (m == BR_HTTP_METHOD_GET || m == BR_HTTP_METHOD_HEAD);
+    if (!ok) {
+        method_not_allowed(req, e->post ? "POST" : "GET");
+        return;
+    }
+    e->handle(w, req);
+}
+
+static void unknown_url(br_http_request *req)
+{
+    char msg[200];
+    (void)snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s.",
+                   (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
+                   req->method_name.ptr, (int)(req->path.len > 100 ? 100 : req->path.len),
+                   req->path.ptr);
+    br_http_respond_error(req, 404, "invalid_request_error", "unknown_url", NULL, msg);
+}
+
 static void on_request(void *wctx, br_http_request *req)
 {
     struct br_worker *w = wctx;
@@ -125,53 +164,22 @@ static void on_request(void *wctx, br_http_request *req)
         br__chat_handle(w, req);
         return;
     }
-    if (path_is(req, "/v1/feedback") || path_is(req, "/feedback")) {
-        if (m != BR_HTTP_METHOD_POST) {
-            method_not_allowed(req, "POST");
+    for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++) {
+        const struct endpoint *e = &endpoints[i];
+        if (path_is(req, e->path) || (e->alias && path_is(req, e->alias))) {
+            dispatch(e, w, req);
             return;
         }
-        br__feedback_handle(w, req);
-        return;
-    }
-    bool get = m == BR_HTTP_METHOD_GET || m == BR_HTTP_METHOD_HEAD;
-    if (path_is(req, "/v1/models") || path_is(req, "/models")) {
-        get ? br__models_list(w, req) : method_not_allowed(req, "GET");
-        return;
     }
     if (br_slice_starts_with(req->path, "/v1/models/") && req->path.len > 11) {
-        if (!get) {
+        if (m != BR_HTTP_METHOD_GET && m != BR_HTTP_METHOD_HEAD) {
             method_not_allowed(req, "GET");
             return;
         }
         br__models_get(w, req, br_slice_make(req->path.ptr + 11, req->path.len - 11));
         return;
     }
-    if (path_is(req, "/health") || path_is(req, "/healthz")) {
-        get ? br__health(w, req) : method_not_allowed(req, "GET");
-        return;
-    }
-    if (path_is(req, "/metrics")) {
-        get ? br__metrics_scrape(w, req) : method_not_allowed(req, "GET");
-        return;
-    }
-    if (path_is(req, "/admin/config")) {
-        get ? br__admin_config(w, req) : method_not_allowed(req, "GET");
-        return;
-    }
-    if (path_is(req, "/admin/routes")) {
-        get ? br__admin_routes(w, req) : method_not_allowed(req, "GET");
-        return;
-    }
-    if (path_is(req, "/admin/reload")) {
-        m == BR_HTTP_METHOD_POST ? br__admin_reload(w, req) : method_not_allowed(req, "POST");
-        return;
-    }
-    char msg[200];
-    (void)snprintf(msg, sizeof(msg), "Unknown request URL: %.*s %.*s.",
-                   (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
-                   req->method_name.ptr, (int)(req->path.len > 100 ? 100 : req->path.len),
-                   req->path.ptr);
-    br_http_respond_error(req, 404, "invalid_request_error", "unknown_url", NULL, msg);
+    unknown_url(req);
 }
 
 static void on_abort(void *wctx, br_http_request *req)
@@ -355,6 +363,77 @@ static int create_workers(struct br_gateway *g)
     return BR_OK;
 }
 
+/* The worker count (config, or one per core), the metrics and the worker contexts. */
+static int create_metrics_and_workers(struct br_gateway *g, const struct br_config *c, char *err,
+                                      size_t errlen)
+{
+    g->n_workers = c->workers ? c->workers : (unsigned)uv_available_parallelism();
+    if (g->n_workers == 0) {
+        g->n_workers = 1;
+    }
+    int rc = br_metrics_create(g->n_workers, &g->metrics);
+    if (rc == BR_OK) {
+        rc = br__metrics_register_all(g->metrics, &g->m);
+    }
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "metrics: %s", br_strerror(rc));
+        return rc;
+    }
+    rc = create_workers(g);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "out of memory");
+    }
+    return rc;
+}
+
+/* The request log when the config names one, with the route thresholds it kept. */
+static int open_request_log(struct br_gateway *g, const struct br_config *c, char *err,
+                            size_t errlen)
+{
+    g->log_on_full = c->log_on_full;
+    if (!c->log_path) {
+        return BR_OK;
+    }
+    struct br_store_opts so = {
+        .path = c->log_path,
+        .queue_capacity = c->log_queue,
+        .batch_max = c->log_batch,
+        .flush_interval_ms = c->log_flush_ms,
+    };
+    int rc = br_store_open(&so, &g->store);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "request log %s: %s", c->log_path, br_strerror(rc));
+        return rc;
+    }
+    restore_thresholds(g);
+    return BR_OK;
+}
+
+/* The listening server; warns when it is open to other hosts without any API key. */
+static int create_server(struct br_gateway *g, const struct br_config *c, char *err, size_t errlen)
+{
+    struct br_http_server_config hc = {
+        .host = c->listen_host,
+        .port = c->listen_port,
+        .n_workers = g->n_workers,
+    };
+    limits_from(c, &hc.limits);
+    int rc = br_http_server_create(&hc, &handler, g, &g->http);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "cannot listen on %s:%u: %s", c->listen_host, c->listen_port,
+                       rc == BR_ERR_EXISTS ? "address already in use" : br_strerror(rc));
+        return rc;
+    }
+    if (!c->has_master_key && c->n_keys == 0 && strcmp(c->listen_host, "127.0.0.1") != 0 &&
+        strcmp(c->listen_host, "::1") != 0) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=auth_off msg=\"no API keys configured and listening on %s: anyone who can "
+               "reach this address can spend your provider credit\"",
+               c->listen_host);
+    }
+    return BR_OK;
+}
+
 int br_gateway_create(const char *config_path, const struct br_gateway_overrides *ov,
                       br_gateway **out, char *err, size_t errlen)
 {
@@ -388,59 +467,15 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
     if (br_log_level_parse(c->log_level, &lvl) == BR_OK) {
         br_log_set_level(lvl);
     }
-
-    g->n_workers = c->workers ? c->workers : (unsigned)uv_available_parallelism();
-    if (g->n_workers == 0) {
-        g->n_workers = 1;
-    }
-    rc = br_metrics_create(g->n_workers, &g->metrics);
+    rc = create_metrics_and_workers(g, c, err, errlen);
     if (rc == BR_OK) {
-        rc = br__metrics_register_all(g->metrics, &g->m);
+        rc = open_request_log(g, c, err, errlen);
+    }
+    if (rc == BR_OK) {
+        rc = create_server(g, c, err, errlen);
     }
     if (rc != BR_OK) {
-        (void)snprintf(err, errlen, "metrics: %s", br_strerror(rc));
         goto fail;
-    }
-    rc = create_workers(g);
-    if (rc != BR_OK) {
-        (void)snprintf(err, errlen, "out of memory");
-        goto fail;
-    }
-
-    g->log_on_full = c->log_on_full;
-    if (c->log_path) {
-        struct br_store_opts so = {
-            .path = c->log_path,
-            .queue_capacity = c->log_queue,
-            .batch_max = c->log_batch,
-            .flush_interval_ms = c->log_flush_ms,
-        };
-        rc = br_store_open(&so, &g->store);
-        if (rc != BR_OK) {
-            (void)snprintf(err, errlen, "request log %s: %s", c->log_path, br_strerror(rc));
-            goto fail;
-        }
-        restore_thresholds(g);
-    }
-
-    struct br_http_server_config hc = {
-        .host = c->listen_host,
-        .port = c->listen_port,
-        .n_workers = g->n_workers,
-    };
-    limits_from(c, &hc.limits);
-    rc = br_http_server_create(&hc, &handler, g, &g->http);
-    if (rc != BR_OK) {
-        (void)snprintf(err, errlen, "cannot listen on %s:%u: %s", c->listen_host, c->listen_port,
-                       rc == BR_ERR_EXISTS ? "address already in use" : br_strerror(rc));
-        goto fail;
-    }
-    if (!c->has_master_key && c->n_keys == 0 && strcmp(c->listen_host, "127.0.0.1") != 0 &&
-        strcmp(c->listen_host, "::1") != 0) {
-        br_log(BR_LOG_WARN, NULL,
-               "event=auth_off msg=\"no API keys configured and listening on %s: anyone who can "
-               "reach this address can spend your provider credit\"",
-               c->listen_host);
     }
     *out = g;
     return BR_OK;

@@ -205,16 +205,19 @@ static int find_alias(const struct br_dataset *ds, const char *aliases)
 int br_train_data_add(struct br_train_data *d, const struct br_dataset *ds,
                       const char *const *aliases, int answer_model, char *err, size_t errlen)
 {
+    /* add_source() and data_reserve() never change the model count: both loops use this copy,
+     * so every idx[m] read below was written by the first loop. */
+    const size_t n_models = d->n_models;
     int idx[BR_TRAIN_MAX_MODELS];
     unsigned src;
-    for (size_t m = 0; m < d->n_models; m++) {
+    for (size_t m = 0; m < n_models; m++) {
         idx[m] = find_alias(ds, aliases[m]);
         if (idx[m] < 0) {
             say(err, errlen, "%s: no model named %s", ds->name, aliases[m]);
             return BR_ERR_NOTFOUND;
         }
     }
-    if (answer_model >= 0 && ((size_t)answer_model >= d->n_models || !ds->responses)) {
+    if (answer_model >= 0 && ((size_t)answer_model >= n_models || !ds->responses)) {
         say(err, errlen, "%s: no recorded answers", ds->name);
         return BR_ERR_NOTFOUND;
     }
@@ -227,10 +230,10 @@ int br_train_data_add(struct br_train_data *d, const struct br_dataset *ds,
     }
     for (size_t i = 0; i < ds->n_prompts; i++) {
         size_t known = 0;
-        for (size_t m = 0; m < d->n_models; m++) {
+        for (size_t m = 0; m < n_models; m++) {
             known += !isnan(br_dataset_quality(ds, i, (size_t)idx[m]));
         }
-        if (known == 0 || (d->n_models == 2 && known < 2)) {
+        if (known == 0 || (n_models == 2 && known < 2)) {
             continue;
         }
         const char *ans = NULL;
@@ -244,9 +247,9 @@ int br_train_data_add(struct br_train_data *d, const struct br_dataset *ds,
         d->prompts[r] = ds->prompts[i];
         d->answers[r] = ans;
         d->source[r] = src;
-        for (size_t m = 0; m < d->n_models; m++) {
-            d->quality[r * d->n_models + m] = br_dataset_quality(ds, i, (size_t)idx[m]);
-            d->cost[r * d->n_models + m] = ds->cost_usd[i * ds->n_models + (size_t)idx[m]];
+        for (size_t m = 0; m < n_models; m++) {
+            d->quality[r * n_models + m] = br_dataset_quality(ds, i, (size_t)idx[m]);
+            d->cost[r * n_models + m] = ds->cost_usd[i * ds->n_models + (size_t)idx[m]];
         }
     }
     return BR_OK;
@@ -324,7 +327,8 @@ static int cmp_feature(const void *a, const void *b)
 static int row_features(const struct matrix *m, const struct br_train_data *d, size_t i,
                         struct br_feature *buf, size_t cap, size_t *n_out)
 {
-    size_t n = 0, k;
+    size_t n = 0;
+    size_t k = 0;
     const char *p = d->prompts[i];
     int rc = br_features_extract(&m->fc, p, strlen(p), buf, cap, &n);
     if (rc != BR_OK) {
@@ -377,6 +381,55 @@ static size_t row_cap(const struct matrix *m, const struct br_train_data *d, siz
     return cap;
 }
 
+/* Makes *buf hold at least cap features (at least one); the contents are not kept. */
+static int row_buf_reserve(struct br_feature **buf, size_t *buf_cap, size_t cap)
+{
+    if (*buf && cap <= *buf_cap) {
+        return BR_OK;
+    }
+    br_free(*buf);
+    *buf_cap = cap > 0 ? cap : 1;
+    *buf = br_calloc(*buf_cap, sizeof(**buf));
+    return *buf ? BR_OK : BR_ERR_NOMEM;
+}
+
+/* Makes m->space hold `more` nodes after the first `used` (doubling, from 64k nodes). */
+static int space_reserve(struct matrix *m, size_t *space_cap, size_t used, size_t more)
+{
+    if (m->space && used + more <= *space_cap) {
+        return BR_OK;
+    }
+    size_t nc = *space_cap ? *space_cap : 65536;
+    while (nc < used + more) {
+        nc *= 2;
+    }
+    struct feature_node *s = br_realloc(m->space, nc * sizeof(*s));
+    if (!s) {
+        return BR_ERR_NOMEM;
+    }
+    m->space = s;
+    *space_cap = nc;
+    return BR_OK;
+}
+
+/* Writes the n features f at m->space[used] in liblinear's form (1-based indices), then the
+ * bias node and the terminator; returns the new count of used nodes (used + n + 2). */
+static size_t space_append_row(struct matrix *m, size_t used, const struct br_feature *f, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        m->space[used].index = (int)f[j].index + 1;
+        m->space[used].value = f[j].value;
+        used++;
+    }
+    m->space[used].index = (int)m->dim + 1; /* bias node */
+    m->space[used].value = 1.0;
+    used++;
+    m->space[used].index = -1;
+    m->space[used].value = 0;
+    used++;
+    return used;
+}
+
 static int matrix_build(struct br_train_data *d, const struct br_features_config *fc,
                         enum br_train_kind kind, const struct matrix **out)
 {
@@ -404,47 +457,22 @@ static int matrix_build(struct br_train_data *d, const struct br_features_config
     if (!m->start) {
         goto fail;
     }
-    size_t space_cap = 0, used = 0;
+    size_t space_cap = 0;
+    size_t used = 0;
     for (size_t i = 0; i < d->n; i++) {
-        size_t cap = row_cap(m, d, i);
-        if (cap > buf_cap) {
-            br_free(buf);
-            buf_cap = cap;
-            buf = br_calloc(buf_cap, sizeof(*buf));
-            if (!buf) {
-                goto fail;
-            }
+        size_t n = 0;
+        rc = row_buf_reserve(&buf, &buf_cap, row_cap(m, d, i));
+        if (rc == BR_OK) {
+            rc = row_features(m, d, i, buf, buf_cap, &n);
         }
-        size_t n;
-        rc = row_features(m, d, i, buf, buf_cap, &n);
+        if (rc == BR_OK) {
+            rc = space_reserve(m, &space_cap, used, n + 2);
+        }
         if (rc != BR_OK) {
             goto fail;
         }
-        rc = BR_ERR_NOMEM;
-        if (used + n + 2 > space_cap) {
-            size_t nc = space_cap ? space_cap : 65536;
-            while (nc < used + n + 2) {
-                nc *= 2;
-            }
-            struct feature_node *s = br_realloc(m->space, nc * sizeof(*s));
-            if (!s) {
-                goto fail;
-            }
-            m->space = s;
-            space_cap = nc;
-        }
         m->start[i] = used;
-        for (size_t j = 0; j < n; j++) {
-            m->space[used].index = (int)buf[j].index + 1;
-            m->space[used].value = buf[j].value;
-            used++;
-        }
-        m->space[used].index = (int)m->dim + 1; /* bias node */
-        m->space[used].value = 1.0;
-        used++;
-        m->space[used].index = -1;
-        m->space[used].value = 0;
-        used++;
+        used = space_append_row(m, used, buf, n);
     }
     m->start[d->n] = used;
     br_free(buf);
@@ -479,7 +507,8 @@ static int fit_output(const struct matrix *m, const size_t *rows, size_t n, cons
                       double *bias)
 {
     int copies = 2;
-    size_t total = 0, n_pos = 0;
+    size_t total = 0;
+    size_t n_pos = 0;
     double sum_t = 0;
     for (size_t i = 0; i < n; i++) {
         double v = t[rows[i]];
@@ -499,7 +528,7 @@ static int fit_output(const struct matrix *m, const size_t *rows, size_t n, cons
         *bias = 0;
         return BR_OK;
     }
-    struct feature_node **x = br_calloc(total * (size_t)copies, sizeof(*x));
+    struct feature_node **x = br_calloc(total * (size_t)copies, sizeof(struct feature_node *));
     double *y = br_calloc(total * (size_t)copies, sizeof(*y));
     if (!x || !y) {
         br_free(x);
@@ -575,7 +604,8 @@ static void targets(const struct br_train_opts *o, const struct br_train_data *d
             t[i] = q[s];
             continue;
         }
-        double qs = q[0], qw = q[1];
+        double qs = q[0];
+        double qw = q[1];
         switch (o->kind == BR_TRAIN_VERIFIER ? BR_TRAIN_LABEL_SOFT : o->label) {
         case BR_TRAIN_LABEL_SOFT:
             t[i] = 0.5 * (1.0 + qs - qw);
@@ -715,6 +745,86 @@ static int *make_strata(const struct br_train_data *d, const size_t *rows, size_
     return st;
 }
 
+/* One inner cross-validation run of inner_score(): its inputs and scratch. */
+struct inner_cv {
+    const struct matrix *mx;
+    const struct br_train_data *d;
+    const size_t *rows; /* [n] the rows being cross-validated */
+    size_t n;
+    const int *fold_of; /* [n] fold of each of rows */
+    const struct br_train_opts *o;
+    size_t set; /* the output scored, or SIZE_MAX for the whole binary model */
+    double c;
+    size_t *tr;              /* [n] training rows of the current fold */
+    double *sc;              /* [n] held-out scores (whole binary model) */
+    double *t;               /* [d->n] targets of set (one output) */
+    struct br_train_model m; /* refitted for each fold */
+    double ll;               /* held-out log-likelihood of set */
+    size_t n_ll;             /* rows added into ll */
+};
+
+/* Fits the model (or output cv->set) on the rows outside fold f. */
+static int inner_fit(struct inner_cv *cv, unsigned f)
+{
+    size_t ntr = 0;
+    for (size_t i = 0; i < cv->n; i++) {
+        if (cv->fold_of[i] != (int)f) {
+            cv->tr[ntr++] = cv->rows[i];
+        }
+    }
+    if (cv->set != SIZE_MAX) {
+        return fit_output(cv->mx, cv->tr, ntr, cv->t, cv->c, cv->o, cv->m.w + cv->set, cv->m.n_sets,
+                          &cv->m.bias[cv->set]);
+    }
+    double cs[BR_TRAIN_MAX_MODELS];
+    for (size_t s = 0; s < BR_TRAIN_MAX_MODELS; s++) {
+        cs[s] = cv->c;
+    }
+    return fit_sets(cv->mx, cv->d, cv->tr, ntr, cv->o, cs, &cv->m);
+}
+
+/* Log-likelihood of target y under the predicted probability p (kept off 0 and 1). */
+static double log_likelihood(double p, double y)
+{
+    p = p < 1e-6 ? 1e-6 : (p > 1 - 1e-6 ? 1 - 1e-6 : p);
+    return y * log(p) + (1 - y) * log(1 - p);
+}
+
+/* Scores the rows of fold f with the model inner_fit() fitted without them. */
+static void inner_eval(struct inner_cv *cv, unsigned f)
+{
+    for (size_t i = 0; i < cv->n; i++) {
+        if (cv->fold_of[i] != (int)f) {
+            continue;
+        }
+        size_t r = cv->rows[i];
+        double z[BR_TRAIN_MAX_MODELS];
+        raw_scores(&cv->m, cv->mx, r, z);
+        if (cv->set == SIZE_MAX) {
+            double p[BR_TRAIN_MAX_MODELS];
+            outputs(&cv->m, z, p);
+            cv->sc[i] = p[0];
+        } else if (!isnan(cv->t[r])) {
+            cv->ll += log_likelihood(sigmoid(z[cv->set]), cv->t[r]);
+            cv->n_ll++;
+        }
+    }
+}
+
+/* The score of a finished run: APGR of the pooled held-out scores (whole binary model, with
+ * qs and qw [n] as scratch), or the mean held-out log-likelihood (one output). */
+static double inner_result(const struct inner_cv *cv, double *qs, double *qw)
+{
+    if (cv->set != SIZE_MAX) {
+        return cv->n_ll ? cv->ll / (double)cv->n_ll : 0;
+    }
+    for (size_t i = 0; i < cv->n; i++) {
+        qs[i] = cv->d->quality[cv->rows[i] * 2];
+        qw[i] = cv->d->quality[cv->rows[i] * 2 + 1];
+    }
+    return br_eval_apgr(cv->sc, qs, qw, cv->n);
+}
+
 /*
  * Inner-CV quality of C for set s (or for the whole binary model when s == SIZE_MAX): APGR of
  * pooled held-out scores for binary kinds, mean log-likelihood for an N-model output.
@@ -723,98 +833,95 @@ static int inner_score(const struct matrix *mx, const struct br_train_data *d, c
                        size_t n, const int *fold_of, unsigned k, const struct br_train_opts *o,
                        size_t set, double c, double *score_out)
 {
+    struct inner_cv cv = {
+        .mx = mx, .d = d, .rows = rows, .n = n, .fold_of = fold_of, .o = o, .set = set, .c = c};
     int rc = BR_ERR_NOMEM;
-    size_t *tr = br_calloc(n, sizeof(size_t));
-    double *sc = br_calloc(n, sizeof(double));
+    cv.tr = br_calloc(n, sizeof(size_t));
+    cv.sc = br_calloc(n, sizeof(double));
     double *qs = br_calloc(n, sizeof(double));
     double *qw = br_calloc(n, sizeof(double));
-    double *t = br_calloc(d->n, sizeof(double));
-    struct br_train_model m;
-    memset(&m, 0, sizeof(m));
-    if (!tr || !sc || !qs || !qw || !t) {
+    cv.t = br_calloc(d->n, sizeof(double));
+    if (!cv.tr || !cv.sc || !qs || !qw || !cv.t) {
         goto out;
     }
-    rc = model_alloc(o, d, mx, &m);
+    rc = model_alloc(o, d, mx, &cv.m);
     if (rc != BR_OK) {
         goto out;
     }
-    double cs[BR_TRAIN_MAX_MODELS];
-    for (size_t s = 0; s < BR_TRAIN_MAX_MODELS; s++) {
-        cs[s] = c;
-    }
     if (set != SIZE_MAX) {
-        targets(o, d, set, t);
+        targets(o, d, set, cv.t);
     }
-    double ll = 0;
-    size_t n_ll = 0;
-    for (unsigned f = 0; f < k; f++) {
-        size_t ntr = 0;
-        for (size_t i = 0; i < n; i++) {
-            if (fold_of[i] != (int)f) {
-                tr[ntr++] = rows[i];
-            }
-        }
-        if (set == SIZE_MAX) {
-            rc = fit_sets(mx, d, tr, ntr, o, cs, &m);
-        } else {
-            rc = fit_output(mx, tr, ntr, t, c, o, m.w + set, m.n_sets, &m.bias[set]);
-        }
-        if (rc != BR_OK) {
-            goto out;
-        }
-        for (size_t i = 0; i < n; i++) {
-            if (fold_of[i] != (int)f) {
-                continue;
-            }
-            double z[BR_TRAIN_MAX_MODELS], p[BR_TRAIN_MAX_MODELS];
-            raw_scores(&m, mx, rows[i], z);
-            if (set == SIZE_MAX) {
-                outputs(&m, z, p);
-                sc[i] = p[0];
-            } else if (!isnan(t[rows[i]])) {
-                double pr = sigmoid(z[set]);
-                pr = pr < 1e-6 ? 1e-6 : (pr > 1 - 1e-6 ? 1 - 1e-6 : pr);
-                double y = t[rows[i]];
-                ll += y * log(pr) + (1 - y) * log(1 - pr);
-                n_ll++;
-            }
+    for (unsigned f = 0; f < k && rc == BR_OK; f++) {
+        rc = inner_fit(&cv, f);
+        if (rc == BR_OK) {
+            inner_eval(&cv, f);
         }
     }
-    if (set == SIZE_MAX) {
-        for (size_t i = 0; i < n; i++) {
-            qs[i] = d->quality[rows[i] * 2];
-            qw[i] = d->quality[rows[i] * 2 + 1];
-        }
-        *score_out = br_eval_apgr(sc, qs, qw, n);
-    } else {
-        *score_out = n_ll ? ll / (double)n_ll : 0;
+    if (rc == BR_OK) {
+        *score_out = inner_result(&cv, qs, qw);
     }
-    rc = BR_OK;
 out:
-    br_train_model_cleanup(&m);
-    br_free(tr);
-    br_free(sc);
+    br_train_model_cleanup(&cv.m);
+    br_free(cv.tr);
+    br_free(cv.sc);
     br_free(qs);
     br_free(qw);
-    br_free(t);
+    br_free(cv.t);
     return rc;
+}
+
+/*
+ * C without inner CV into c_out[0..n_sets): --c when given, 0.1 without a grid, the middle of
+ * the grid when rows are too few for k inner folds. False when inner CV must choose.
+ */
+static bool fixed_c(const struct br_train_opts *o, size_t n, unsigned k, size_t n_sets,
+                    double *c_out)
+{
+    double c;
+    if (o->c > 0) {
+        c = o->c;
+    } else if (o->n_c_grid == 0) {
+        c = 0.1;
+    } else if (n < 2 * (size_t)k) {
+        c = o->c_grid[o->n_c_grid / 2];
+    } else {
+        return false;
+    }
+    for (size_t s = 0; s < n_sets; s++) {
+        c_out[s] = c;
+    }
+    return true;
+}
+
+/* The grid C with the best inner-CV score for set (SIZE_MAX: the whole binary model); the
+ * first of equal scores wins. */
+static int best_grid_c(const struct matrix *mx, const struct br_train_data *d, const size_t *rows,
+                       size_t n, const int *fold_of, unsigned k, const struct br_train_opts *o,
+                       size_t set, double *c_out)
+{
+    double best = -INFINITY;
+    double best_c = o->c_grid[0];
+    for (size_t g = 0; g < o->n_c_grid; g++) {
+        double v = -INFINITY;
+        int rc = inner_score(mx, d, rows, n, fold_of, k, o, set, o->c_grid[g], &v);
+        if (rc != BR_OK) {
+            return rc;
+        }
+        if (v > best) {
+            best = v;
+            best_c = o->c_grid[g];
+        }
+    }
+    *c_out = best_c;
+    return BR_OK;
 }
 
 /* Chooses C per set (binary kinds: one C for the model) by inner CV on rows. */
 static int choose_c(const struct matrix *mx, const struct br_train_data *d, const size_t *rows,
                     size_t n, const struct br_train_opts *o, size_t n_sets, double *c_out)
 {
-    if (o->c > 0 || o->n_c_grid == 0) {
-        for (size_t s = 0; s < n_sets; s++) {
-            c_out[s] = o->c > 0 ? o->c : 0.1;
-        }
-        return BR_OK;
-    }
     unsigned k = o->inner_folds >= 2 ? o->inner_folds : 3;
-    if (n < 2 * (size_t)k) {
-        for (size_t s = 0; s < n_sets; s++) {
-            c_out[s] = o->c_grid[o->n_c_grid / 2];
-        }
+    if (fixed_c(o, n, k, n_sets, c_out)) {
         return BR_OK;
     }
     int rc;
@@ -825,30 +932,19 @@ static int choose_c(const struct matrix *mx, const struct br_train_data *d, cons
         goto out;
     }
     rc = br_eval_folds(n, k, o->seed ^ 0x1badb002u, strata, fold_of);
-    if (rc != BR_OK) {
-        goto out;
-    }
-    int per_set = o->kind == BR_TRAIN_NMODEL;
-    for (size_t s = 0; s < (per_set ? n_sets : 1); s++) {
-        double best = -INFINITY, best_c = o->c_grid[0];
-        for (size_t g = 0; g < o->n_c_grid; g++) {
-            double v = -INFINITY;
-            rc = inner_score(mx, d, rows, n, fold_of, k, o, per_set ? s : SIZE_MAX, o->c_grid[g],
-                             &v);
-            if (rc != BR_OK) {
-                goto out;
-            }
-            if (v > best) {
-                best = v;
-                best_c = o->c_grid[g];
-            }
+    bool per_set = o->kind == BR_TRAIN_NMODEL;
+    for (size_t s = 0; s < (per_set ? n_sets : 1) && rc == BR_OK; s++) {
+        double best_c = 0;
+        rc = best_grid_c(mx, d, rows, n, fold_of, k, o, per_set ? s : SIZE_MAX, &best_c);
+        if (rc != BR_OK) {
+            break;
         }
         if (per_set) {
             c_out[s] = best_c;
-        } else {
-            for (size_t t = 0; t < n_sets; t++) {
-                c_out[t] = best_c;
-            }
+            continue;
+        }
+        for (size_t t = 0; t < n_sets; t++) {
+            c_out[t] = best_c;
         }
     }
 out:
@@ -864,8 +960,10 @@ static void model_means(const struct br_train_data *d, const size_t *rows, size_
         return;
     }
     for (size_t s = 0; s < m->n_sets; s++) {
-        double sq = 0, sc = 0;
-        size_t nq = 0, nc = 0;
+        double sq = 0;
+        double sc = 0;
+        size_t nq = 0;
+        size_t nc = 0;
         for (size_t i = 0; i < n; i++) {
             double q = d->quality[rows[i] * d->n_models + s];
             double c = d->cost[rows[i] * d->n_models + s];
@@ -914,7 +1012,8 @@ static int fit_rows(struct br_train_data *d, const size_t *rows, size_t n,
                     size_t errlen)
 {
     const struct matrix *mx;
-    double c[BR_TRAIN_MAX_MODELS];
+    /* choose_c() writes c[0..out->n_sets); a C of 0 would make liblinear refuse to train */
+    double c[BR_TRAIN_MAX_MODELS] = {0};
     int rc = matrix_build(d, &o->features, o->kind, &mx);
     if (rc == BR_OK) {
         rc = model_alloc(o, d, mx, out);
@@ -1056,7 +1155,8 @@ int br_train_cv(struct br_train_data *d, const struct br_train_opts *opts, unsig
         goto out;
     }
     for (unsigned f = 0; f < k; f++) {
-        size_t ntr = 0, nt = 0;
+        size_t ntr = 0;
+        size_t nt = 0;
         for (size_t i = 0; i < d->n; i++) {
             if (fold_of[i] == (int)f) {
                 te[nt++] = i;
@@ -1101,7 +1201,8 @@ int br_train_cv_sources(struct br_train_data *d, const struct br_train_opts *opt
         goto out;
     }
     for (size_t s = 0; s < d->n_sources; s++) {
-        size_t ntr = 0, nt = 0;
+        size_t ntr = 0;
+        size_t nt = 0;
         for (size_t i = 0; i < d->n; i++) {
             if (d->source[i] == s) {
                 te[nt++] = i;

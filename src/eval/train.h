@@ -183,7 +183,8 @@ int br_train_cv(struct br_train_data *d, const struct br_train_opts *opts, unsig
 int br_train_cv_sources(struct br_train_data *d, const struct br_train_opts *opts, double *scores,
                         char *err, size_t errlen);
 
-/** The `classifier` router of `brigade eval` (eval_router.h): trained per fold with defaults. */
-extern const struct br_eval_router_ops br_eval_router_classifier;
+/* train.c also defines br_eval_router_classifier, the `classifier` router of `brigade eval`
+ * (trained per fold with defaults); it is declared in eval_router.h, included above, under
+ * BR_EVAL_HAVE_CLASSIFIER, which the build defines whenever train.c is compiled. */
 
 #endif

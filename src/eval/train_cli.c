@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,101 +197,201 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
     return 0;
 }
 
-static int parse_option(struct cli *c, int argc, char **argv, int *i)
+/* "MIN-MAX": two decimal numbers within 1..max, MIN <= MAX. */
+static int parse_range(const char *s, unsigned long max, unsigned *lo, unsigned *hi)
 {
-    const char *v = NULL;
-    const char *a = argv[*i];
-    unsigned long u;
-    static const char *const with_value[] = {
-        "--strong",    "--weak",   "--out",         "--csv",    "--models",      "--label",
-        "--c",         "--folds",  "--seed",        "--bits",   "--features",    "--chars",
-        "--max-bytes", "--solver", "--inner-folds", "--format", "--contaminated"};
-    for (size_t k = 0; k < sizeof(with_value) / sizeof(with_value[0]); k++) {
-        int r = opt_value(argc, argv, i, with_value[k], &v);
-        if (r < 0) {
-            return usage_error("%s needs a value", with_value[k]);
-        }
-        if (r == 0) {
-            continue;
-        }
-        const char *o = with_value[k];
-        if (strcmp(o, "--strong") == 0) {
-            c->strong = v;
-        } else if (strcmp(o, "--weak") == 0) {
-            c->weak = v;
-        } else if (strcmp(o, "--out") == 0) {
-            c->out = v;
-        } else if (strcmp(o, "--csv") == 0) {
-            c->csv = v;
-        } else if (strcmp(o, "--models") == 0) {
-            c->models = v;
-        } else if (strcmp(o, "--contaminated") == 0) {
-            c->contaminated = strcmp(v, "none") == 0 ? "" : v;
-        } else if (strcmp(o, "--format") == 0) {
-            if (br_dataset_format_parse(v, &c->format) != BR_OK) {
-                return usage_error("unknown format '%s'", v);
-            }
-        } else if (strcmp(o, "--label") == 0) {
-            if (br_train_label_parse(v, &c->opts.label) != BR_OK) {
-                return usage_error("unknown label '%s' (soft, gain, weak-wrong, diff)", v);
-            }
-        } else if (strcmp(o, "--c") == 0) {
-            if (parse_double(v, &c->opts.c) != 0 || c->opts.c <= 0 || c->opts.c > 1e6) {
-                return usage_error("--c needs a positive number");
-            }
-        } else if (strcmp(o, "--folds") == 0) {
-            if (parse_uint(v, 100, &u) != 0 || u < 2) {
-                return usage_error("--folds needs a number from 2 to 100");
-            }
-            c->folds = (unsigned)u;
-        } else if (strcmp(o, "--inner-folds") == 0) {
-            if (parse_uint(v, 20, &u) != 0 || u < 2) {
-                return usage_error("--inner-folds needs a number from 2 to 20");
-            }
-            c->opts.inner_folds = (unsigned)u;
-        } else if (strcmp(o, "--seed") == 0) {
-            if (parse_uint(v, 0xffffffffUL, &u) != 0) {
-                return usage_error("--seed needs a non-negative integer");
-            }
-            c->opts.seed = u;
-        } else if (strcmp(o, "--bits") == 0) {
-            if (parse_uint(v, BR_FEATURES_MAX_BITS, &u) != 0 || u < BR_FEATURES_MIN_BITS) {
-                return usage_error("--bits needs a number from %d to %d", BR_FEATURES_MIN_BITS,
-                                   BR_FEATURES_MAX_BITS);
-            }
-            c->opts.features.hash_bits = (uint32_t)u;
-        } else if (strcmp(o, "--features") == 0) {
-            if (parse_features(v, &c->opts.features.flags) != 0) {
-                return usage_error("bad --features '%s' (words, bigrams, chars, struct, nums)", v);
-            }
-        } else if (strcmp(o, "--chars") == 0) {
-            unsigned lo = 0, hi = 0;
-            char tail = 0;
-            if (sscanf(v, "%u-%u%c", &lo, &hi, &tail) != 2 || lo < 1 || hi < lo ||
-                hi > BR_FEATURES_MAX_CHAR) {
-                return usage_error("--chars needs MIN-MAX within 1-%d", BR_FEATURES_MAX_CHAR);
-            }
-            c->opts.features.char_min = lo;
-            c->opts.features.char_max = hi;
-        } else if (strcmp(o, "--max-bytes") == 0) {
-            if (parse_uint(v, BR_FEATURES_MAX_WINDOW, &u) != 0 || u < 64) {
-                return usage_error("--max-bytes needs a number from 64 to %u",
-                                   BR_FEATURES_MAX_WINDOW);
-            }
-            c->opts.features.max_bytes = (uint32_t)u;
-        } else if (strcmp(o, "--solver") == 0) {
-            if (strcmp(v, "lr") == 0) {
-                c->opts.solver = 0;
-            } else if (strcmp(v, "l1") == 0) {
-                c->opts.solver = 6;
-            } else if (strcmp(v, "lr-dual") == 0) {
-                c->opts.solver = 7;
-            } else {
-                return usage_error("unknown solver '%s' (lr, l1, lr-dual)", v);
-            }
-        }
-        return 0;
+    char *end = NULL;
+    if (*s < '0' || *s > '9') {
+        return -1;
     }
+    errno = 0;
+    unsigned long a = strtoul(s, &end, 10);
+    if (errno != 0 || *end != '-') {
+        return -1;
+    }
+    unsigned long b = 0;
+    if (parse_uint(end + 1, max, &b) != 0 || a < 1 || b < a) {
+        return -1;
+    }
+    *lo = (unsigned)a;
+    *hi = (unsigned)b;
+    return 0;
+}
+
+/* Handlers of the options that take a value: 0, or usage_error()'s code. */
+static int opt_strong(struct cli *c, const char *v)
+{
+    c->strong = v;
+    return 0;
+}
+
+static int opt_weak(struct cli *c, const char *v)
+{
+    c->weak = v;
+    return 0;
+}
+
+static int opt_out(struct cli *c, const char *v)
+{
+    c->out = v;
+    return 0;
+}
+
+static int opt_csv(struct cli *c, const char *v)
+{
+    c->csv = v;
+    return 0;
+}
+
+static int opt_models(struct cli *c, const char *v)
+{
+    c->models = v;
+    return 0;
+}
+
+static int opt_label(struct cli *c, const char *v)
+{
+    if (br_train_label_parse(v, &c->opts.label) != BR_OK) {
+        return usage_error("unknown label '%s' (soft, gain, weak-wrong, diff)", v);
+    }
+    return 0;
+}
+
+static int opt_c(struct cli *c, const char *v)
+{
+    if (parse_double(v, &c->opts.c) != 0 || c->opts.c <= 0 || c->opts.c > 1e6) {
+        return usage_error("--c needs a positive number");
+    }
+    return 0;
+}
+
+static int opt_folds(struct cli *c, const char *v)
+{
+    unsigned long u = 0;
+    if (parse_uint(v, 100, &u) != 0 || u < 2) {
+        return usage_error("--folds needs a number from 2 to 100");
+    }
+    c->folds = (unsigned)u;
+    return 0;
+}
+
+static int opt_seed(struct cli *c, const char *v)
+{
+    unsigned long u = 0;
+    if (parse_uint(v, 0xffffffffUL, &u) != 0) {
+        return usage_error("--seed needs a non-negative integer");
+    }
+    c->opts.seed = u;
+    return 0;
+}
+
+static int opt_bits(struct cli *c, const char *v)
+{
+    unsigned long u = 0;
+    if (parse_uint(v, BR_FEATURES_MAX_BITS, &u) != 0 || u < BR_FEATURES_MIN_BITS) {
+        return usage_error("--bits needs a number from %d to %d", BR_FEATURES_MIN_BITS,
+                           BR_FEATURES_MAX_BITS);
+    }
+    c->opts.features.hash_bits = (uint32_t)u;
+    return 0;
+}
+
+static int opt_features(struct cli *c, const char *v)
+{
+    if (parse_features(v, &c->opts.features.flags) != 0) {
+        return usage_error("bad --features '%s' (words, bigrams, chars, struct, nums)", v);
+    }
+    return 0;
+}
+
+static int opt_chars(struct cli *c, const char *v)
+{
+    unsigned lo = 0;
+    unsigned hi = 0;
+    if (parse_range(v, BR_FEATURES_MAX_CHAR, &lo, &hi) != 0) {
+        return usage_error("--chars needs MIN-MAX within 1-%d", BR_FEATURES_MAX_CHAR);
+    }
+    c->opts.features.char_min = lo;
+    c->opts.features.char_max = hi;
+    return 0;
+}
+
+static int opt_max_bytes(struct cli *c, const char *v)
+{
+    unsigned long u = 0;
+    if (parse_uint(v, BR_FEATURES_MAX_WINDOW, &u) != 0 || u < 64) {
+        return usage_error("--max-bytes needs a number from 64 to %u", BR_FEATURES_MAX_WINDOW);
+    }
+    c->opts.features.max_bytes = (uint32_t)u;
+    return 0;
+}
+
+static int opt_solver(struct cli *c, const char *v)
+{
+    /* liblinear's solver_type values (linear.h): L2R_LR, L1R_LR, L2R_LR_DUAL */
+    static const struct {
+        const char *name;
+        int solver;
+    } solvers[] = {{"lr", 0}, {"l1", 6}, {"lr-dual", 7}};
+    for (size_t k = 0; k < sizeof(solvers) / sizeof(solvers[0]); k++) {
+        if (strcmp(v, solvers[k].name) == 0) {
+            c->opts.solver = solvers[k].solver;
+            return 0;
+        }
+    }
+    return usage_error("unknown solver '%s' (lr, l1, lr-dual)", v);
+}
+
+static int opt_inner_folds(struct cli *c, const char *v)
+{
+    unsigned long u = 0;
+    if (parse_uint(v, 20, &u) != 0 || u < 2) {
+        return usage_error("--inner-folds needs a number from 2 to 20");
+    }
+    c->opts.inner_folds = (unsigned)u;
+    return 0;
+}
+
+static int opt_format(struct cli *c, const char *v)
+{
+    if (br_dataset_format_parse(v, &c->format) != BR_OK) {
+        return usage_error("unknown format '%s'", v);
+    }
+    return 0;
+}
+
+static int opt_contaminated(struct cli *c, const char *v)
+{
+    c->contaminated = strcmp(v, "none") == 0 ? "" : v;
+    return 0;
+}
+
+static const struct {
+    const char *name;
+    int (*set)(struct cli *c, const char *v);
+} value_options[] = {
+    {"--strong", opt_strong},
+    {"--weak", opt_weak},
+    {"--out", opt_out},
+    {"--csv", opt_csv},
+    {"--models", opt_models},
+    {"--label", opt_label},
+    {"--c", opt_c},
+    {"--folds", opt_folds},
+    {"--seed", opt_seed},
+    {"--bits", opt_bits},
+    {"--features", opt_features},
+    {"--chars", opt_chars},
+    {"--max-bytes", opt_max_bytes},
+    {"--solver", opt_solver},
+    {"--inner-folds", opt_inner_folds},
+    {"--format", opt_format},
+    {"--contaminated", opt_contaminated},
+};
+
+/* An option without a value: true when a is one (and it was applied). */
+static bool parse_flag(struct cli *c, const char *a)
+{
     if (strcmp(a, "--n-model") == 0) {
         c->opts.kind = BR_TRAIN_NMODEL;
     } else if (strcmp(a, "--verifier") == 0) {
@@ -301,14 +402,36 @@ static int parse_option(struct cli *c, int argc, char **argv, int *i)
         c->no_model = 1;
     } else if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
         c->quiet = 1;
-    } else if (a[0] == '-' && a[1] != '\0') {
-        return usage_error("unknown option '%s'", a);
     } else {
-        if (c->n_datasets >= MAX_DATASETS) {
-            return usage_error("at most %d datasets", MAX_DATASETS);
-        }
-        c->datasets[c->n_datasets++] = a;
+        return false;
     }
+    return true;
+}
+
+/* argv[*i] (with its value, which advances *i): 0, or usage_error()'s code. */
+static int parse_option(struct cli *c, int argc, char **argv, int *i)
+{
+    const char *a = argv[*i];
+    for (size_t k = 0; k < sizeof(value_options) / sizeof(value_options[0]); k++) {
+        const char *v = NULL;
+        int r = opt_value(argc, argv, i, value_options[k].name, &v);
+        if (r < 0) {
+            return usage_error("%s needs a value", value_options[k].name);
+        }
+        if (r > 0) {
+            return value_options[k].set(c, v);
+        }
+    }
+    if (parse_flag(c, a)) {
+        return 0;
+    }
+    if (a[0] == '-' && a[1] != '\0') {
+        return usage_error("unknown option '%s'", a);
+    }
+    if (c->n_datasets >= MAX_DATASETS) {
+        return usage_error("at most %d datasets", MAX_DATASETS);
+    }
+    c->datasets[c->n_datasets++] = a;
     return 0;
 }
 
@@ -448,61 +571,87 @@ static int load_binary(const struct cli *c, struct loaded *l, struct br_train_da
     return 0;
 }
 
-static int load_nmodel(const struct cli *c, struct loaded *l, struct br_train_data *d)
+/* Loads every dataset into l (all models kept): 0, or 1 after printing why. */
+static int load_all(const struct cli *c, struct loaded *l)
 {
     char err[512];
-    const char *names[BR_TRAIN_MAX_MODELS];
-    char *list = NULL;
-    size_t n = 0;
-    int code = 1;
     for (size_t i = 0; i < c->n_datasets; i++) {
         struct br_dataset_opts lo = {.format = c->format, .contaminated = c->contaminated};
         err[0] = 0;
         int rc = br_dataset_load(c->datasets[i], &lo, &l->ds[l->n], err, sizeof(err));
         if (rc != BR_OK) {
             (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
-            goto out;
+            return 1;
         }
         l->n++;
     }
-    if (c->models) {
-        list = br_strdup(c->models);
-        if (!list) {
-            goto out;
+    return 0;
+}
+
+/*
+ * The N-model candidates into names[0..*n): the comma-separated --models, cut in place in
+ * *list (a copy the caller frees), or every model of the first dataset. 0, 1 (out of memory)
+ * or usage_error()'s code.
+ */
+static int nmodel_names(const struct cli *c, const struct loaded *l, char **list,
+                        const char **names, size_t *n)
+{
+    *n = 0;
+    if (!c->models) {
+        const struct br_dataset *ds = l->ds[0];
+        if (ds->n_models > BR_TRAIN_MAX_MODELS) {
+            return usage_error("%s has %zu models; choose at most %d with --models", ds->name,
+                               ds->n_models, BR_TRAIN_MAX_MODELS);
         }
-        for (char *p = list; p && *p;) {
-            char *e = strchr(p, ',');
-            if (e) {
-                *e = 0;
-            }
-            if (n >= BR_TRAIN_MAX_MODELS) {
-                code = usage_error("at most %d models", BR_TRAIN_MAX_MODELS);
-                goto out;
-            }
-            names[n++] = p;
-            p = e ? e + 1 : NULL;
+        for (size_t m = 0; m < ds->n_models; m++) {
+            names[(*n)++] = ds->models[m];
         }
-    } else {
-        if (l->ds[0]->n_models > BR_TRAIN_MAX_MODELS) {
-            code = usage_error("%s has %zu models; choose at most %d with --models", l->ds[0]->name,
-                               l->ds[0]->n_models, BR_TRAIN_MAX_MODELS);
-            goto out;
+        return 0;
+    }
+    *list = br_strdup(c->models);
+    if (!*list) {
+        return 1;
+    }
+    for (char *p = *list; p && *p;) {
+        char *e = strchr(p, ',');
+        if (e) {
+            *e = 0;
         }
-        for (size_t m = 0; m < l->ds[0]->n_models; m++) {
-            names[n++] = l->ds[0]->models[m];
+        if (*n >= BR_TRAIN_MAX_MODELS) {
+            return usage_error("at most %d models", BR_TRAIN_MAX_MODELS);
         }
+        names[(*n)++] = p;
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+static int load_nmodel(const struct cli *c, struct loaded *l, struct br_train_data *d)
+{
+    char err[512];
+    const char *names[BR_TRAIN_MAX_MODELS];
+    char *list = NULL;
+    size_t n = 0;
+    int code = load_all(c, l);
+    if (code == 0) {
+        code = nmodel_names(c, l, &list, names, &n);
+    }
+    if (code != 0) {
+        goto out;
     }
     if (n < 2) {
         code = usage_error("N-model routing needs at least two models");
         goto out;
     }
+    code = 1;
     if (br_train_data_init(d, n, names) != BR_OK) {
         goto out;
     }
     for (size_t i = 0; i < l->n; i++) {
+        err[0] = 0; /* out of memory leaves it unwritten */
         int rc = br_train_data_add(d, l->ds[i], names, -1, err, sizeof(err));
         if (rc != BR_OK) {
-            (void)fprintf(stderr, "brigade train: %s\n", err);
+            (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
             goto out;
         }
     }
@@ -602,7 +751,8 @@ static void report_binary(const struct cli *c, const struct br_train_data *d, co
 
 /* One operating point of an N-model policy. */
 struct npoint {
-    double quality, cost;
+    double quality;
+    double cost;
 };
 
 static struct npoint nmodel_point(const struct br_train_data *d, const double *pred,
@@ -610,7 +760,8 @@ static struct npoint nmodel_point(const struct br_train_data *d, const double *p
                                   size_t *counts)
 {
     struct npoint p = {0, 0};
-    size_t k = d->n_models, n = 0;
+    size_t k = d->n_models;
+    size_t n = 0;
     double q[BR_TRAIN_MAX_MODELS];
     for (size_t i = 0; i < d->n; i++) {
         for (size_t m = 0; m < k; m++) {
@@ -636,30 +787,87 @@ static struct npoint nmodel_point(const struct br_train_data *d, const double *p
     return p;
 }
 
+/* Mean recorded quality and cost of model m over the rows where each is known (NaN: none). */
+static struct npoint model_mean(const struct br_train_data *d, size_t m)
+{
+    size_t k = d->n_models;
+    double sq = 0;
+    double sc = 0;
+    size_t nq = 0;
+    size_t nc = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        double q = d->quality[i * k + m];
+        double c = d->cost[i * k + m];
+        if (!isnan(q)) {
+            sq += q;
+            nq++;
+        }
+        if (!isnan(c)) {
+            sc += c;
+            nc++;
+        }
+    }
+    struct npoint p = {nq ? sq / (double)nq : NAN, nc ? sc / (double)nc : NAN};
+    return p;
+}
+
+/* The oracle: on each prompt, the cheapest (by mean cost) of the models with its best recorded
+ * quality; averaged over all rows. */
+static struct npoint oracle_point(const struct br_train_data *d, const double *mean_cost)
+{
+    size_t k = d->n_models;
+    double oq = 0;
+    double oc = 0;
+    for (size_t i = 0; i < d->n; i++) {
+        const double *q = d->quality + i * k;
+        size_t pick = k;
+        for (size_t m = 0; m < k; m++) {
+            if (isnan(q[m])) {
+                continue;
+            }
+            if (pick == k || q[m] > q[pick] ||
+                (q[m] == q[pick] && mean_cost[m] < mean_cost[pick])) {
+                pick = m;
+            }
+        }
+        if (pick < k) {
+            oq += q[pick];
+            oc += isnan(d->cost[i * k + pick]) ? mean_cost[pick] : d->cost[i * k + pick];
+        }
+    }
+    struct npoint p = {oq / (double)d->n, oc / (double)d->n};
+    return p;
+}
+
+/* The cheapest policy point whose quality reaches the best single model's. */
+struct cheapest {
+    double best_q; /* the best single model's quality */
+    double cost;   /* NaN until a point reaches it */
+    double quality;
+};
+
+static void cheapest_see(struct cheapest *ch, struct npoint p)
+{
+    if (p.quality >= ch->best_q - 1e-12 && (isnan(ch->cost) || p.cost < ch->cost)) {
+        ch->cost = p.cost;
+        ch->quality = p.quality;
+    }
+}
+
 static void report_nmodel(const struct br_train_data *d, const double *pred)
 {
     size_t k = d->n_models;
-    double mean_cost[BR_TRAIN_MAX_MODELS], mean_q[BR_TRAIN_MAX_MODELS];
-    double best_q = -1, best_cost = 0;
+    double mean_cost[BR_TRAIN_MAX_MODELS];
+    double mean_q[BR_TRAIN_MAX_MODELS];
+    double best_cost = 0;
     size_t best = 0;
+    struct cheapest ch = {.best_q = -1, .cost = NAN, .quality = NAN};
     for (size_t m = 0; m < k; m++) {
-        double sq = 0, sc = 0;
-        size_t nq = 0, nc = 0;
-        for (size_t i = 0; i < d->n; i++) {
-            double q = d->quality[i * k + m], c = d->cost[i * k + m];
-            if (!isnan(q)) {
-                sq += q;
-                nq++;
-            }
-            if (!isnan(c)) {
-                sc += c;
-                nc++;
-            }
-        }
-        mean_q[m] = nq ? sq / (double)nq : NAN;
-        mean_cost[m] = nc ? sc / (double)nc : NAN;
-        if (mean_q[m] > best_q) {
-            best_q = mean_q[m];
+        struct npoint mm = model_mean(d, m);
+        mean_q[m] = mm.quality;
+        mean_cost[m] = mm.cost;
+        if (mean_q[m] > ch.best_q) {
+            ch.best_q = mean_q[m];
             best_cost = mean_cost[m];
             best = m;
         }
@@ -669,39 +877,16 @@ static void report_nmodel(const struct br_train_data *d, const double *pred)
     for (size_t m = 0; m < k; m++) {
         (void)printf("  %-40s quality %.3f  cost $%.6f\n", d->models[m], mean_q[m], mean_cost[m]);
     }
-    /* oracle: cheapest model with the best recorded quality of the prompt */
-    double oq = 0, oc = 0;
-    for (size_t i = 0; i < d->n; i++) {
-        size_t pick = k;
-        for (size_t m = 0; m < k; m++) {
-            double q = d->quality[i * k + m];
-            if (isnan(q)) {
-                continue;
-            }
-            if (pick == k || q > d->quality[i * k + pick] ||
-                (q == d->quality[i * k + pick] && mean_cost[m] < mean_cost[pick])) {
-                pick = m;
-            }
-        }
-        if (pick < k) {
-            oq += d->quality[i * k + pick];
-            oc += isnan(d->cost[i * k + pick]) ? mean_cost[pick] : d->cost[i * k + pick];
-        }
-    }
-    (void)printf("  %-40s quality %.3f  cost $%.6f\n", "(oracle)", oq / (double)d->n,
-                 oc / (double)d->n);
+    struct npoint oracle = oracle_point(d, mean_cost);
+    (void)printf("  %-40s quality %.3f  cost $%.6f\n", "(oracle)", oracle.quality, oracle.cost);
     (void)printf("policy: maximise predicted quality - lambda * cost (USD per prompt)\n");
     (void)printf("  %12s  %7s  %11s  %8s\n", "lambda", "quality", "cost", "cost/best");
-    double cheapest_at_best = NAN, q_at = NAN;
     for (int j = -1; j <= 40; j++) {
         double lambda = j < 0 ? 0.0 : pow(10.0, (double)j / 5.0);
         struct npoint p = nmodel_point(d, pred, mean_cost, 0.0, lambda, NULL);
         (void)printf("  %12.4g  %7.3f  $%10.6f  %8.3f\n", lambda, p.quality, p.cost,
                      p.cost / best_cost);
-        if (p.quality >= best_q - 1e-12 && (isnan(cheapest_at_best) || p.cost < cheapest_at_best)) {
-            cheapest_at_best = p.cost;
-            q_at = p.quality;
-        }
+        cheapest_see(&ch, p);
     }
     (void)printf("policy: cheapest model predicted within a margin of the best\n");
     static const double margins[] = {0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3};
@@ -710,18 +895,15 @@ static void report_nmodel(const struct br_train_data *d, const double *pred)
         struct npoint p = nmodel_point(d, pred, mean_cost, margins[j], 0.0, counts);
         (void)printf("  margin %.2f  quality %.3f  cost $%.6f  cost/best %.3f\n", margins[j],
                      p.quality, p.cost, p.cost / best_cost);
-        if (p.quality >= best_q - 1e-12 && (isnan(cheapest_at_best) || p.cost < cheapest_at_best)) {
-            cheapest_at_best = p.cost;
-            q_at = p.quality;
-        }
+        cheapest_see(&ch, p);
     }
-    if (!isnan(cheapest_at_best)) {
+    if (!isnan(ch.cost)) {
         (void)printf("cheapest policy point with quality >= the best single model (%s, %.3f): "
                      "quality %.3f at %.3f x its cost\n",
-                     d->models[best], best_q, q_at, cheapest_at_best / best_cost);
+                     d->models[best], ch.best_q, ch.quality, ch.cost / best_cost);
     } else {
         (void)printf("no policy point reaches the best single model's quality (%s, %.3f)\n",
-                     d->models[best], best_q);
+                     d->models[best], ch.best_q);
     }
 }
 
@@ -756,19 +938,108 @@ static int write_csv(const char *path, const struct br_train_data *d, const doub
 
 /* ---- main flow ---- */
 
+/* Prints a failed step's error: err when the step wrote one, rc's name otherwise. */
+static int fail(const char *err, int rc)
+{
+    (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
+    return 1;
+}
+
+/*
+ * --folds: k-fold scores into scores, their report and --csv; for binary kinds the threshold
+ * reaching 95% of the strong model's quality goes into *threshold and the notes (notes_len
+ * bytes of notes are used). 0 or 1.
+ */
+static int cross_validate(const struct cli *c, struct br_train_data *d, double *scores,
+                          size_t n_out, char *notes, size_t notes_size, int notes_len,
+                          double *threshold)
+{
+    char err[512] = "";
+    if (!c->quiet) {
+        (void)fprintf(stderr, "brigade train: %u-fold cross-validation of %zu rows\n", c->folds,
+                      d->n);
+    }
+    int rc = br_train_cv(d, &c->opts, c->folds, scores, NULL, err, sizeof(err));
+    if (rc != BR_OK) {
+        return fail(err, rc);
+    }
+    if (c->opts.kind == BR_TRAIN_NMODEL) {
+        report_nmodel(d, scores);
+    } else {
+        char what[64];
+        (void)snprintf(what, sizeof(what), "%u-fold cross-validation", c->folds);
+        report_binary(c, d, scores, what, threshold);
+        if (notes_len > 0 && (size_t)notes_len < notes_size) {
+            (void)snprintf(notes + notes_len, notes_size - (size_t)notes_len,
+                           "cv %u folds: threshold at Q95 %.6f\n", c->folds, *threshold);
+        }
+    }
+    if (c->csv && write_csv(c->csv, d, scores, n_out) != 0) {
+        return 1;
+    }
+    return 0;
+}
+
+/* --leave-one-out: scores of each dataset by a model trained on the others, and their report.
+ * 0 or 1. */
+static int leave_one_out(const struct cli *c, struct br_train_data *d, double *scores)
+{
+    char err[512] = "";
+    int rc = br_train_cv_sources(d, &c->opts, scores, err, sizeof(err));
+    if (rc != BR_OK) {
+        return fail(err, rc);
+    }
+    if (c->opts.kind == BR_TRAIN_NMODEL) {
+        report_nmodel(d, scores);
+    } else {
+        report_binary(c, d, scores,
+                      "leave-one-dataset-out (each scored by a model trained "
+                      "on the others)",
+                      NULL);
+    }
+    return 0;
+}
+
+/* Fits the final model on every row and writes it to --out with the notes. 0 or 1. */
+static int save_model(const struct cli *c, struct br_train_data *d, const char *notes,
+                      double threshold)
+{
+    char err[512] = "";
+    struct br_train_model m;
+    if (!c->quiet) {
+        (void)fprintf(stderr, "brigade train: fitting the final model on all %zu rows\n", d->n);
+    }
+    /* br_train_fit() zeroes m first: it can be cleaned up on every path */
+    int rc = br_train_fit(d, NULL, 0, &c->opts, &m, err, sizeof(err));
+    if (rc == BR_OK) {
+        m.threshold = threshold;
+        struct br_classifier_spec spec;
+        br_train_model_spec(&m, notes, &spec);
+        rc = br_classifier_save(&spec, c->out, err, sizeof(err));
+    }
+    if (rc != BR_OK) {
+        br_train_model_cleanup(&m);
+        return fail(err, rc);
+    }
+    (void)printf("\nwrote %s (%s, %zu weight set%s, C=%g, 2^%u buckets)\n", c->out,
+                 c->opts.kind == BR_TRAIN_NMODEL     ? "n-model"
+                 : c->opts.kind == BR_TRAIN_VERIFIER ? "verifier"
+                                                     : "binary",
+                 m.n_sets, m.n_sets == 1 ? "" : "s", m.c[0], c->opts.features.hash_bits);
+    br_train_model_cleanup(&m);
+    return 0;
+}
+
 static int run(struct cli *c)
 {
     struct loaded l;
     struct br_train_data d;
-    struct br_train_model m;
-    char err[512] = "";
     char notes[4096];
     double *scores = NULL;
     double threshold = NAN;
     int code;
     memset(&l, 0, sizeof(l));
     memset(&d, 0, sizeof(d));
-    memset(&m, 0, sizeof(m));
     code = c->opts.kind == BR_TRAIN_NMODEL ? load_nmodel(c, &l, &d) : load_binary(c, &l, &d);
     if (code != 0) {
         goto out;
@@ -781,77 +1052,15 @@ static int run(struct cli *c)
     }
     int notes_len = snprintf(notes, sizeof(notes), "brigade train %s\nrows %zu\n", c->cmdline, d.n);
     if (c->folds) {
-        if (!c->quiet) {
-            (void)fprintf(stderr, "brigade train: %u-fold cross-validation of %zu rows\n", c->folds,
-                          d.n);
-        }
-        int rc = br_train_cv(&d, &c->opts, c->folds, scores, NULL, err, sizeof(err));
-        if (rc != BR_OK) {
-            (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
-            code = 1;
-            goto out;
-        }
-        if (c->opts.kind == BR_TRAIN_NMODEL) {
-            report_nmodel(&d, scores);
-        } else {
-            char what[64];
-            (void)snprintf(what, sizeof(what), "%u-fold cross-validation", c->folds);
-            report_binary(c, &d, scores, what, &threshold);
-            if (notes_len > 0 && (size_t)notes_len < sizeof(notes)) {
-                (void)snprintf(notes + notes_len, sizeof(notes) - (size_t)notes_len,
-                               "cv %u folds: threshold at Q95 %.6f\n", c->folds, threshold);
-            }
-        }
-        if (c->csv && write_csv(c->csv, &d, scores, n_out) != 0) {
-            code = 1;
-            goto out;
-        }
+        code = cross_validate(c, &d, scores, n_out, notes, sizeof(notes), notes_len, &threshold);
     }
-    if (c->leave_one_out) {
-        int rc = br_train_cv_sources(&d, &c->opts, scores, err, sizeof(err));
-        if (rc != BR_OK) {
-            (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
-            code = 1;
-            goto out;
-        }
-        if (c->opts.kind == BR_TRAIN_NMODEL) {
-            report_nmodel(&d, scores);
-        } else {
-            report_binary(c, &d, scores,
-                          "leave-one-dataset-out (each scored by a model trained "
-                          "on the others)",
-                          NULL);
-        }
+    if (code == 0 && c->leave_one_out) {
+        code = leave_one_out(c, &d, scores);
     }
-    if (c->no_model) {
-        goto out;
+    if (code == 0 && !c->no_model) {
+        code = save_model(c, &d, notes, threshold);
     }
-    if (!c->quiet) {
-        (void)fprintf(stderr, "brigade train: fitting the final model on all %zu rows\n", d.n);
-    }
-    int rc = br_train_fit(&d, NULL, 0, &c->opts, &m, err, sizeof(err));
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade train: %s\n", err[0] ? err : br_strerror(rc));
-        code = 1;
-        goto out;
-    }
-    m.threshold = threshold;
-    struct br_classifier_spec spec;
-    br_train_model_spec(&m, notes, &spec);
-    rc = br_classifier_save(&spec, c->out, err, sizeof(err));
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade train: %s\n", err);
-        code = 1;
-        goto out;
-    }
-    (void)printf("\nwrote %s (%s, %zu weight set%s, C=%g, 2^%u buckets)\n", c->out,
-                 c->opts.kind == BR_TRAIN_NMODEL     ? "n-model"
-                 : c->opts.kind == BR_TRAIN_VERIFIER ? "verifier"
-                                                     : "binary",
-                 m.n_sets, m.n_sets == 1 ? "" : "s", m.c[0], c->opts.features.hash_bits);
-    code = 0;
 out:
-    br_train_model_cleanup(&m);
     br_train_data_cleanup(&d);
     loaded_free(&l);
     br_free(scores);

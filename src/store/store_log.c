@@ -495,22 +495,17 @@ rollback:
     return rc;
 }
 
-static void write_batch(br_store *s, size_t n)
+/* Writes the batch, trying again while another connection holds the write lock (unless the
+ * store is stopping). True when it was committed (*rejected: entries refused on their own). */
+static bool write_until_done(br_store *s, size_t n, size_t *rejected)
 {
-    size_t rejected = 0;
-    int attempts = 0;
     char msg[ERRMSG_LEN];
-    int rc;
-    bool ok = false;
-    for (;;) {
-        attempts++;
-        rc = try_batch(s, n, &rejected, msg);
+    for (int attempts = 1;; attempts++) {
+        int rc = try_batch(s, n, rejected, msg);
         if (rc == SQLITE_OK) {
-            ok = true;
-            break;
+            return true;
         }
-        bool busy = br__store_err(rc) == BR_ERR_BUSY;
-        if (busy && !atomic_load(&s->stopping)) {
+        if (br__store_err(rc) == BR_ERR_BUSY && !atomic_load(&s->stopping)) {
             /* Another connection holds the write lock: keep the rows and try again. */
             br_log(BR_LOG_WARN, NULL, "event=store_busy rows=%zu attempt=%d msg=\"%s\"", n,
                    attempts, msg);
@@ -518,13 +513,20 @@ static void write_batch(br_store *s, size_t n)
         }
         br_log(BR_LOG_ERR, NULL, "event=store_write_failed rows=%zu sqlite_rc=%d msg=\"%s\"", n, rc,
                msg);
-        atomic_fetch_add(&s->failed, n);
-        break;
+        return false;
     }
+}
+
+static void write_batch(br_store *s, size_t n)
+{
+    size_t rejected = 0;
+    bool ok = write_until_done(s, n, &rejected);
     if (ok) {
         atomic_fetch_add(&s->failed, rejected);
         atomic_fetch_add(&s->written, n - rejected);
         atomic_fetch_add(&s->transactions, 1);
+    } else {
+        atomic_fetch_add(&s->failed, n);
     }
     for (size_t i = 0; i < n; i++) {
         struct qrow *q = s->batch[i];
@@ -649,29 +651,9 @@ static int configure_db(sqlite3 *db, const char *path)
     return BR_OK;
 }
 
-static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
+/* The persistent statements of the writer. */
+static int prepare_statements(br_store *s, const char *path)
 {
-    int rc = sqlite3_open_v2(
-        path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" sqlite_rc=%d msg=\"%s\"",
-               path, rc, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
-        return rc == SQLITE_NOMEM ? BR_ERR_NOMEM : BR_ERR_IO;
-    }
-    sqlite3_busy_timeout(s->db, (int)busy_timeout_ms);
-    sqlite3_extended_result_codes(s->db, 1);
-    if (sqlite3_db_readonly(s->db, "main") == 1) {
-        /* SQLite falls back to read-only on a file it cannot write: refuse now rather than
-         * failing every batch later. */
-        br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" what=read_only", path);
-        return BR_ERR_IO;
-    }
-
-    int brc = configure_db(s->db, path);
-    if (brc != BR_OK) {
-        return brc;
-    }
-
     char sql[BR__STORE_SQL_MAX];
     br__store_sql_insert(sql);
     const struct {
@@ -698,8 +680,8 @@ static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
          &s->st.body_insert},
     };
     for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++) {
-        rc = sqlite3_prepare_v3(s->db, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, stmts[i].st,
-                                NULL);
+        int rc = sqlite3_prepare_v3(s->db, stmts[i].sql, -1, SQLITE_PREPARE_PERSISTENT, stmts[i].st,
+                                    NULL);
         if (rc != SQLITE_OK) {
             br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" what=prepare msg=\"%s\"",
                    path, sqlite3_errmsg(s->db));
@@ -707,6 +689,30 @@ static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
         }
     }
     return BR_OK;
+}
+
+static int open_db(br_store *s, const char *path, uint32_t busy_timeout_ms)
+{
+    int rc = sqlite3_open_v2(
+        path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" sqlite_rc=%d msg=\"%s\"",
+               path, rc, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        return rc == SQLITE_NOMEM ? BR_ERR_NOMEM : BR_ERR_IO;
+    }
+    sqlite3_busy_timeout(s->db, (int)busy_timeout_ms);
+    sqlite3_extended_result_codes(s->db, 1);
+    if (sqlite3_db_readonly(s->db, "main") == 1) {
+        /* SQLite falls back to read-only on a file it cannot write: refuse now rather than
+         * failing every batch later. */
+        br_log(BR_LOG_ERR, NULL, "event=store_open_failed path=\"%s\" what=read_only", path);
+        return BR_ERR_IO;
+    }
+    int brc = configure_db(s->db, path);
+    if (brc != BR_OK) {
+        return brc;
+    }
+    return prepare_statements(s, path);
 }
 
 static int init_sync(br_store *s)

@@ -862,7 +862,9 @@ static int set_directive(const char *name, const char *arg, struct directives *d
         free(d->reply);
         d->reply = xstrdup(arg);
         for (char *p = d->reply; *p; p++) {
-            *p = *p == '_' ? ' ' : *p;
+            if (*p == '_') {
+                *p = ' ';
+            }
         }
         return 1;
     }
