@@ -14,6 +14,7 @@
  * trained one), or --rules (a rules-only route).
  */
 #include <csv.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,10 +74,33 @@ struct csv_read {
     long col;   /* index of the column, -1 until the header is read */
     long field; /* field index in the current row */
     bool header;
+    bool nomem; /* a prompt could not be stored */
     char **prompts;
     size_t n;
     size_t cap;
 };
+
+/* Appends a copy of s[0..len) to r->prompts; false when out of memory. */
+static bool add_prompt(struct csv_read *r, const void *s, size_t len)
+{
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 1024;
+        char **grown = realloc(r->prompts, cap * sizeof(*grown));
+        if (!grown) {
+            return false;
+        }
+        r->prompts = grown;
+        r->cap = cap;
+    }
+    char *p = malloc(len + 1);
+    if (!p) {
+        return false;
+    }
+    memcpy(p, s, len);
+    p[len] = '\0';
+    r->prompts[r->n++] = p;
+    return true;
+}
 
 static void on_field(void *s, size_t len, void *user)
 {
@@ -85,15 +109,8 @@ static void on_field(void *s, size_t len, void *user)
         if (len == strlen(r->column) && memcmp(s, r->column, len) == 0) {
             r->col = r->field;
         }
-    } else if (r->field == r->col) {
-        if (r->n == r->cap) {
-            r->cap = r->cap ? r->cap * 2 : 1024;
-            r->prompts = realloc(r->prompts, r->cap * sizeof(*r->prompts));
-        }
-        char *p = malloc(len + 1);
-        memcpy(p, s, len);
-        p[len] = '\0';
-        r->prompts[r->n++] = p;
+    } else if (r->field == r->col && !r->nomem && !add_prompt(r, s, len)) {
+        r->nomem = true;
     }
     r->field++;
 }
@@ -106,6 +123,17 @@ static void on_row(int c, void *user)
     r->field = 0;
 }
 
+static void free_prompts(struct csv_read *r)
+{
+    for (size_t i = 0; i < r->n; i++) {
+        free(r->prompts[i]);
+    }
+    free(r->prompts);
+    r->prompts = NULL;
+    r->n = 0;
+    r->cap = 0;
+}
+
 static int read_prompts(const char *path, struct csv_read *r)
 {
     FILE *f = fopen(path, "rb");
@@ -113,7 +141,10 @@ static int read_prompts(const char *path, struct csv_read *r)
         return BR_ERR_IO;
     }
     struct csv_parser p;
-    csv_init(&p, CSV_APPEND_NULL);
+    if (csv_init(&p, CSV_APPEND_NULL) != 0) {
+        (void)fclose(f); /* read only: nothing to lose */
+        return BR_ERR_NOMEM;
+    }
     r->col = -1;
     r->header = true;
     char buf[65536];
@@ -125,9 +156,17 @@ static int read_prompts(const char *path, struct csv_read *r)
             break;
         }
     }
-    csv_fini(&p, on_field, on_row, r);
+    if (rc == BR_OK && ferror(f)) {
+        rc = BR_ERR_IO;
+    }
+    if (rc == BR_OK && csv_fini(&p, on_field, on_row, r) != 0) {
+        rc = BR_ERR_PARSE;
+    }
     csv_free(&p);
-    fclose(f);
+    (void)fclose(f); /* read only: nothing to lose */
+    if (r->nomem) {
+        return BR_ERR_NOMEM;
+    }
     return rc == BR_OK && r->col >= 0 && r->n > 0 ? BR_OK : BR_ERR_PARSE;
 }
 
@@ -218,25 +257,41 @@ struct opts {
     long limit;
 };
 
+/* A count option: a whole decimal number, 0 or more. */
+static bool parse_count(const char *v, long *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (end == v || *end != '\0' || errno == ERANGE || x < 0) {
+        return false;
+    }
+    *out = x;
+    return true;
+}
+
+/* Fills o; returns -1 to go on, else the exit code (0 after --help, 2 on a bad argument). */
 static int parse_args(int argc, char **argv, struct opts *o)
 {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--config") == 0 && v) {
+        bool has_value = i + 1 < argc;
+        const char *v = has_value ? argv[i + 1] : "";
+        bool ok = true;
+        if (strcmp(a, "--config") == 0 && has_value) {
             o->config = v;
-        } else if (strcmp(a, "--route") == 0 && v) {
+        } else if (strcmp(a, "--route") == 0 && has_value) {
             o->route = v;
-        } else if (strcmp(a, "--classifier") == 0 && v) {
+        } else if (strcmp(a, "--classifier") == 0 && has_value) {
             o->classifier = v;
-        } else if (strcmp(a, "--data") == 0 && v) {
+        } else if (strcmp(a, "--data") == 0 && has_value) {
             o->data = v;
-        } else if (strcmp(a, "--column") == 0 && v) {
+        } else if (strcmp(a, "--column") == 0 && has_value) {
             o->column = v;
-        } else if (strcmp(a, "--passes") == 0 && v) {
-            o->passes = atol(v);
-        } else if (strcmp(a, "--limit") == 0 && v) {
-            o->limit = atol(v);
+        } else if (strcmp(a, "--passes") == 0 && has_value) {
+            ok = parse_count(v, &o->passes);
+        } else if (strcmp(a, "--limit") == 0 && has_value) {
+            ok = parse_count(v, &o->limit);
         } else if (strcmp(a, "--synthetic") == 0) {
             o->synthetic = true;
             continue;
@@ -246,6 +301,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
         } else {
             (void)fputs(usage, strcmp(a, "--help") == 0 ? stdout : stderr);
             return strcmp(a, "--help") == 0 ? 0 : 2;
+        }
+        if (!ok) {
+            (void)fprintf(stderr, "%s: expected a number of 0 or more, got '%s'\n", a, v);
+            return 2;
         }
         i++;
     }
@@ -297,6 +356,156 @@ static int load_route(const struct opts *o, char *tmp_model, struct br_config **
     return rc;
 }
 
+/* Everything a run holds; bench_free releases what is set. */
+struct bench {
+    struct br_config *cfg;
+    br_router *router;
+    const struct br_route_cfg *route;
+    const char *route_name;
+    struct csv_read ds;
+    char **bodies; /* [n] */
+    size_t n;
+    size_t total_bytes;
+    br_arena *arena;
+    uint64_t *ns; /* [measured] */
+    size_t measured;
+    struct br_plan *plan;
+};
+
+static void bench_free(struct bench *b)
+{
+    free(b->plan);
+    free(b->ns);
+    for (size_t i = 0; b->bodies && i < b->n; i++) {
+        free(b->bodies[i]);
+    }
+    free(b->bodies);
+    br_arena_destroy(b->arena);
+    free_prompts(&b->ds);
+    br_router_destroy(b->router);
+    br_config_unref(b->cfg);
+}
+
+/* The router and its route (the model file of --synthetic is removed once loaded). */
+static int setup_router(const struct opts *o, struct bench *b)
+{
+    char tmp_model[] = "/tmp/bench-router-XXXXXX";
+    int fd = mkstemp(tmp_model);
+    if (fd < 0) {
+        (void)fprintf(stderr, "cannot create a temporary file\n");
+        return 1;
+    }
+    (void)close(fd);
+    char err[1024];
+    int rc = load_route(o, tmp_model, &b->cfg, &b->route_name);
+    if (rc == BR_OK) {
+        rc = br_router_create(b->cfg, NULL, &b->router, err, sizeof(err));
+        if (rc != BR_OK) {
+            (void)fprintf(stderr, "router: %s\n", err);
+        }
+    }
+    (void)unlink(tmp_model);
+    if (rc != BR_OK) {
+        return 1;
+    }
+    b->route = br_config_route_find(b->cfg, b->route_name, strlen(b->route_name));
+    if (!b->route) {
+        (void)fprintf(stderr, "no route '%s' in the config\n", b->route_name);
+        return 1;
+    }
+    return 0;
+}
+
+/* The prompts, their request bodies and the buffers of the measurement. */
+static int setup_data(const struct opts *o, struct bench *b)
+{
+    b->ds.column = o->column;
+    int rc = read_prompts(o->data, &b->ds);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "data: cannot read column '%s' of %s (%s)\n", o->column, o->data,
+                      br_strerror(rc));
+        return 1;
+    }
+    size_t n = b->ds.n;
+    if (o->limit > 0 && (size_t)o->limit < n) {
+        n = (size_t)o->limit;
+    }
+    b->bodies = calloc(n, sizeof(*b->bodies));
+    if (!b->bodies) {
+        goto nomem;
+    }
+    b->n = n;
+    for (size_t i = 0; i < n; i++) {
+        b->bodies[i] = request_body(b->ds.prompts[i]);
+        if (!b->bodies[i]) {
+            goto nomem;
+        }
+        b->total_bytes += strlen(b->ds.prompts[i]);
+    }
+    b->measured = n * (size_t)(o->passes - 1);
+    b->ns = malloc(b->measured * sizeof(*b->ns));
+    b->plan = malloc(sizeof(*b->plan));
+    if (!b->ns || !b->plan || br_arena_create(0, &b->arena) != BR_OK) {
+        goto nomem;
+    }
+    return 0;
+nomem:
+    (void)fprintf(stderr, "out of memory\n");
+    return 1;
+}
+
+/* Every pass over the prompts, the first as a warm-up; *strong counts the decisions for the
+ * route's last (strongest) model. */
+static int measure(const struct opts *o, struct bench *b, size_t *strong)
+{
+    struct br_rng rng;
+    br_rng_seed(&rng, 1);
+    char err[1024];
+    size_t k = 0;
+    for (long pass = 0; pass < o->passes; pass++) {
+        for (size_t i = 0; i < b->n; i++) {
+            br_arena_reset(b->arena);
+            uint64_t t0 = now_ns();
+            struct br_route_req rq;
+            struct br_route_error re;
+            int rc = br_route_req_parse(b->arena, br_slice_from_cstr(b->bodies[i]), &rq, err,
+                                        sizeof(err));
+            if (rc == BR_OK) {
+                rc = br_route_plan(b->router, b->route, &rq, &rng, b->plan, &re);
+            }
+            uint64_t t1 = now_ns();
+            if (rc != BR_OK) {
+                (void)fprintf(stderr, "decision failed on prompt %zu\n", i);
+                return 1;
+            }
+            if (pass > 0) {
+                b->ns[k++] = t1 - t0;
+                *strong += b->plan->chosen == b->route->n_models - 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static void report(const struct opts *o, const struct bench *b, size_t strong)
+{
+    uint64_t *ns = b->ns;
+    size_t k = b->measured;
+    qsort(ns, k, sizeof(*ns), cmp_u64);
+    double sum = 0;
+    for (size_t i = 0; i < k; i++) {
+        sum += (double)ns[i];
+    }
+    printf("route %s (policy %s), %zu prompts of %s (mean %zu bytes), %ld passes\n", b->route_name,
+           br_route_policy_name(b->route->policies[0]), b->n, o->data, b->total_bytes / b->n,
+           o->passes - 1);
+    printf("decisions %zu  strong %.1f%%\n", k, 100.0 * (double)strong / (double)k);
+    printf("decision ns: mean %.0f  p50 %llu  p90 %llu  p99 %llu  p99.9 %llu  max %llu\n",
+           sum / (double)k, (unsigned long long)ns[k / 2], (unsigned long long)ns[k * 90 / 100],
+           (unsigned long long)ns[k * 99 / 100], (unsigned long long)ns[k * 999 / 1000],
+           (unsigned long long)ns[k - 1]);
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {.data = BR_SOURCE_DIR "/data/routellm/gsm8k/gsm8k_responses.csv",
@@ -306,101 +515,19 @@ int main(int argc, char **argv)
     if (code >= 0) {
         return code;
     }
-    char tmp_model[] = "/tmp/bench-router-XXXXXX";
-    int fd = mkstemp(tmp_model);
-    if (fd < 0) {
-        return 1;
-    }
-    close(fd);
-    struct br_config *cfg = NULL;
-    const char *route_name = NULL;
-    if (load_route(&o, tmp_model, &cfg, &route_name) != BR_OK) {
-        unlink(tmp_model);
-        return 1;
-    }
-    char err[1024];
-    br_router *r = NULL;
-    if (br_router_create(cfg, NULL, &r, err, sizeof(err)) != BR_OK) {
-        (void)fprintf(stderr, "router: %s\n", err);
-        unlink(tmp_model);
-        return 1;
-    }
-    unlink(tmp_model);
-    const struct br_route_cfg *route = br_config_route_find(cfg, route_name, strlen(route_name));
-    if (!route) {
-        (void)fprintf(stderr, "no route '%s' in the config\n", route_name);
-        return 1;
-    }
-    struct csv_read ds = {.column = o.column};
-    if (read_prompts(o.data, &ds) != BR_OK) {
-        (void)fprintf(stderr, "data: cannot read column '%s' of %s\n", o.column, o.data);
-        return 1;
-    }
-    size_t n = ds.n;
-    if (o.limit > 0 && (size_t)o.limit < n) {
-        n = (size_t)o.limit;
-    }
-    char **bodies = calloc(n, sizeof(*bodies));
-    size_t total_bytes = 0;
-    for (size_t i = 0; i < n; i++) {
-        bodies[i] = request_body(ds.prompts[i]);
-        total_bytes += strlen(ds.prompts[i]);
-    }
-    br_arena *a = NULL;
-    br_arena_create(0, &a);
-    struct br_rng rng;
-    br_rng_seed(&rng, 1);
-    size_t measured = n * (size_t)(o.passes - 1);
-    uint64_t *ns = malloc(measured * sizeof(*ns));
-    size_t k = 0;
+    struct bench b;
+    memset(&b, 0, sizeof(b));
     size_t strong = 0;
-    struct br_plan *plan = malloc(sizeof(*plan));
-    for (long pass = 0; pass < o.passes; pass++) {
-        for (size_t i = 0; i < n; i++) {
-            br_arena_reset(a);
-            uint64_t t0 = now_ns();
-            struct br_route_req rq;
-            struct br_route_error re;
-            int rc = br_route_req_parse(a, br_slice_from_cstr(bodies[i]), &rq, err, sizeof(err));
-            if (rc == BR_OK) {
-                rc = br_route_plan(r, route, &rq, &rng, plan, &re);
-            }
-            uint64_t t1 = now_ns();
-            if (rc != BR_OK) {
-                (void)fprintf(stderr, "decision failed on prompt %zu\n", i);
-                return 1;
-            }
-            if (pass > 0) {
-                ns[k++] = t1 - t0;
-                strong += plan->chosen == route->n_models - 1;
-            }
-        }
+    code = setup_router(&o, &b);
+    if (code == 0) {
+        code = setup_data(&o, &b);
     }
-    qsort(ns, k, sizeof(*ns), cmp_u64);
-    double sum = 0;
-    for (size_t i = 0; i < k; i++) {
-        sum += (double)ns[i];
+    if (code == 0) {
+        code = measure(&o, &b, &strong);
     }
-    printf("route %s (policy %s), %zu prompts of %s (mean %zu bytes), %ld passes\n", route_name,
-           br_route_policy_name(route->policies[0]), n, o.data, n ? total_bytes / n : 0,
-           o.passes - 1);
-    printf("decisions %zu  strong %.1f%%\n", k, 100.0 * (double)strong / (double)k);
-    printf("decision ns: mean %.0f  p50 %llu  p90 %llu  p99 %llu  p99.9 %llu  max %llu\n",
-           sum / (double)k, (unsigned long long)ns[k / 2], (unsigned long long)ns[k * 90 / 100],
-           (unsigned long long)ns[k * 99 / 100], (unsigned long long)ns[k * 999 / 1000],
-           (unsigned long long)ns[k - 1]);
-    free(plan);
-    free(ns);
-    for (size_t i = 0; i < n; i++) {
-        free(bodies[i]);
+    if (code == 0) {
+        report(&o, &b, strong);
     }
-    free(bodies);
-    br_arena_destroy(a);
-    for (size_t i = 0; i < ds.n; i++) {
-        free(ds.prompts[i]);
-    }
-    free(ds.prompts);
-    br_router_destroy(r);
-    br_config_unref(cfg);
-    return 0;
+    bench_free(&b);
+    return code;
 }

@@ -515,55 +515,101 @@ static int parse_classifier(loader *L, struct br_route_cfg *r, const struct br_y
     return rc;
 }
 
+static int cascade_steps(loader *L, struct br_route_cfg *r, const struct br_ynode *v,
+                         const char *what)
+{
+    struct br_route_cascade_cfg *c = &r->cascade;
+    char lb[128];
+    int rc = br__config_want(L, v, BR_YNODE_SEQ, label(lb, what, "steps"));
+    if (rc == BR_OK && (v->n < 2 || v->n > BR_ROUTE_MAX_MODELS)) {
+        return errf(L, v->line, "%s.steps: needs 2 to %d of the route's models", what,
+                    BR_ROUTE_MAX_MODELS);
+    }
+    for (size_t i = 0; rc == BR_OK && i < v->n; i++) {
+        rc = candidate(L, r, v->items[i], label(lb, what, "steps"), &c->steps[i]);
+        for (size_t j = 0; rc == BR_OK && j < i; j++) {
+            if (c->steps[j] == c->steps[i]) {
+                rc = errf(L, v->items[i]->line, "%s.steps: a model is listed twice", what);
+            }
+        }
+    }
+    c->n_steps = rc == BR_OK ? v->n : 0;
+    return rc;
+}
+
+static int cascade_confidence(loader *L, struct br_route_cascade_cfg *c, const struct br_ynode *v,
+                              const char *what)
+{
+    const char *s;
+    char lb[128];
+    int rc = br__config_scalar(L, v, label(lb, what, "confidence"), &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (strcmp(s, "logprobs") == 0) {
+        c->confidence = BR_CASCADE_CONFIDENCE_LOGPROBS;
+    } else if (strcmp(s, "self_verify") == 0) {
+        c->confidence = BR_CASCADE_CONFIDENCE_SELF_VERIFY;
+    } else if (strcmp(s, "verifier") == 0) {
+        c->confidence = BR_CASCADE_CONFIDENCE_VERIFIER;
+    } else {
+        rc =
+            errf(L, v->line,
+                 "%s.confidence: expected logprobs, self_verify or verifier, got '%.40s'", what, s);
+    }
+    return rc;
+}
+
+static int cascade_aggregate(loader *L, struct br_route_cascade_cfg *c, const struct br_ynode *v,
+                             const char *what)
+{
+    const char *s;
+    char lb[128];
+    int rc = br__config_scalar(L, v, label(lb, what, "aggregate"), &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (strcmp(s, "mean") == 0) {
+        c->aggregate = BR_CASCADE_AGGREGATE_MEAN;
+    } else if (strcmp(s, "min") == 0) {
+        c->aggregate = BR_CASCADE_AGGREGATE_MIN;
+    } else {
+        rc = errf(L, v->line, "%s.aggregate: expected mean or min, got '%.40s'", what, s);
+    }
+    return rc;
+}
+
+/* verifier_model: a file, relative to the config file's folder unless absolute. */
+static int cascade_verifier_model(loader *L, struct br_route_cascade_cfg *c,
+                                  const struct br_ynode *v, const char *what)
+{
+    const char *s;
+    char lb[128];
+    int rc = br__config_nonempty(L, v, label(lb, what, "verifier_model"), &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (s[0] == '/' || !L->base_dir) {
+        c->verifier_model_path = br_arena_strndup(L->arena, s, strlen(s));
+    } else {
+        c->verifier_model_path = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+    }
+    return c->verifier_model_path ? BR_OK : br__config_nomem(L);
+}
+
 static int cascade_field(loader *L, struct br_route_cfg *r, const struct br_ynode *k,
                          const struct br_ynode *v, const char *what)
 {
     struct br_route_cascade_cfg *c = &r->cascade;
-    const char *s;
     char lb[128];
-    int rc;
     if (strcmp(k->value, "steps") == 0) {
-        rc = br__config_want(L, v, BR_YNODE_SEQ, label(lb, what, "steps"));
-        if (rc == BR_OK && (v->n < 2 || v->n > BR_ROUTE_MAX_MODELS)) {
-            return errf(L, v->line, "%s.steps: needs 2 to %d of the route's models", what,
-                        BR_ROUTE_MAX_MODELS);
-        }
-        for (size_t i = 0; rc == BR_OK && i < v->n; i++) {
-            rc = candidate(L, r, v->items[i], label(lb, what, "steps"), &c->steps[i]);
-            for (size_t j = 0; rc == BR_OK && j < i; j++) {
-                if (c->steps[j] == c->steps[i]) {
-                    rc = errf(L, v->items[i]->line, "%s.steps: a model is listed twice", what);
-                }
-            }
-        }
-        c->n_steps = rc == BR_OK ? v->n : 0;
-        return rc;
+        return cascade_steps(L, r, v, what);
     }
     if (strcmp(k->value, "confidence") == 0) {
-        rc = br__config_scalar(L, v, label(lb, what, "confidence"), &s);
-        if (rc == BR_OK && strcmp(s, "logprobs") == 0) {
-            c->confidence = BR_CASCADE_CONFIDENCE_LOGPROBS;
-        } else if (rc == BR_OK && strcmp(s, "self_verify") == 0) {
-            c->confidence = BR_CASCADE_CONFIDENCE_SELF_VERIFY;
-        } else if (rc == BR_OK && strcmp(s, "verifier") == 0) {
-            c->confidence = BR_CASCADE_CONFIDENCE_VERIFIER;
-        } else if (rc == BR_OK) {
-            rc = errf(L, v->line,
-                      "%s.confidence: expected logprobs, self_verify or verifier, got '%.40s'",
-                      what, s);
-        }
-        return rc;
+        return cascade_confidence(L, c, v, what);
     }
     if (strcmp(k->value, "aggregate") == 0) {
-        rc = br__config_scalar(L, v, label(lb, what, "aggregate"), &s);
-        if (rc == BR_OK && strcmp(s, "mean") == 0) {
-            c->aggregate = BR_CASCADE_AGGREGATE_MEAN;
-        } else if (rc == BR_OK && strcmp(s, "min") == 0) {
-            c->aggregate = BR_CASCADE_AGGREGATE_MIN;
-        } else if (rc == BR_OK) {
-            rc = errf(L, v->line, "%s.aggregate: expected mean or min, got '%.40s'", what, s);
-        }
-        return rc;
+        return cascade_aggregate(L, c, v, what);
     }
     if (strcmp(k->value, "threshold") == 0) {
         return number(L, v, label(lb, what, "threshold"), -1000.0, 1.0, &c->threshold);
@@ -575,13 +621,7 @@ static int cascade_field(loader *L, struct br_route_cfg *r, const struct br_ynod
         return catalogue_model(L, v, label(lb, what, "verifier"), &c->verifier);
     }
     if (strcmp(k->value, "verifier_model") == 0) {
-        rc = br__config_nonempty(L, v, label(lb, what, "verifier_model"), &s);
-        if (rc == BR_OK && (s[0] == '/' || !L->base_dir)) {
-            c->verifier_model_path = br_arena_strndup(L->arena, s, strlen(s));
-        } else if (rc == BR_OK) {
-            c->verifier_model_path = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
-        }
-        return rc != BR_OK || c->verifier_model_path ? rc : br__config_nomem(L);
+        return cascade_verifier_model(L, c, v, what);
     }
     if (strcmp(k->value, "verify_max_tokens") == 0) {
         return br__config_integer(L, v, label(lb, what, "verify_max_tokens"), 1, 256,
@@ -589,7 +629,7 @@ static int cascade_field(loader *L, struct br_route_cfg *r, const struct br_ynod
     }
     return br__config_unknown_key(L, k, what,
                                   "steps, confidence, aggregate, threshold, logprobs, verifier, "
-                                  "verify_max_tokens");
+                                  "verifier_model, verify_max_tokens");
 }
 
 static int parse_cascade(loader *L, struct br_route_cfg *r, const struct br_ynode *m)

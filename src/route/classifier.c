@@ -543,7 +543,7 @@ int br_classifier_predict(const br_classifier *c, const char *text, size_t len, 
 
 double br_classifier_score(const br_classifier *c, const char *text, size_t len)
 {
-    double p;
+    double p = NAN;
     if (!c || c->n_outputs != 1 || br_classifier_predict(c, text, len, &p, 1) != BR_OK) {
         return NAN;
     }
@@ -553,7 +553,9 @@ double br_classifier_score(const br_classifier *c, const char *text, size_t len)
 int br_classifier_verify(const br_classifier *c, const char *prompt, size_t plen,
                          const char *answer, size_t alen, double *out)
 {
-    double zp, za, checks[BR_FEATURES_N_ANSWER];
+    double zp;
+    double za;
+    double checks[BR_FEATURES_N_ANSWER];
     if (!c || !out || c->kind != BR_CLASSIFIER_VERIFIER) {
         return BR_ERR_INVAL;
     }

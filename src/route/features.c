@@ -15,6 +15,7 @@
  */
 #include "route/features.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,6 +227,112 @@ struct line_state {
     int open_paren;
 };
 
+/* A byte of a word: folded into its hash (letters lower-cased) and counted. */
+static inline void word_byte(struct word *w, struct counts *ct, unsigned c, uint16_t k)
+{
+    if (w->len == 0 && (k & C_UPPER)) {
+        ct->cap_words++;
+    }
+    if (!(k & C_DIGIT)) {
+        w->digits_only = 0;
+    }
+    word_add(w, (k & C_UPPER) ? c + 32 : c);
+    if (k & C_DIGIT) {
+        ct->digits++;
+    } else if (k & C_UPPER) {
+        ct->upper++;
+    } else if (k & C_HIGH) {
+        ct->high++;
+    }
+}
+
+/* A punctuation byte p[i] of p[0..n): a token of its own, and the counters it feeds. */
+static inline void punct_byte(struct sink *s, const struct br_features_config *cfg,
+                              struct word_state *ws, struct counts *ct, const unsigned char *p,
+                              size_t n, size_t i, uint16_t k)
+{
+    const uint16_t *cls = cls_table;
+    unsigned c = p[i];
+    ct->punct++;
+    emit_token(s, cfg, ws, fmix64(0x7075000000000000ULL + c));
+    ct->math += (k & C_MATH) != 0;
+    ct->code += (k & C_CODE) != 0;
+    ct->quote += (k & C_QUOTE) != 0;
+    ct->tex += (k & C_TEX) != 0;
+    ct->paren += (k & C_PAREN) != 0;
+    if (c == '?') {
+        ct->qmarks++;
+    }
+    if ((c == '.' || c == '!' || c == '?') && (i + 1 == n || (cls[p[i + 1]] & (C_SPACE | C_NL)))) {
+        ct->sentences++;
+    }
+    if (c == '_' && (i == 0 || !(cls[p[i - 1]] & C_WORD)) &&
+        (i + 1 == n || !(cls[p[i + 1]] & C_WORD))) {
+        ct->blanks++;
+    }
+}
+
+static inline int choice_letter(unsigned c)
+{
+    return (c >= 'A' && c <= 'H') || (c >= 'a' && c <= 'h');
+}
+
+/* A newline: closes the line's counters and starts a new line. */
+static inline void line_end(struct counts *ct, struct line_state *ls)
+{
+    ct->lines++;
+    if (!ls->nonspace) {
+        ct->blank_lines++;
+    } else if (ls->lead >= 4) {
+        ct->indented_lines++;
+    }
+    if (ls->pos > ct->longest_line) {
+        ct->longest_line = ls->pos;
+    }
+    memset(ls, 0, sizeof(*ls));
+}
+
+/* A byte before the line's first non-space byte, or that byte itself. */
+static inline void line_lead_byte(struct line_state *ls, unsigned c, uint16_t k)
+{
+    if (k & C_SPACE) {
+        ls->lead += c == '\t' ? 4 : 1;
+        return;
+    }
+    ls->nonspace = 1;
+    if (c == '(') {
+        ls->open_paren = 1;
+        return;
+    }
+    ls->marker = choice_letter(c) ? 1 : 0;
+}
+
+/* Line-level counters of one byte other than a newline: indentation and multiple-choice
+ * markers ("A. ", "b) ", "(c) " at the line start). */
+static inline void line_byte(struct counts *ct, struct line_state *ls, unsigned c, uint16_t k)
+{
+    ls->pos++;
+    if (!ls->nonspace) {
+        line_lead_byte(ls, c, k);
+        return;
+    }
+    if (ls->marker == 0 && ls->open_paren == 1 && ls->pos <= ls->lead + 2 && choice_letter(c)) {
+        ls->marker = 1;
+        ls->open_paren = 2;
+        return;
+    }
+    if (ls->marker == 1) {
+        ls->marker = (c == '.' || c == ')') ? 2 : -1;
+        return;
+    }
+    if (ls->marker == 2) {
+        if (k & C_SPACE) {
+            ct->choices++;
+        }
+        ls->marker = -1;
+    }
+}
+
 static void word_pass(struct sink *s, const struct br_features_config *cfg, const unsigned char *p,
                       size_t n, struct counts *ct, struct word_state *ws, struct line_state *ls)
 {
@@ -236,86 +343,17 @@ static void word_pass(struct sink *s, const struct br_features_config *cfg, cons
         unsigned c = p[i];
         uint16_t k = cls[c];
         if (k & C_WORD) {
-            if (w.len == 0 && (k & C_UPPER)) {
-                ct->cap_words++;
-            }
-            if (!(k & C_DIGIT)) {
-                w.digits_only = 0;
-            }
-            word_add(&w, (k & C_UPPER) ? c + 32 : c);
-            if (k & C_DIGIT) {
-                ct->digits++;
-            } else if (k & C_UPPER) {
-                ct->upper++;
-            } else if (k & C_HIGH) {
-                ct->high++;
-            }
+            word_byte(&w, ct, c, k);
         } else {
             finish_word(s, cfg, ws, &w, ct);
             if (k & C_PUNCT) {
-                ct->punct++;
-                emit_token(s, cfg, ws, fmix64(0x7075000000000000ULL + c));
-                ct->math += (k & C_MATH) != 0;
-                ct->code += (k & C_CODE) != 0;
-                ct->quote += (k & C_QUOTE) != 0;
-                ct->tex += (k & C_TEX) != 0;
-                ct->paren += (k & C_PAREN) != 0;
-                if (c == '?') {
-                    ct->qmarks++;
-                }
-                if ((c == '.' || c == '!' || c == '?') &&
-                    (i + 1 == n || (cls[p[i + 1]] & (C_SPACE | C_NL)))) {
-                    ct->sentences++;
-                }
-                if (c == '_' && (i == 0 || !(cls[p[i - 1]] & C_WORD)) &&
-                    (i + 1 == n || !(cls[p[i + 1]] & C_WORD))) {
-                    ct->blanks++;
-                }
+                punct_byte(s, cfg, ws, ct, p, n, i, k);
             }
         }
-        /* lines */
         if (k & C_NL) {
-            ct->lines++;
-            if (!ls->nonspace) {
-                ct->blank_lines++;
-            } else if (ls->lead >= 4) {
-                ct->indented_lines++;
-            }
-            if (ls->pos > ct->longest_line) {
-                ct->longest_line = ls->pos;
-            }
-            memset(ls, 0, sizeof(*ls));
-            continue;
-        }
-        ls->pos++;
-        if (!ls->nonspace) {
-            if (k & C_SPACE) {
-                ls->lead += c == '\t' ? 4 : 1;
-                continue;
-            }
-            ls->nonspace = 1;
-            if (c == '(') {
-                ls->open_paren = 1;
-                continue;
-            }
-            ls->marker = ((c >= 'A' && c <= 'H') || (c >= 'a' && c <= 'h')) ? 1 : 0;
-            continue;
-        }
-        if (ls->marker == 0 && ls->open_paren == 1 && ls->pos <= ls->lead + 2 &&
-            ((c >= 'A' && c <= 'H') || (c >= 'a' && c <= 'h'))) {
-            ls->marker = 1;
-            ls->open_paren = 2;
-            continue;
-        }
-        if (ls->marker == 1) {
-            ls->marker = (c == '.' || c == ')') ? 2 : -1;
-            continue;
-        }
-        if (ls->marker == 2) {
-            if (k & C_SPACE) {
-                ct->choices++;
-            }
-            ls->marker = -1;
+            line_end(ct, ls);
+        } else {
+            line_byte(ct, ls, c, k);
         }
     }
     finish_word(s, cfg, ws, &w, ct);
@@ -535,6 +573,7 @@ static int extract_ns(const struct br_features_config *cfg, const char *text, si
     s.out = out;
     s.cap = cap;
     run(cfg, text ? text : "", len, &s, with_struct ? sv : NULL, ns);
+    assert(s.n <= cap); /* emit() stops at cap: out (NULL when cap is 0) is only read below */
     double scale[N_FAM];
     for (int f = 0; f < N_FAM; f++) {
         scale[f] = fam_scale(s.count[f]);
@@ -745,13 +784,22 @@ static int prec(int op)
     return (op == '+' || op == '-') ? 1 : 2;
 }
 
-static int apply(double *vs, size_t *nv, int op)
+/* The evaluator's stacks: values and pending operators ('(' included). */
+struct calc {
+    double vs[MAX_STACK];
+    int ops[MAX_STACK];
+    size_t nv;
+    size_t no;
+};
+
+/* Pops two values and pushes a op b. */
+static int apply(struct calc *k, int op)
 {
-    if (*nv < 2) {
+    if (k->nv < 2) {
         return -1;
     }
-    double b = vs[--*nv];
-    double a = vs[*nv - 1];
+    double b = k->vs[--k->nv];
+    double a = k->vs[k->nv - 1];
     double r;
     switch (op) {
     case '+':
@@ -772,7 +820,83 @@ static int apply(double *vs, size_t *nv, int op)
     default:
         return -1;
     }
-    vs[*nv - 1] = r;
+    k->vs[k->nv - 1] = r;
+    return 0;
+}
+
+/* Where an operand is expected at s[*i] (not a space): '(' or a number with an optional '%'.
+ * *done is set when a number was pushed (an operator comes next). */
+static int calc_operand(struct calc *k, const char *s, size_t n, size_t *i, int *done)
+{
+    if (s[*i] == '(') {
+        if (k->no >= MAX_STACK) {
+            return -1;
+        }
+        k->ops[k->no++] = '(';
+        (*i)++;
+        return 0;
+    }
+    double v;
+    if (read_number(s, n, i, &v) != 0) {
+        return -1;
+    }
+    if (*i < n && s[*i] == '%') {
+        v /= 100.0;
+        (*i)++;
+    }
+    if (k->nv >= MAX_STACK) {
+        return -1;
+    }
+    k->vs[k->nv++] = v;
+    *done = 1;
+    return 0;
+}
+
+/* ')': applies the operators back to the matching '('. */
+static int calc_close(struct calc *k)
+{
+    while (k->no && k->ops[k->no - 1] != '(') {
+        if (apply(k, k->ops[--k->no]) != 0) {
+            return -1;
+        }
+    }
+    if (!k->no) {
+        return -1;
+    }
+    k->no--;
+    return 0;
+}
+
+/* A binary operator: applies the pending ones of higher or equal precedence, then waits. */
+static int calc_operator(struct calc *k, int op)
+{
+    if (op != '+' && op != '-' && op != '*' && op != '/') {
+        return -1;
+    }
+    while (k->no && k->ops[k->no - 1] != '(' && prec(k->ops[k->no - 1]) >= prec(op)) {
+        if (apply(k, k->ops[--k->no]) != 0) {
+            return -1;
+        }
+    }
+    if (k->no >= MAX_STACK) {
+        return -1;
+    }
+    k->ops[k->no++] = op;
+    return 0;
+}
+
+/* End of input: applies what is pending; one finite value must remain. */
+static int calc_finish(struct calc *k, double *out)
+{
+    while (k->no) {
+        if (k->ops[k->no - 1] == '(' || apply(k, k->ops[--k->no]) != 0) {
+            return -1;
+        }
+    }
+    if (k->nv != 1 || !isfinite(k->vs[0])) {
+        return -1;
+    }
+    *out = k->vs[0];
     return 0;
 }
 
@@ -782,10 +906,9 @@ static int apply(double *vs, size_t *nv, int op)
  */
 static int eval_expr(const char *s, size_t n, double *out, int *n_ops)
 {
-    double vs[MAX_STACK];
-    int ops[MAX_STACK];
-    size_t nv = 0;
-    size_t no = 0;
+    struct calc k;
+    k.nv = 0;
+    k.no = 0;
     int expect_num = 1;
     *n_ops = 0;
     for (size_t i = 0; i < n;) {
@@ -795,72 +918,30 @@ static int eval_expr(const char *s, size_t n, double *out, int *n_ops)
             continue;
         }
         if (expect_num) {
-            if (c == '(') {
-                if (no >= MAX_STACK) {
-                    return -1;
-                }
-                ops[no++] = '(';
-                i++;
-                continue;
-            }
-            double v;
-            if (read_number(s, n, &i, &v) != 0) {
+            int pushed = 0;
+            if (calc_operand(&k, s, n, &i, &pushed) != 0) {
                 return -1;
             }
-            if (i < n && s[i] == '%') {
-                v /= 100.0;
-                i++;
-            }
-            if (nv >= MAX_STACK) {
-                return -1;
-            }
-            vs[nv++] = v;
-            expect_num = 0;
+            expect_num = !pushed;
             continue;
         }
         if (c == ')') {
-            while (no && ops[no - 1] != '(') {
-                if (apply(vs, &nv, ops[--no]) != 0) {
-                    return -1;
-                }
-            }
-            if (!no) {
+            if (calc_close(&k) != 0) {
                 return -1;
             }
-            no--;
-            i++;
-            continue;
-        }
-        int op = c == 'x' ? '*' : c;
-        if (op != '+' && op != '-' && op != '*' && op != '/') {
-            return -1;
-        }
-        while (no && ops[no - 1] != '(' && prec(ops[no - 1]) >= prec(op)) {
-            if (apply(vs, &nv, ops[--no]) != 0) {
+        } else {
+            if (calc_operator(&k, c == 'x' ? '*' : c) != 0) {
                 return -1;
             }
+            (*n_ops)++;
+            expect_num = 1;
         }
-        if (no >= MAX_STACK) {
-            return -1;
-        }
-        ops[no++] = op;
-        (*n_ops)++;
-        expect_num = 1;
         i++;
     }
     if (expect_num) {
         return -1;
     }
-    while (no) {
-        if (ops[no - 1] == '(' || apply(vs, &nv, ops[--no]) != 0) {
-            return -1;
-        }
-    }
-    if (nv != 1 || !isfinite(vs[0])) {
-        return -1;
-    }
-    *out = vs[0];
-    return 0;
+    return calc_finish(&k, out);
 }
 
 /* Different beyond rounding (relative 1e-4, or an absolute cent). */
@@ -940,7 +1021,10 @@ static void read_final(const char *a, size_t n, struct final_answer *f, double *
 /* GSM8K-style "<<expr=value>>value" annotations. */
 static void check_annotations(const char *a, size_t n, double *last_result, double *v)
 {
-    size_t n_ann = 0, n_bad = 0, n_mismatch = 0, n_frac = 0;
+    size_t n_ann = 0;
+    size_t n_bad = 0;
+    size_t n_mismatch = 0;
+    size_t n_frac = 0;
     size_t i = 0;
     while (i + 1 < n) {
         const char *open = find(a + i, n - i, "<<");
@@ -963,7 +1047,8 @@ static void check_annotations(const char *a, size_t n, double *last_result, doub
         }
         eq--; /* the '=' */
         n_ann++;
-        double lhs, rhs;
+        double lhs;
+        double rhs;
         int ops;
         if (eval_expr(a + o, eq - o, &lhs, &ops) != 0 ||
             eval_expr(a + eq + 1, c - eq - 1, &rhs, &ops) != 0) {
@@ -991,10 +1076,37 @@ static void check_annotations(const char *a, size_t n, double *last_result, doub
     v[23] = n_ann == 0 ? 1.0 : 0.0; /* completed with the final marker below */
 }
 
+/* The "a op b = c" equation around the '=' at a[i] (each side at most 120 expression
+ * characters, trimmed to start and end like a number): 1 when both sides evaluate and there
+ * is at least one operator, with their values in *x and *y. */
+static int equation_at(const char *a, size_t n, size_t i, double *x, double *y)
+{
+    size_t lo = i;
+    while (lo > 0 && i - lo < 120 && is_expr_char((unsigned char)a[lo - 1])) {
+        lo--;
+    }
+    while (lo < i && !(is_digit((unsigned char)a[lo]) || a[lo] == '(' || a[lo] == '$')) {
+        lo++;
+    }
+    size_t hi = i + 1;
+    while (hi < n && hi - i < 120 && is_expr_char((unsigned char)a[hi])) {
+        hi++;
+    }
+    while (hi > i + 1 &&
+           !(is_digit((unsigned char)a[hi - 1]) || a[hi - 1] == ')' || a[hi - 1] == '%')) {
+        hi--;
+    }
+    int o1;
+    int o2;
+    return lo < i && hi > i + 1 && eval_expr(a + lo, i - lo, x, &o1) == 0 &&
+           eval_expr(a + i + 1, hi - i - 1, y, &o2) == 0 && o1 + o2 > 0;
+}
+
 /* Plain "a op b = c" equations outside annotations. */
 static void check_equations(const char *a, size_t n, double *v)
 {
-    size_t n_eq = 0, n_bad = 0;
+    size_t n_eq = 0;
+    size_t n_bad = 0;
     int inside = 0;
     for (size_t i = 0; i < n; i++) {
         if (i + 1 < n && a[i] == '<' && a[i + 1] == '<') {
@@ -1005,25 +1117,9 @@ static void check_equations(const char *a, size_t n, double *v)
         if (a[i] != '=' || inside) {
             continue;
         }
-        size_t lo = i;
-        while (lo > 0 && i - lo < 120 && is_expr_char((unsigned char)a[lo - 1])) {
-            lo--;
-        }
-        while (lo < i && !(is_digit((unsigned char)a[lo]) || a[lo] == '(' || a[lo] == '$')) {
-            lo++;
-        }
-        size_t hi = i + 1;
-        while (hi < n && hi - i < 120 && is_expr_char((unsigned char)a[hi])) {
-            hi++;
-        }
-        while (hi > i + 1 &&
-               !(is_digit((unsigned char)a[hi - 1]) || a[hi - 1] == ')' || a[hi - 1] == '%')) {
-            hi--;
-        }
-        double x, y;
-        int o1, o2;
-        if (lo < i && hi > i + 1 && eval_expr(a + lo, i - lo, &x, &o1) == 0 &&
-            eval_expr(a + i + 1, hi - i - 1, &y, &o2) == 0 && o1 + o2 > 0) {
+        double x;
+        double y;
+        if (equation_at(a, n, i, &x, &y)) {
             n_eq++;
             if (differ(x, y)) {
                 n_bad++;

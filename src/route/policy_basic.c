@@ -28,14 +28,10 @@ const struct br_route_policy_ops br__policy_direct = {
 
 static int random_decide(const struct br__route_ctx *ctx, struct br__route_choice *out)
 {
-    size_t pick[BR_ROUTE_MAX_MODELS];
-    size_t n = 0;
-    for (size_t i = 0; i < ctx->cfg->n_models; i++) {
-        if (ctx->ok[i]) {
-            pick[n++] = i;
-        }
+    size_t n = br__route_random(ctx, &out->index);
+    if (n == 0) {
+        return BR_AGAIN;
     }
-    out->index = pick[(size_t)(br_rng_uniform(ctx->rng) * (double)n) % n];
     out->decision = "model";
     (void)snprintf(out->reason, out->reason_len, "random: uniform among %zu candidates", n);
     return BR_OK;

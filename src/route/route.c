@@ -154,6 +154,31 @@ static int join_live(struct br__route_rt *rt, br_route_live *live)
     return BR_OK;
 }
 
+/* The runtime of route i: its models' live statistics, its model files, its live state. */
+static int route_rt_init(br_router *r, size_t i, char *err, size_t errlen)
+{
+    const struct br_config *cfg = r->cfg;
+    struct br__route_rt *rt = &r->routes[i];
+    const struct br_route_cfg *route = &cfg->routes[i];
+    rt->cfg = route;
+    for (size_t j = 0; j < route->n_models; j++) {
+        rt->models[j] = r->catalogue_live[route->models[j] - cfg->models];
+    }
+    int rc = BR_OK;
+    if (uses_policy(route, BR_ROUTE_POLICY_CLASSIFIER)) {
+        rc = br__route_classifier_load(rt, cfg->path, err, errlen);
+    }
+    if (rc == BR_OK && uses_policy(route, BR_ROUTE_POLICY_CASCADE) &&
+        route->cascade.confidence == BR_CASCADE_CONFIDENCE_VERIFIER) {
+        rc = br__route_verifier_load(rt, cfg->path, err, errlen);
+    }
+    if (rc == BR_OK && join_live(rt, r->live) != BR_OK) {
+        (void)snprintf(err, errlen, "out of memory");
+        rc = BR_ERR_NOMEM;
+    }
+    return rc;
+}
+
 int br_router_create(const struct br_config *cfg, br_route_live *live, br_router **out, char *err,
                      size_t errlen)
 {
@@ -183,27 +208,9 @@ int br_router_create(const struct br_config *cfg, br_route_live *live, br_router
         }
     }
     for (size_t i = 0; i < cfg->n_routes; i++) {
-        struct br__route_rt *rt = &r->routes[i];
-        const struct br_route_cfg *route = &cfg->routes[i];
-        rt->cfg = route;
-        for (size_t j = 0; j < route->n_models; j++) {
-            rt->models[j] = r->catalogue_live[route->models[j] - cfg->models];
-        }
-        if (uses_policy(route, BR_ROUTE_POLICY_CLASSIFIER)) {
-            rc = br__route_classifier_load(rt, cfg->path, err, errlen);
-            if (rc != BR_OK) {
-                goto fail;
-            }
-        }
-        if (uses_policy(route, BR_ROUTE_POLICY_CASCADE) &&
-            route->cascade.confidence == BR_CASCADE_CONFIDENCE_VERIFIER) {
-            rc = br__route_verifier_load(rt, cfg->path, err, errlen);
-            if (rc != BR_OK) {
-                goto fail;
-            }
-        }
-        if (join_live(rt, live) != BR_OK) {
-            goto nomem;
+        rc = route_rt_init(r, i, err, errlen);
+        if (rc != BR_OK) {
+            goto fail;
         }
     }
     *out = r;
@@ -318,6 +325,21 @@ size_t br__route_weakest(const struct br__route_ctx *ctx)
         }
     }
     return 0;
+}
+
+size_t br__route_random(const struct br__route_ctx *ctx, size_t *index)
+{
+    size_t pick[BR_ROUTE_MAX_MODELS];
+    size_t n = 0;
+    for (size_t i = 0; i < ctx->cfg->n_models; i++) {
+        if (ctx->ok[i]) {
+            pick[n++] = i;
+        }
+    }
+    if (n > 0) {
+        *index = pick[(size_t)(br_rng_uniform(ctx->rng) * (double)n) % n];
+    }
+    return n;
 }
 
 int64_t br__route_expected_output(const struct br_route_cfg *cfg, const struct br_route_req *req)
@@ -572,15 +594,8 @@ int br_route_plan(const br_router *r, const struct br_route_cfg *route,
                                   .reason_len = sizeof(out->reason_buf)};
     const char *policy = "hint";
     if (!(route->accept_hints && apply_hints(&ctx, ok, &ch))) {
-        if (route->exploration > 0 && br_rng_uniform(rng) < route->exploration) {
-            size_t n_ok = 0;
-            size_t pick[BR_ROUTE_MAX_MODELS];
-            for (size_t i = 0; i < route->n_models; i++) {
-                if (ok[i]) {
-                    pick[n_ok++] = i;
-                }
-            }
-            ch.index = pick[(size_t)(br_rng_uniform(rng) * (double)n_ok) % n_ok];
+        if (route->exploration > 0 && br_rng_uniform(rng) < route->exploration &&
+            br__route_random(&ctx, &ch.index) > 0) {
             ch.decision = "explore";
             policy = "explore";
             (void)snprintf(out->reason_buf, sizeof(out->reason_buf),

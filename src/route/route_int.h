@@ -148,6 +148,9 @@ extern const struct br_route_policy_ops br__policy_random;
 /* Candidate helpers (route.c). */
 size_t br__route_strongest(const struct br__route_ctx *ctx); /* highest ok index */
 size_t br__route_weakest(const struct br__route_ctx *ctx);   /* lowest ok index */
+/** A candidate drawn uniformly (one draw of ctx->rng) into *index; returns the number of
+ * candidates. 0 (no draw, *index untouched) cannot happen while ctx->ok holds at least one. */
+size_t br__route_random(const struct br__route_ctx *ctx, size_t *index);
 /** Expected output tokens of req under the route (max_tokens caps the route's guess). */
 int64_t br__route_expected_output(const struct br_route_cfg *cfg, const struct br_route_req *req);
 /** Predicted latency (ms) of candidate i. */

@@ -283,6 +283,16 @@ static double towards_strong(const struct br__route_rt *rt)
     return rt->threshold_is_cascade ? 1.0 : -1.0;
 }
 
+/* True when the window's mean cost per request is above the target (*n requests costing
+ * *cost nano-USD in all, n > 0). */
+static bool over_cost_target(struct br__live_route *lr, const struct br_route_feedback_cfg *f,
+                             int64_t *n, int64_t *cost)
+{
+    *n = atomic_load(&lr->window_requests);
+    *cost = atomic_load(&lr->window_cost_nano);
+    return *n > 0 && *cost / *n > f->target_cost_nano;
+}
+
 static void retune(const struct br__route_rt *rt, int64_t now_ms, struct br_route_adjustment *adj)
 {
     struct br__live_route *lr = rt->live;
@@ -295,28 +305,25 @@ static void retune(const struct br__route_rt *rt, int64_t now_ms, struct br_rout
     double hi;
     double mean = lr->win_sum / (double)lr->win_n;
     br_route_wilson(mean, (double)lr->win_n, f->confidence, &lo, &hi);
-    double dir = 0;
+    double dir;
     char why[320];
+    int64_t n = 0;
+    int64_t cost = 0;
     if (hi < f->q_min) {
         dir = towards_strong(rt);
         (void)snprintf(why, sizeof(why),
                        "cheap decisions' quality %.3f [%.3f, %.3f] over %lld feedback is below "
                        "q_min %.3f",
                        mean, lo, hi, (long long)lr->win_n, f->q_min);
-    } else if (f->target_cost_nano > 0 && lo > f->q_min) {
-        int64_t n = atomic_load(&lr->window_requests);
-        int64_t cost = atomic_load(&lr->window_cost_nano);
-        if (n > 0 && cost / n > f->target_cost_nano) {
-            dir = -towards_strong(rt);
-            (void)snprintf(why, sizeof(why),
-                           "mean cost %lld nano-USD over %lld requests is above the target %lld, "
-                           "quality %.3f [%.3f, %.3f] above q_min",
-                           (long long)(cost / n), (long long)n, (long long)f->target_cost_nano,
-                           mean, lo, hi);
-        }
-    }
-    if (dir == 0) {
-        return;
+    } else if (f->target_cost_nano > 0 && lo > f->q_min && over_cost_target(lr, f, &n, &cost)) {
+        dir = -towards_strong(rt);
+        (void)snprintf(why, sizeof(why),
+                       "mean cost %lld nano-USD over %lld requests is above the target %lld, "
+                       "quality %.3f [%.3f, %.3f] above q_min",
+                       (long long)(cost / n), (long long)n, (long long)f->target_cost_nano, mean,
+                       lo, hi);
+    } else {
+        return; /* quality and cost are within bounds: nothing to adjust */
     }
     double from = br__live_load(&lr->threshold);
     double to = clamp(from + dir * f->step, f->min_threshold, f->max_threshold);

@@ -548,6 +548,50 @@ static int64_t int_or(struct br_slice v, int64_t dflt)
     return v.ptr && br_json_int(v, &x) == BR_OK ? x : dflt;
 }
 
+/* The top-level members read after the loop over them. */
+struct top_fields {
+    struct br_slice messages;
+    struct br_slice max_tokens;
+    struct br_slice max_completion;
+};
+
+/* One member of the body: capabilities it uses go to out, the rest to f. */
+static void top_member(const struct br_json_member *m, struct top_fields *f,
+                       struct br_route_req *out)
+{
+    if (br_json_key_eq(m->key, "messages")) {
+        f->messages = m->value;
+    } else if (br_json_key_eq(m->key, "tools") || br_json_key_eq(m->key, "functions")) {
+        if (nonempty_array(m->value)) {
+            out->uses |= BR_MODEL_CAP_TOOLS;
+        }
+    } else if (br_json_key_eq(m->key, "response_format")) {
+        if (json_format(m->value)) {
+            out->uses |= BR_MODEL_CAP_JSON_MODE;
+        }
+    } else if (br_json_key_eq(m->key, "max_tokens")) {
+        f->max_tokens = m->value;
+    } else if (br_json_key_eq(m->key, "max_completion_tokens")) {
+        f->max_completion = m->value;
+    } else if (br_json_key_eq(m->key, "metadata")) {
+        if (br_json_type_of(m->value) == BR_JSON_OBJECT) {
+            out->metadata = m->value;
+        }
+    }
+}
+
+/* Every member of the body; BR_ERR_NOTFOUND when all were read, else the iterator's error. */
+static int top_level(struct br_slice body, struct top_fields *f, struct br_route_req *out)
+{
+    struct br_json_iter it;
+    struct br_json_member m;
+    int rc = br_json_obj_iter_init(&it, body);
+    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
+        top_member(&m, f, out);
+    }
+    return rc;
+}
+
 int br_route_req_parse(br_arena *a, struct br_slice body, struct br_route_req *out, char *err,
                        size_t errlen)
 {
@@ -559,40 +603,15 @@ int br_route_req_parse(br_arena *a, struct br_slice body, struct br_route_req *o
     out->hints.max_cost_nano = -1;
     err[0] = '\0';
 
-    struct br_slice messages = {0};
-    struct br_slice max_tokens = {0};
-    struct br_slice max_completion = {0};
-    struct br_json_iter it;
-    struct br_json_member m;
-    int rc = br_json_obj_iter_init(&it, body);
-    while (rc == BR_OK && (rc = br_json_obj_iter_next(&it, &m)) == BR_OK) {
-        if (br_json_key_eq(m.key, "messages")) {
-            messages = m.value;
-        } else if (br_json_key_eq(m.key, "tools") || br_json_key_eq(m.key, "functions")) {
-            if (nonempty_array(m.value)) {
-                out->uses |= BR_MODEL_CAP_TOOLS;
-            }
-        } else if (br_json_key_eq(m.key, "response_format")) {
-            if (json_format(m.value)) {
-                out->uses |= BR_MODEL_CAP_JSON_MODE;
-            }
-        } else if (br_json_key_eq(m.key, "max_tokens")) {
-            max_tokens = m.value;
-        } else if (br_json_key_eq(m.key, "max_completion_tokens")) {
-            max_completion = m.value;
-        } else if (br_json_key_eq(m.key, "metadata")) {
-            if (br_json_type_of(m.value) == BR_JSON_OBJECT) {
-                out->metadata = m.value;
-            }
-        }
-    }
+    struct top_fields f = {0};
+    int rc = top_level(body, &f, out);
     if (rc != BR_ERR_NOTFOUND) {
         (void)snprintf(err, errlen, "The request body must be a JSON object.");
         return BR_ERR_INVAL;
     }
-    out->max_tokens = int_or(max_completion, int_or(max_tokens, -1));
-    if (messages.ptr && br_json_type_of(messages) == BR_JSON_ARRAY) {
-        rc = read_messages(a, messages, out);
+    out->max_tokens = int_or(f.max_completion, int_or(f.max_tokens, -1));
+    if (f.messages.ptr && br_json_type_of(f.messages) == BR_JSON_ARRAY) {
+        rc = read_messages(a, f.messages, out);
         if (rc == BR_ERR_NOMEM) {
             return rc;
         }

@@ -7,6 +7,7 @@
  * text; hints are in range; a plan names one of the route's models.
  */
 #include <assert.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -36,16 +37,56 @@ static const char cfg_text[] =
 static struct br_config *cfg;
 static br_router *router;
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* The route and router, built on the first input; false when they cannot be. */
+static bool setup(void)
 {
     char err[512];
-    if (!cfg) {
-        if (br_config_load_string(cfg_text, strlen(cfg_text), NULL, &cfg, err, sizeof(err)) !=
-                BR_OK ||
-            br_router_create(cfg, NULL, &router, err, sizeof(err)) != BR_OK) {
-            assert(!"fuzz config");
-            return 0;
-        }
+    if (cfg) {
+        return true;
+    }
+    if (br_config_load_string(cfg_text, strlen(cfg_text), NULL, &cfg, err, sizeof(err)) != BR_OK ||
+        br_router_create(cfg, NULL, &router, err, sizeof(err)) != BR_OK) {
+        assert(!"fuzz config");
+        return false;
+    }
+    return true;
+}
+
+/* The signals of a body of size bytes that parsed. */
+static void check_req(const struct br_route_req *rq, size_t size)
+{
+    assert(strlen(rq->all_text) <= rq->all_text_len);
+    assert(strlen(rq->last_user) <= rq->last_user_len);
+    assert(rq->last_user_len <= rq->all_text_len);
+    assert(rq->all_text_len <= size);
+    assert(rq->prompt_tokens >= 0);
+    assert(rq->n_turns <= rq->n_messages);
+    assert(rq->hints.max_latency_ms == -1 ||
+           (rq->hints.max_latency_ms >= 1 && rq->hints.max_latency_ms <= 86400000));
+    assert(rq->hints.max_cost_nano >= -1);
+}
+
+/* A decision over the rules route: a plan of one of its models, or a described refusal. */
+static void check_plan(const struct br_route_req *rq, size_t size)
+{
+    struct br_rng rng;
+    br_rng_seed(&rng, size + 1);
+    struct br_plan plan;
+    struct br_route_error e;
+    int rc = br_route_plan(router, &cfg->routes[0], rq, &rng, &plan, &e);
+    if (rc == BR_OK) {
+        assert(plan.n_steps >= 1 && plan.chosen < 2);
+        assert(plan.steps[0].model == cfg->routes[0].models[plan.chosen]);
+        assert(plan.policy && plan.reason);
+    } else {
+        assert(rc == BR_ERR_INVAL && e.code && e.msg[0]);
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (!setup()) {
+        return 0;
     }
     const char *text = (const char *)data;
     if (br_json_validate(text, size, 0, NULL, NULL) != BR_OK ||
@@ -56,30 +97,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (br_arena_create(4u << 20, &a) != BR_OK) {
         return 0;
     }
+    char err[512];
     struct br_route_req rq;
     int rc = br_route_req_parse(a, br_slice_make(text, size), &rq, err, sizeof(err));
     if (rc == BR_OK) {
-        assert(strlen(rq.all_text) <= rq.all_text_len);
-        assert(strlen(rq.last_user) <= rq.last_user_len);
-        assert(rq.last_user_len <= rq.all_text_len);
-        assert(rq.all_text_len <= size);
-        assert(rq.prompt_tokens >= 0);
-        assert(rq.n_turns <= rq.n_messages);
-        assert(rq.hints.max_latency_ms == -1 ||
-               (rq.hints.max_latency_ms >= 1 && rq.hints.max_latency_ms <= 86400000));
-        assert(rq.hints.max_cost_nano >= -1);
-        struct br_rng rng;
-        br_rng_seed(&rng, size + 1);
-        struct br_plan plan;
-        struct br_route_error e;
-        rc = br_route_plan(router, &cfg->routes[0], &rq, &rng, &plan, &e);
-        if (rc == BR_OK) {
-            assert(plan.n_steps >= 1 && plan.chosen < 2);
-            assert(plan.steps[0].model == cfg->routes[0].models[plan.chosen]);
-            assert(plan.policy && plan.reason);
-        } else {
-            assert(rc == BR_ERR_INVAL && e.code && e.msg[0]);
-        }
+        check_req(&rq, size);
+        check_plan(&rq, size);
     } else {
         assert((rc == BR_ERR_INVAL && err[0]) || rc == BR_ERR_NOMEM);
     }
