@@ -60,7 +60,8 @@ static const char usage_text[] =
     "of the threshold itself when re-chosen on each resample, and how often the quality floor\n"
     "holds. With -c CONFIG --route NAME --write the threshold is written into the config file\n"
     "at routes[NAME].classifier.threshold (--key PATH for another place), keeping every other\n"
-    "byte of the file; a running gateway picks it up on SIGHUP.\n";
+    "byte of the file; a running gateway picks it up on SIGHUP. With -c and --route and no\n"
+    "--model, --router or --scores, the route's own classifier model file is calibrated.\n";
 
 enum objective {
     OBJ_NONE,
@@ -240,13 +241,34 @@ static int parse_valued(struct cli *c, const char *name, const char *v)
     return 0;
 }
 
+/* Options that take a value. */
+static const char *const valued[] = {
+    "--strong", "--weak",   "--router",      "--model",    "--scores", "--contaminated",
+    "-c",       "--config", "--route",       "--key",      "--folds",  "--bootstrap",
+    "--seed",   "--price",  "--quality-min", "--p-strong", "--budget",
+};
+
+/* argv[*i] as one of the valued options (consuming its value): *matched says whether it was
+ * one; returns 0 or an exit code. */
+static int parse_valued_at(struct cli *c, int argc, char **argv, int *i, bool *matched)
+{
+    const char *a = argv[*i];
+    for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
+        const char *v = NULL;
+        int m = opt(argc, argv, i, valued[k], &v);
+        if (m < 0) {
+            return usage_error("missing value after", a);
+        }
+        if (m > 0) {
+            *matched = true;
+            return parse_valued(c, valued[k], v);
+        }
+    }
+    return 0;
+}
+
 static int parse_args(struct cli *c, int argc, char **argv)
 {
-    static const char *const valued[] = {
-        "--strong", "--weak",   "--router",      "--model",    "--scores", "--contaminated",
-        "-c",       "--config", "--route",       "--key",      "--folds",  "--bootstrap",
-        "--seed",   "--price",  "--quality-min", "--p-strong", "--budget",
-    };
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
@@ -262,19 +284,9 @@ static int parse_args(struct cli *c, int argc, char **argv)
             continue;
         }
         bool matched = false;
-        for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]) && !matched; k++) {
-            const char *v = NULL;
-            int m = opt(argc, argv, &i, valued[k], &v);
-            if (m < 0) {
-                return usage_error("missing value after", a);
-            }
-            if (m > 0) {
-                matched = true;
-                int rc = parse_valued(c, valued[k], v);
-                if (rc != 0) {
-                    return rc;
-                }
-            }
+        int rc = parse_valued_at(c, argc, argv, &i, &matched);
+        if (rc != 0) {
+            return rc;
         }
         if (matched) {
             continue;
@@ -305,6 +317,40 @@ static int by_score_desc(const void *a, const void *b)
     double x = sort_key[*(const size_t *)a];
     double y = sort_key[*(const size_t *)b];
     return (x < y) - (x > y);
+}
+
+/* Sets p->feasible and says whether p beats best under the objective (best.k == SIZE_MAX: no
+ * candidate yet). gap: |p_H - target| of best, for --p-strong. */
+static bool is_better(enum objective obj, struct pick *p, const struct pick *best, double value,
+                      double floor, double *gap)
+{
+    bool first = best->k == SIZE_MAX;
+    switch (obj) {
+    case OBJ_QMIN_ABS:
+    case OBJ_QMIN_REL:
+        p->feasible = p->quality >= floor - 1e-12;
+        if (first || p->feasible != best->feasible) {
+            return first || p->feasible;
+        }
+        if (!p->feasible) {
+            return p->quality > best->quality;
+        }
+        return p->cost < best->cost || (p->cost == best->cost && p->quality > best->quality);
+    case OBJ_BUDGET:
+        p->feasible = p->cost <= value + 1e-15;
+        if (first || p->feasible != best->feasible) {
+            return first || p->feasible;
+        }
+        return p->feasible ? p->quality > best->quality : p->cost < best->cost;
+    case OBJ_P_STRONG:
+    default:
+        p->feasible = true;
+        if (fabs(p->p_strong - value) < *gap) {
+            *gap = fabs(p->p_strong - value);
+            return true;
+        }
+        return false;
+    }
 }
 
 /* Chooses k under the objective over rows sorted by score (highest first). floor is the
@@ -342,32 +388,7 @@ static struct pick choose(const struct rows *r, enum objective obj, double value
             .quality = (qs + (sum_qw - qw)) / (double)n,
             .cost = (cs + (sum_cw - cw)) / (double)n,
         };
-        bool better = false;
-        switch (obj) {
-        case OBJ_QMIN_ABS:
-        case OBJ_QMIN_REL:
-            p.feasible = p.quality >= floor - 1e-12;
-            better = best.k == SIZE_MAX || (p.feasible && !best.feasible) ||
-                     (p.feasible == best.feasible &&
-                      (p.feasible ? (p.cost < best.cost ||
-                                     (p.cost == best.cost && p.quality > best.quality))
-                                  : p.quality > best.quality));
-            break;
-        case OBJ_BUDGET:
-            p.feasible = p.cost <= value + 1e-15;
-            better = best.k == SIZE_MAX || (p.feasible && !best.feasible) ||
-                     (p.feasible == best.feasible &&
-                      (p.feasible ? p.quality > best.quality : p.cost < best.cost));
-            break;
-        case OBJ_P_STRONG:
-        default:
-            p.feasible = true;
-            better = fabs(p.p_strong - value) < best_gap;
-            if (better) {
-                best_gap = fabs(p.p_strong - value);
-            }
-            break;
-        }
+        bool better = is_better(obj, &p, &best, value, floor, &best_gap);
         if (better) {
             best = p;
         }
@@ -631,68 +652,145 @@ static void report(const struct cli *c, const struct br_eval_task *t, const stru
     }
 }
 
+/*
+ * -c CONFIG --route NAME without --model/--router/--scores: the route's classifier model file,
+ * copied into path (the config is loaded, so a broken file or unknown route is reported here).
+ */
+static int route_model(const struct cli *c, char *path, size_t n)
+{
+    struct br_config *cfg = NULL;
+    char err[512];
+    if (br_config_load_file(c->config, &cfg, err, sizeof(err)) != BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
+        return 1;
+    }
+    int rc = 0;
+    const struct br_route_cfg *rt = br_config_route_find(cfg, c->route, strlen(c->route));
+    if (!rt) {
+        (void)fprintf(stderr, "brigade calibrate: %s has no route '%s'\n", c->config, c->route);
+        rc = 2;
+    } else if (!rt->classifier.model_path) {
+        (void)fprintf(stderr,
+                      "brigade calibrate: route '%s' has no classifier model; name one with "
+                      "--model FILE\n",
+                      c->route);
+        rc = 2;
+    } else if ((size_t)snprintf(path, n, "%s", rt->classifier.model_path) >= n) {
+        (void)fprintf(stderr, "brigade calibrate: model path too long\n");
+        rc = 2;
+    }
+    br_config_unref(cfg);
+    return rc;
+}
+
+/* Loads the dataset and makes the strong/weak task; returns 0 or an exit code. */
+static int load_task(const struct cli *c, struct br_dataset **ds, struct br_eval_task **task)
+{
+    char err[512];
+    struct br_dataset_opts dopts = {.contaminated = c->contaminated};
+    if (c->contaminated && strcmp(c->contaminated, "none") == 0) {
+        dopts.contaminated = "";
+    }
+    if (br_dataset_load(c->dataset, &dopts, ds, err, sizeof(err)) != BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
+        return 1;
+    }
+    int s = c->strong ? br_dataset_model_index(*ds, c->strong) : -1;
+    int w = c->weak ? br_dataset_model_index(*ds, c->weak) : -1;
+    if (s < 0 || w < 0 || s == w) {
+        (void)fprintf(stderr,
+                      "brigade calibrate: name two different models of %s with --strong "
+                      "and --weak; it has:",
+                      (*ds)->name);
+        for (size_t i = 0; i < (*ds)->n_models; i++) {
+            (void)fprintf(stderr, "%s %s", i ? "," : "", (*ds)->models[i]);
+        }
+        (void)fprintf(stderr, "\n");
+        return 2;
+    }
+    struct br_eval_task_opts topts = {.prices = c->prices, .n_prices = c->n_prices};
+    struct br_eval_task_info info;
+    if (br_eval_task_make(*ds, (size_t)s, (size_t)w, &topts, task, &info, err, sizeof(err)) !=
+        BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+/* Scores every prompt with the chosen router into r; returns 0 or an exit code. */
+static int score(const struct cli *c, const struct br_eval_task *task, struct br_eval_run_out *out,
+                 struct rows *r)
+{
+    char err[512];
+    const char *rname = c->router ? c->router : (c->scores ? "scores" : "classifier");
+    const struct br_eval_router_ops *ops = br_eval_router_find(rname);
+    if (!ops) {
+        (void)fprintf(stderr, "brigade calibrate: unknown router '%s' (see brigade eval --help)\n",
+                      rname);
+        return 2;
+    }
+    char cfg_model[4096];
+    const char *model = c->model;
+    if (!model && !c->router && !c->scores && c->config && c->route) {
+        int rc = route_model(c, cfg_model, sizeof(cfg_model));
+        if (rc != 0) {
+            return rc;
+        }
+        model = cfg_model;
+        if (!c->json) {
+            (void)printf("route %s: classifier model %s\n", c->route, model);
+        }
+    }
+    struct br_eval_router_cfg rcfg = {
+        .seed = c->seed, .model_path = model, .scores_path = c->scores};
+    struct br_eval_run_opts ropts = {.folds = c->folds, .seed = c->seed};
+    if (br_eval_run(ops, &rcfg, task, &ropts, out, err, sizeof(err)) != BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
+        return 1;
+    }
+    if (out->n_scored == 0 || rows_make(task, out, r) != BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: nothing scored\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* --write: the chosen threshold into the config file; returns 0 or 1. */
+static int write_threshold(const struct cli *c, double threshold)
+{
+    char key[512];
+    char value[64];
+    char err[512];
+    if (c->key) {
+        (void)snprintf(key, sizeof(key), "%s", c->key);
+    } else {
+        (void)snprintf(key, sizeof(key), "routes[%s].classifier.threshold", c->route);
+    }
+    (void)snprintf(value, sizeof(value), "%.6f", threshold);
+    if (br_config_file_set(c->config, key, value, err, sizeof(err)) != BR_OK) {
+        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
+        return 1;
+    }
+    if (!c->json) {
+        (void)printf("wrote %s = %s to %s\n", key, value, c->config);
+    }
+    return 0;
+}
+
 static int run(const struct cli *c)
 {
     struct br_dataset *ds = NULL;
     struct br_eval_task *task = NULL;
     struct br_eval_run_out out;
     struct rows r;
-    char err[512];
-    int rc;
     memset(&out, 0, sizeof(out));
     memset(&r, 0, sizeof(r));
-
-    struct br_dataset_opts dopts = {.contaminated = c->contaminated};
-    if (c->contaminated && strcmp(c->contaminated, "none") == 0) {
-        dopts.contaminated = "";
+    int rc = load_task(c, &ds, &task);
+    if (rc == 0) {
+        rc = score(c, task, &out, &r);
     }
-    rc = br_dataset_load(c->dataset, &dopts, &ds, err, sizeof(err));
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
-        return 1;
-    }
-    int s = c->strong ? br_dataset_model_index(ds, c->strong) : -1;
-    int w = c->weak ? br_dataset_model_index(ds, c->weak) : -1;
-    if (s < 0 || w < 0 || s == w) {
-        (void)fprintf(stderr,
-                      "brigade calibrate: name two different models of %s with --strong "
-                      "and --weak; it has:",
-                      ds->name);
-        for (size_t i = 0; i < ds->n_models; i++) {
-            (void)fprintf(stderr, "%s %s", i ? "," : "", ds->models[i]);
-        }
-        (void)fprintf(stderr, "\n");
-        rc = 2;
-        goto out;
-    }
-    struct br_eval_task_opts topts = {.prices = c->prices, .n_prices = c->n_prices};
-    struct br_eval_task_info info;
-    rc = br_eval_task_make(ds, (size_t)s, (size_t)w, &topts, &task, &info, err, sizeof(err));
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
-        rc = 1;
-        goto out;
-    }
-    const char *rname = c->router ? c->router : (c->scores ? "scores" : "classifier");
-    const struct br_eval_router_ops *ops = br_eval_router_find(rname);
-    if (!ops) {
-        (void)fprintf(stderr, "brigade calibrate: unknown router '%s' (see brigade eval --help)\n",
-                      rname);
-        rc = 2;
-        goto out;
-    }
-    struct br_eval_router_cfg rcfg = {
-        .seed = c->seed, .model_path = c->model, .scores_path = c->scores};
-    struct br_eval_run_opts ropts = {.folds = c->folds, .seed = c->seed};
-    rc = br_eval_run(ops, &rcfg, task, &ropts, &out, err, sizeof(err));
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade calibrate: %s\n", err);
-        rc = 1;
-        goto out;
-    }
-    if (out.n_scored == 0 || rows_make(task, &out, &r) != BR_OK) {
-        (void)fprintf(stderr, "brigade calibrate: nothing scored\n");
-        rc = 1;
+    if (rc != 0) {
         goto out;
     }
     double q_strong = mean(r.qs, r.n);
@@ -708,22 +806,8 @@ static int run(const struct cli *c)
     }
     report(c, task, &r, &p, &b, floor, q_strong, cost_strong);
     rc = p.feasible ? 0 : 3;
-    if (c->write) {
-        char key[512];
-        char value[64];
-        if (c->key) {
-            (void)snprintf(key, sizeof(key), "%s", c->key);
-        } else {
-            (void)snprintf(key, sizeof(key), "routes[%s].classifier.threshold", c->route);
-        }
-        (void)snprintf(value, sizeof(value), "%.6f", p.threshold);
-        int wrc = br_config_file_set(c->config, key, value, err, sizeof(err));
-        if (wrc != BR_OK) {
-            (void)fprintf(stderr, "brigade calibrate: %s\n", err);
-            rc = 1;
-        } else if (!c->json) {
-            (void)printf("wrote %s = %s to %s\n", key, value, c->config);
-        }
+    if (c->write && write_threshold(c, p.threshold) != 0) {
+        rc = 1;
     }
 out:
     rows_free(&r);

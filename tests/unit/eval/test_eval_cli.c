@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "br_test.h"
+#include "br_test_cli.h"
 #include "eval/eval_cli.h"
 
 #define FIX(name)  BR_SOURCE_DIR "/tests/data/eval/" name
@@ -31,65 +32,14 @@ static void near_impl(double a, double b, double eps, const char *what, const ch
     assert_true(fabs(a - b) <= eps);
 }
 
-struct run {
-    int code;
-    char *out;
-    char *err;
-};
-
-static char *slurp(FILE *f)
-{
-    fflush(f);
-    long n = ftell(f);
-    char *s = calloc(1, (size_t)n + 1);
-    rewind(f);
-    if (n > 0) {
-        assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
-    }
-    return s;
-}
-
 /* Runs `brigade eval args...` (NULL-terminated) with both streams captured. */
-static struct run run_cli(const char *first, ...)
+static struct br_test_run run_cli(const char *first, ...)
 {
-    char *argv[64];
-    int argc = 0;
     va_list ap;
     va_start(ap, first);
-    for (const char *a = first; a != NULL; a = va_arg(ap, const char *)) {
-        argv[argc++] = (char *)a;
-    }
+    struct br_test_run r = br_test_run_va(br_eval_cli, first, ap);
     va_end(ap);
-    argv[argc] = NULL;
-    FILE *o = tmpfile();
-    FILE *e = tmpfile();
-    fflush(stdout);
-    fflush(stderr);
-    int so = dup(1);
-    int se = dup(2);
-    dup2(fileno(o), 1);
-    dup2(fileno(e), 2);
-    struct run r;
-    r.code = br_eval_cli(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    dup2(so, 1);
-    dup2(se, 2);
-    close(so);
-    close(se);
-    fseek(o, 0, SEEK_END);
-    fseek(e, 0, SEEK_END);
-    r.out = slurp(o);
-    r.err = slurp(e);
-    fclose(o);
-    fclose(e);
     return r;
-}
-
-static void run_free(struct run *r)
-{
-    free(r->out);
-    free(r->err);
 }
 
 static char *read_all(const char *path)
@@ -97,102 +47,94 @@ static char *read_all(const char *path)
     FILE *f = fopen(path, "rb");
     assert_non_null(f);
     fseek(f, 0, SEEK_END);
-    char *s = slurp(f);
+    char *s = br_test_slurp(f);
     fclose(f);
     return s;
-}
-
-static void expect(const char *hay, const char *needle)
-{
-    if (strstr(hay, needle) == NULL) {
-        fprintf(stderr, "expected '%s' in:\n%s\n", needle, hay);
-    }
-    assert_non_null(strstr(hay, needle));
 }
 
 static void test_help(void **state)
 {
     (void)state;
-    struct run r = run_cli("--help", NULL);
+    struct br_test_run r = run_cli("--help", NULL);
     assert_int_equal(r.code, 0);
-    expect(r.out, "usage: brigade eval DATASET");
-    expect(r.out, "\"prompt_tokens\": 12"); /* the JSONL format is documented */
-    expect(r.out, "always-strong");
-    expect(r.out, "oracle");
-    expect(r.out, "$24.7/M");
-    expect(r.out, "CPT(50/80/95%)");
-    run_free(&r);
+    br_test_expect(r.out, "usage: brigade eval DATASET");
+    br_test_expect(r.out, "\"prompt_tokens\": 12"); /* the JSONL format is documented */
+    br_test_expect(r.out, "always-strong");
+    br_test_expect(r.out, "oracle");
+    br_test_expect(r.out, "$24.7/M");
+    br_test_expect(r.out, "CPT(50/80/95%)");
+    br_test_run_free(&r);
 }
 
 static void test_bad_arguments(void **state)
 {
     (void)state;
-    struct run r = run_cli(NULL);
+    struct br_test_run r = run_cli(NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "no DATASET given");
-    run_free(&r);
+    br_test_expect(r.err, "no DATASET given");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--bogus", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "unknown option '--bogus'");
-    run_free(&r);
+    br_test_expect(r.err, "unknown option '--bogus'");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--folds", "1", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "--folds wants 2..1000, got '1'");
-    run_free(&r);
+    br_test_expect(r.err, "--folds wants 2..1000, got '1'");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--seed", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "--seed needs a value");
-    run_free(&r);
+    br_test_expect(r.err, "--seed needs a value");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--router", "magic", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "unknown router 'magic'");
-    run_free(&r);
+    br_test_expect(r.err, "unknown router 'magic'");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--price", "gpt=abc", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "--price wants MODEL=IN/OUT");
-    run_free(&r);
+    br_test_expect(r.err, "--price wants MODEL=IN/OUT");
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--format", "xml", NULL);
     assert_int_equal(r.code, 2);
-    run_free(&r);
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--holdout", "1.5", NULL);
     assert_int_equal(r.code, 2);
-    run_free(&r);
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "--folds", "3", "--holdout", "0.2", NULL);
     assert_int_equal(r.code, 2);
-    run_free(&r);
+    br_test_run_free(&r);
     r = run_cli(FIX("routellm_small.csv"), "other.csv", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "more than one dataset");
-    run_free(&r);
+    br_test_expect(r.err, "more than one dataset");
+    br_test_run_free(&r);
     /* Model names that the dataset does not have. */
     r = run_cli(FIX("routellm_small.csv"), "--strong", "gpt-9", "--weak", "weak-model", NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "no model 'gpt-9'");
-    expect(r.err, "strong-model");
-    run_free(&r);
+    br_test_expect(r.err, "no model 'gpt-9'");
+    br_test_expect(r.err, "strong-model");
+    br_test_run_free(&r);
     /* Three models: the pair must be named. */
     r = run_cli(FIX("small.jsonl"), NULL);
     assert_int_equal(r.code, 2);
-    expect(r.err, "the dataset has 3 models: name --strong and --weak");
-    run_free(&r);
+    br_test_expect(r.err, "the dataset has 3 models: name --strong and --weak");
+    br_test_run_free(&r);
     /* Two models but only one named. */
     r = run_cli(FIX("routellm_small.csv"), "--strong", "strong-model", NULL);
     assert_int_equal(r.code, 2);
-    run_free(&r);
+    br_test_run_free(&r);
     /* Data problems are failures (1), with the file and line. */
     r = run_cli("/nonexistent/data.csv", NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "/nonexistent/data.csv: cannot open");
-    run_free(&r);
+    br_test_expect(r.err, "/nonexistent/data.csv: cannot open");
+    br_test_run_free(&r);
     r = run_cli(FIX("small.jsonl"), "--format", "routellm", NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "small.jsonl:1:");
-    run_free(&r);
+    br_test_expect(r.err, "small.jsonl:1:");
+    br_test_run_free(&r);
     /* The scores router without its file. */
     r = run_cli(FIX("routellm_small.csv"), "--router", "scores", NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "router scores needs --scores FILE");
-    run_free(&r);
+    br_test_expect(r.err, "router scores needs --scores FILE");
+    br_test_run_free(&r);
 }
 
 static void tmp_path(char *out, size_t n, const char *name)
@@ -215,7 +157,7 @@ static void test_fixture_csv_svg(void **state)
     char csv[512], svg[512];
     tmp_path(csv, sizeof(csv), "out.csv");
     tmp_path(svg, sizeof(svg), "out.svg");
-    struct run r =
+    struct br_test_run r =
         run_cli(FIX("routerbench_small.csv"), "--strong", "pricey", "--weak", "cheap", "--router",
                 "oracle,length,always-weak", "--csv", csv, "--svg", svg, "--thresholds", "4", NULL);
     if (r.code != 0) {
@@ -223,34 +165,34 @@ static void test_fixture_csv_svg(void **state)
     }
     assert_int_equal(r.code, 0);
     /* Row 2 has no quality for "pricey": skipped. */
-    expect(r.out, "4 prompts; 1 without both outcomes skipped");
-    expect(r.out, "recorded per prompt");
-    expect(r.out, "APGR");
-    expect(r.out, "CPT(50/80/95%)");
-    expect(r.out, "mistakes there");
-    expect(r.out, "baselines on 3 prompts");
-    expect(r.out, "oracle p_H for 95% of strong quality");
-    expect(r.out, "operating point  p_H 0.0%");
-    run_free(&r);
+    br_test_expect(r.out, "4 prompts; 1 without both outcomes skipped");
+    br_test_expect(r.out, "recorded per prompt");
+    br_test_expect(r.out, "APGR");
+    br_test_expect(r.out, "CPT(50/80/95%)");
+    br_test_expect(r.out, "mistakes there");
+    br_test_expect(r.out, "baselines on 3 prompts");
+    br_test_expect(r.out, "oracle p_H for 95% of strong quality");
+    br_test_expect(r.out, "operating point  p_H 0.0%");
+    br_test_run_free(&r);
     /* The CSV: a header and one line per evaluated prompt (the first router, the oracle). */
     char *c = read_all(csv);
     assert_int_equal(count_lines(c), 4);
-    expect(c, "index,group,fold,score,decision,q_strong,q_weak,c_strong_usd,c_weak_usd\n");
+    br_test_expect(c, "index,group,fold,score,decision,q_strong,q_weak,c_strong_usd,c_weak_usd\n");
     /* Prompt 1: only pricey right, so the oracle sends it to strong at its Q95 threshold. */
-    expect(c, "\n1,\"mbpp\",,0.99999999");
-    expect(c, ",strong,1,0,0.0030000000000000001,0.00014999999999999999\n");
-    expect(c, "\n3,\"arc\",,");
-    expect(c, ",weak,1,1,0.001,0.0001\n");
+    br_test_expect(c, "\n1,\"mbpp\",,0.99999999");
+    br_test_expect(c, ",strong,1,0,0.0030000000000000001,0.00014999999999999999\n");
+    br_test_expect(c, "\n3,\"arc\",,");
+    br_test_expect(c, ",weak,1,1,0.001,0.0001\n");
     free(c);
     char *s = read_all(svg);
     assert_int_equal(strncmp(s, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39), 0);
-    expect(s, "</svg>\n");
-    expect(s, "<polyline");
-    expect(s, "oracle (APGR");
-    expect(s, "always-strong");
-    expect(s, "random (expected)");
-    expect(s, "95% of strong");
-    expect(s, "cost, USD per 1,000 prompts");
+    br_test_expect(s, "</svg>\n");
+    br_test_expect(s, "<polyline");
+    br_test_expect(s, "oracle (APGR");
+    br_test_expect(s, "always-strong");
+    br_test_expect(s, "random (expected)");
+    br_test_expect(s, "95% of strong");
+    br_test_expect(s, "cost, USD per 1,000 prompts");
     free(s);
     remove(csv);
     remove(svg);
@@ -262,8 +204,8 @@ static void test_json_and_scores_roundtrip(void **state)
     char csv[512];
     tmp_path(csv, sizeof(csv), "scores.csv");
     /* Length scores written to a CSV, then read back by the scores router: same APGR. */
-    struct run r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "length",
-                           "--csv", csv, "--json", NULL);
+    struct br_test_run r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "length",
+                                   "--csv", csv, "--json", NULL);
     assert_int_equal(r.code, 0);
     json_error_t je;
     json_t *a = json_loads(r.out, 0, &je);
@@ -274,7 +216,7 @@ static void test_json_and_scores_roundtrip(void **state)
     assert_int_equal(json_integer_value(json_object_get(a, "evaluated")), 1307);
     assert_int_equal(json_integer_value(json_object_get(a, "contaminated_dropped")), 12);
     assert_true(json_is_true(json_object_get(a, "costs")));
-    run_free(&r);
+    br_test_run_free(&r);
     r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "scores", "--scores", csv,
                 "--json", NULL);
     assert_int_equal(r.code, 0);
@@ -285,7 +227,7 @@ static void test_json_and_scores_roundtrip(void **state)
     assert_near(apgr_len, apgr_sc, 1e-12);
     json_decref(a);
     json_decref(b);
-    run_free(&r);
+    br_test_run_free(&r);
     /* A scores file that misses prompts is refused. */
     FILE *f = fopen(csv, "w");
     fputs("index,score\n0,0.5\n1,0.25\n", f);
@@ -293,24 +235,24 @@ static void test_json_and_scores_roundtrip(void **state)
     r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "scores", "--scores", csv,
                 NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "1305 prompts have no score (the first: row 2)");
-    run_free(&r);
+    br_test_expect(r.err, "1305 prompts have no score (the first: row 2)");
+    br_test_run_free(&r);
     f = fopen(csv, "w");
     fputs("index,score\n0,high\n", f);
     fclose(f);
     r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "scores", "--scores", csv,
                 NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "record 2: score 'high' is not a finite number");
-    run_free(&r);
+    br_test_expect(r.err, "record 2: score 'high' is not a finite number");
+    br_test_run_free(&r);
     f = fopen(csv, "w");
     fputs("index,score\n99999,1\n", f);
     fclose(f);
     r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "scores", "--scores", csv,
                 NULL);
     assert_int_equal(r.code, 1);
-    expect(r.err, "index '99999' is not a row of the dataset");
-    run_free(&r);
+    br_test_expect(r.err, "index '99999' is not a row of the dataset");
+    br_test_run_free(&r);
     remove(csv);
 }
 
@@ -323,8 +265,8 @@ static double router_field(json_t *root, size_t i, const char *key)
 static void test_gsm8k_oracle_and_random(void **state)
 {
     (void)state;
-    struct run r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router", "oracle,random",
-                           "--seed", "7", "--json", NULL);
+    struct br_test_run r = run_cli(DATA("routellm/gsm8k/gsm8k_responses.csv"), "--router",
+                                   "oracle,random", "--seed", "7", "--json", NULL);
     assert_int_equal(r.code, 0);
     json_error_t je;
     json_t *j = json_loads(r.out, 0, &je);
@@ -356,19 +298,19 @@ static void test_gsm8k_oracle_and_random(void **state)
     double o95 = json_number_value(json_object_get(base, "oracle_p_strong_95"));
     assert_true(o95 > 0.17 && o95 < 0.18);
     json_decref(j);
-    run_free(&r);
+    br_test_run_free(&r);
 }
 
 static void test_progress_mmlu(void **state)
 {
     (void)state;
-    struct run r = run_cli(DATA("routellm/mmlu"), "--router", "random", "--progress",
-                           "--thresholds", "0", NULL);
+    struct br_test_run r = run_cli(DATA("routellm/mmlu"), "--router", "random", "--progress",
+                                   "--thresholds", "0", NULL);
     assert_int_equal(r.code, 0);
-    expect(r.err, "loading");
-    expect(r.out, "57 files): 14037 prompts; 5 contaminated dropped");
-    expect(r.out, "APGR");
-    run_free(&r);
+    br_test_expect(r.err, "loading");
+    br_test_expect(r.out, "57 files): 14037 prompts; 5 contaminated dropped");
+    br_test_expect(r.out, "APGR");
+    br_test_run_free(&r);
 }
 
 /* The real binary, when it is built: `brigade eval` reaches the same command. */
@@ -390,7 +332,7 @@ static void test_brigade_binary(void **state)
         /* read it all: closing early would kill the writer with SIGPIPE */
     }
     assert_int_equal(pclose(p), 0);
-    expect(buf, "usage: brigade eval DATASET");
+    br_test_expect(buf, "usage: brigade eval DATASET");
     snprintf(cmd, sizeof(cmd), "%s eval %s --router oracle --quiet --json > /dev/null", bin,
              DATA("routellm/gsm8k/gsm8k_responses.csv"));
     assert_int_equal(system(cmd), 0);
