@@ -30,12 +30,15 @@ static int cascade_decide(const struct br__route_ctx *ctx, struct br__route_choi
     out->cascade = n > 1;
     out->decision = "cascade";
     out->threshold = br__live_load(&ctx->rt->live->threshold);
-    (void)snprintf(out->reason, out->reason_len,
-                   "cascade: %zu step(s), escalate when %s confidence < %.3f", n,
-                   c->confidence == BR_CASCADE_CONFIDENCE_LOGPROBS
-                       ? (c->aggregate == BR_CASCADE_AGGREGATE_MIN ? "min logprob" : "mean logprob")
-                       : "self-verification",
-                   out->threshold);
+    const char *how = "self-verification confidence";
+    if (c->confidence == BR_CASCADE_CONFIDENCE_LOGPROBS) {
+        how = c->aggregate == BR_CASCADE_AGGREGATE_MIN ? "min logprob confidence"
+                                                       : "mean logprob confidence";
+    } else if (c->confidence == BR_CASCADE_CONFIDENCE_VERIFIER) {
+        how = "verifier P(ok)";
+    }
+    (void)snprintf(out->reason, out->reason_len, "cascade: %zu step(s), escalate when %s < %.3f", n,
+                   how, out->threshold);
     return BR_OK;
 }
 

@@ -342,10 +342,12 @@ static void test_metrics_and_admin(void **state)
 /* The first n prompts of the GSM8K file (the replay models answer exactly these). */
 struct prompts {
     char **p;
+    char **weak; /* Mixtral's recorded answers (column 3), when not NULL */
     size_t n;
     size_t max;
     long field;
     bool header;
+    bool stored; /* this row's prompt was kept */
 };
 
 static void on_field(void *s, size_t len, void *user)
@@ -354,6 +356,10 @@ static void on_field(void *s, size_t len, void *user)
     if (!ps->header && ps->field == 0 && ps->n < ps->max) {
         ps->p[ps->n] = strndup(s, len);
         ps->n++;
+        ps->stored = true;
+    }
+    if (ps->stored && ps->field == 3 && ps->weak) {
+        ps->weak[ps->n - 1] = strndup(s, len);
     }
     ps->field++;
 }
@@ -364,6 +370,7 @@ static void on_row(int c, void *user)
     struct prompts *ps = user;
     ps->header = false;
     ps->field = 0;
+    ps->stored = false;
 }
 
 static void read_gsm8k(struct prompts *ps)
@@ -484,8 +491,139 @@ static void test_auto_classifier_matches_policy(void **state)
     br_config_unref(cfg);
     env_stop(&e);
 }
+
+/* config/brigade.yaml as shipped, with its relative paths made absolute and the log in {DIR}. */
+static char *default_config(void)
+{
+    FILE *f = fopen(BR_SOURCE_DIR "/config/brigade.yaml", "rb");
+    assert_non_null(f);
+    char *in = calloc(1, 65536);
+    size_t n = fread(in, 1, 65535, f);
+    fclose(f);
+    assert_true(n > 0 && n < 65535);
+    char *out = calloc(1, 2 * 65536);
+    size_t k = 0;
+    static const char *const from[] = {"../data/", "../models/", "path: brigade.db"};
+    static const char *const to[] = {BR_SOURCE_DIR "/data/", BR_SOURCE_DIR "/models/",
+                                     "path: {DIR}/requests.db"};
+    for (size_t i = 0; i < n;) {
+        bool done = false;
+        for (size_t j = 0; j < 3 && !done; j++) {
+            if (strncmp(in + i, from[j], strlen(from[j])) == 0) {
+                memcpy(out + k, to[j], strlen(to[j]));
+                k += strlen(to[j]);
+                i += strlen(from[j]);
+                done = true;
+            }
+        }
+        if (!done) {
+            out[k++] = in[i++];
+        }
+    }
+    free(in);
+    return out;
+}
+
+/*
+ * The default config's routes through the running gateway on real GSM8K questions: `auto`
+ * picks the model the shipped router predicts, `auto-cascade` asks Mixtral first and escalates
+ * exactly when the shipped verifier's P(ok) for Mixtral's recorded answer is below the
+ * threshold, paying for both calls.
+ */
+static void test_default_config_routes(void **state)
+{
+    (void)state;
+    if (access(BR_SOURCE_DIR "/models/router/general.brr", R_OK) != 0) {
+        skip();
+    }
+    struct env e;
+    env_start_mock(&e, NULL);
+    char *tmpl = default_config();
+    env_start_gateway(&e, tmpl);
+    free(tmpl);
+    struct br_config *cfg = NULL;
+    char err[512];
+    assert_int_equal(br_config_load_file(e.config_path, &cfg, err, sizeof(err)), BR_OK);
+    br_router *router = NULL;
+    assert_int_equal(br_router_create(cfg, NULL, &router, err, sizeof(err)), BR_OK);
+    const struct br_route_cfg *rauto = br_config_route_find(cfg, "auto", 4);
+    const struct br_route_cfg *rcasc = br_config_route_find(cfg, "auto-cascade", 12);
+    assert_non_null(rauto);
+    assert_non_null(rcasc);
+    br_arena *a = NULL;
+    assert_int_equal(br_arena_create(0, &a), BR_OK);
+    struct br_rng rng;
+    br_rng_seed(&rng, 1);
+    struct prompts ps = {.max = 30};
+    ps.p = calloc(ps.max, sizeof(*ps.p));
+    ps.weak = calloc(ps.max, sizeof(*ps.weak));
+    read_gsm8k(&ps);
+    assert_int_equal(ps.n, 30);
+    int strong = 0;
+    int escalated = 0;
+    for (size_t i = 0; i < ps.n; i++) {
+        /* auto: the classifier's own decision. */
+        char *b = chat_body("auto", ps.p[i], false, NULL);
+        struct br_route_req rq;
+        struct br_route_error re;
+        struct br_plan plan;
+        br_arena_reset(a);
+        assert_int_equal(br_route_req_parse(a, br_slice_from_cstr(b), &rq, err, sizeof(err)),
+                         BR_OK);
+        assert_int_equal(br_route_plan(router, rauto, &rq, &rng, &plan, &re), BR_OK);
+        struct http_resp r;
+        http_request(&e, "POST", "/v1/chat/completions", NULL, b, &r);
+        free(b);
+        if (r.status != 200) {
+            fail_msg("auto, prompt %zu: %ld %s", i, r.status, r.body);
+        }
+        expect_header(&r, "x-brigade-model", plan.steps[0].model->name);
+        expect_header(&r, "x-brigade-route", "auto; policy=classifier");
+        strong += plan.chosen == 1;
+        http_resp_free(&r);
+        /* auto-cascade: the verifier on Mixtral's recorded answer. */
+        assert_non_null(ps.weak[i]);
+        double p_ok = NAN;
+        assert_int_equal(br_router_verify(router, rcasc, ps.p[i], strlen(ps.p[i]), ps.weak[i],
+                                          strlen(ps.weak[i]), &p_ok),
+                         BR_OK);
+        bool escalate = p_ok < rcasc->cascade.threshold;
+        b = chat_body("auto-cascade", ps.p[i], false, NULL);
+        http_request(&e, "POST", "/v1/chat/completions", NULL, b, &r);
+        free(b);
+        if (r.status != 200) {
+            fail_msg("auto-cascade, prompt %zu: %ld %s", i, r.status, r.body);
+        }
+        expect_header(&r, "x-brigade-model",
+                      escalate ? "gpt-4-1106-preview" : "mixtral-8x7b-instruct");
+        expect_header(&r, "x-brigade-route-reason", "verifier P(ok)");
+        if (escalate) {
+            expect_header(&r, "x-brigade-route",
+                          "cascade=mixtral-8x7b-instruct>gpt-4-1106-preview");
+        }
+        escalated += escalate;
+        http_resp_free(&r);
+        free(ps.p[i]);
+        free(ps.weak[i]);
+    }
+    free(ps.p);
+    free(ps.weak);
+    /* Both routes used both models on these 30 questions. */
+    assert_true(strong > 0 && strong < 30);
+    assert_true(escalated > 0 && escalated < 30);
+    br_arena_destroy(a);
+    br_router_destroy(router);
+    br_config_unref(cfg);
+    env_stop(&e);
+}
 #else
 static void test_auto_classifier_matches_policy(void **state)
+{
+    (void)state;
+    skip(); /* this build has no classifier */
+}
+
+static void test_default_config_routes(void **state)
 {
     (void)state;
     skip(); /* this build has no classifier */
@@ -920,6 +1058,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_auto_reaches_predicted_model, setup, teardown),
         cmocka_unit_test_setup_teardown(test_models_list_routes, setup, teardown),
         cmocka_unit_test(test_auto_classifier_matches_policy),
+        cmocka_unit_test(test_default_config_routes),
         cmocka_unit_test_setup_teardown(test_hints, setup, teardown),
         cmocka_unit_test_setup_teardown(test_metrics_and_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cascade_accepts_confident_answer, setup, teardown),
