@@ -83,6 +83,9 @@ enum { FAM_WORD1 = 0, FAM_WORD2 = 1, FAM_CHAR = 2, N_FAM = 3 };
 
 #define MAX_OUT 16
 
+/* Features emitted before their weights are added (dot mode). */
+#define PEND_MAX 32
+
 /* Where features go: a buffer (training, tests) or dot products (scoring). */
 struct sink {
     uint64_t mask;
@@ -92,13 +95,32 @@ struct sink {
     size_t cap;
     size_t n;
     int truncated;
-    /* dot mode */
+    /* dot mode: weight rows are prefetched when a feature is emitted and added in batches, so
+     * that the cache misses of a large table overlap instead of stalling one by one */
     const float *w;
     size_t n_out;
     double fam[N_FAM][MAX_OUT];
+    uint32_t pend_idx[PEND_MAX];
+    float pend_sign[PEND_MAX];
+    uint8_t pend_fam[PEND_MAX];
+    size_t n_pend;
     /* both */
     size_t count[N_FAM];
 };
+
+/* Adds the weights of the pending features, in the order they were emitted. */
+static void flush_pending(struct sink *s)
+{
+    for (size_t i = 0; i < s->n_pend; i++) {
+        const float *wi = s->w + (size_t)s->pend_idx[i] * s->n_out;
+        double *acc = s->fam[s->pend_fam[i]];
+        float sign = s->pend_sign[i];
+        for (size_t o = 0; o < s->n_out; o++) {
+            acc[o] += (double)(sign * wi[o]);
+        }
+    }
+    s->n_pend = 0;
+}
 
 static inline void emit(struct sink *s, int fam, uint64_t h)
 {
@@ -106,9 +128,12 @@ static inline void emit(struct sink *s, int fam, uint64_t h)
     float sign = (h >> 63) ? -1.0f : 1.0f;
     s->count[fam]++;
     if (s->w) {
-        const float *wi = s->w + (size_t)idx * s->n_out;
-        for (size_t o = 0; o < s->n_out; o++) {
-            s->fam[fam][o] += (double)(sign * wi[o]);
+        __builtin_prefetch(s->w + (size_t)idx * s->n_out);
+        s->pend_idx[s->n_pend] = idx;
+        s->pend_sign[s->n_pend] = sign;
+        s->pend_fam[s->n_pend] = (uint8_t)fam;
+        if (++s->n_pend == PEND_MAX) {
+            flush_pending(s);
         }
         return;
     }
@@ -616,6 +641,7 @@ static int dot_ns(const struct br_features_config *cfg, const char *text, size_t
     s.w = w;
     s.n_out = n_out;
     run(cfg, text ? text : "", len, &s, with_struct ? sv : NULL, ns);
+    flush_pending(&s);
     for (size_t o = 0; o < n_out; o++) {
         double a = 0;
         for (int f = 0; f < N_FAM; f++) {
