@@ -80,6 +80,17 @@ static inline void br_test_run_free(struct br_test_run *r)
     free(r->err);
 }
 
+/* A whole file, NUL-terminated (malloc'd); fails the test when it cannot be read. */
+static inline char *br_test_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    char *s = br_test_slurp(f);
+    fclose(f);
+    return s;
+}
+
 /* Fails with the haystack printed when needle is not in it. */
 static inline void br_test_expect(const char *hay, const char *needle)
 {

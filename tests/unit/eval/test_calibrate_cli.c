@@ -160,16 +160,6 @@ static void test_share_and_budget(void **state)
     br_test_run_free(&r);
 }
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    char *s = br_test_slurp(f);
-    fclose(f);
-    return s;
-}
-
 /* --write: the route's classifier model is calibrated and its threshold written in place. */
 static void test_write_into_config(void **state)
 {
@@ -213,7 +203,7 @@ static void test_write_into_config(void **state)
     assert_non_null(v);
     double want = strtod(v + strlen("threshold = "), NULL);
     br_test_run_free(&r);
-    char *text = read_file(path);
+    char *text = br_test_read_file(path);
     br_test_expect(text, "# a comment that must survive\n");
     br_test_expect(text, "  - name: auto   # the route\n");
     br_test_expect(text, "   # calibrated below\n");

@@ -42,16 +42,6 @@ static struct br_test_run run_cli(const char *first, ...)
     return r;
 }
 
-static char *read_all(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    char *s = br_test_slurp(f);
-    fclose(f);
-    return s;
-}
-
 static void test_help(void **state)
 {
     (void)state;
@@ -175,7 +165,7 @@ static void test_fixture_csv_svg(void **state)
     br_test_expect(r.out, "operating point  p_H 0.0%");
     br_test_run_free(&r);
     /* The CSV: a header and one line per evaluated prompt (the first router, the oracle). */
-    char *c = read_all(csv);
+    char *c = br_test_read_file(csv);
     assert_int_equal(count_lines(c), 4);
     br_test_expect(c, "index,group,fold,score,decision,q_strong,q_weak,c_strong_usd,c_weak_usd\n");
     /* Prompt 1: only pricey right, so the oracle sends it to strong at its Q95 threshold. */
@@ -184,7 +174,7 @@ static void test_fixture_csv_svg(void **state)
     br_test_expect(c, "\n3,\"arc\",,");
     br_test_expect(c, ",weak,1,1,0.001,0.0001\n");
     free(c);
-    char *s = read_all(svg);
+    char *s = br_test_read_file(svg);
     assert_int_equal(strncmp(s, "<svg xmlns=\"http://www.w3.org/2000/svg\"", 39), 0);
     br_test_expect(s, "</svg>\n");
     br_test_expect(s, "<polyline");
