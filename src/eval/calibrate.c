@@ -15,6 +15,7 @@
  * resample), and the share of resamples in which the quality floor holds. With --write the
  * threshold is written into the route in the config file, everything else in the file kept.
  */
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -604,6 +605,42 @@ static const char *objective_text(const struct cli *c, double floor, char *buf, 
     return buf;
 }
 
+/* A number, or null when it is not finite (JSON has no NaN). */
+static json_t *jnum(double v)
+{
+    return isfinite(v) ? json_real(v) : json_null();
+}
+
+static json_t *jpair(double lo, double hi)
+{
+    return json_pack("[o, o]", jnum(lo), jnum(hi));
+}
+
+/* --json: one object on stdout; names are escaped by jansson. */
+static void report_json(const struct cli *c, const struct br_eval_task *t, const struct rows *r,
+                        const struct pick *p, const struct boot *b, double floor, double ratio)
+{
+    bool has_floor = c->obj == OBJ_QMIN_ABS || c->obj == OBJ_QMIN_REL;
+    json_t *ci =
+        json_pack("{s:o, s:o, s:o, s:o}", "threshold", jpair(b->threshold.lo, b->threshold.hi),
+                  "p_strong", jpair(b->p_strong.lo, b->p_strong.hi), "quality",
+                  jpair(b->quality.lo, b->quality.hi), "cost_usd", jpair(b->cost.lo, b->cost.hi));
+    json_t *o =
+        json_pack("{s:s, s:I, s:s, s:s, s:o, s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I}",
+                  "dataset", t->ds->name, "prompts", (json_int_t)r->n, "strong",
+                  t->ds->models[t->strong], "weak", t->ds->models[t->weak], "threshold",
+                  jnum(p->threshold), "feasible", (int)p->feasible, "p_strong", jnum(p->p_strong),
+                  "quality", jnum(p->quality), "cost_usd", jnum(p->cost), "cost_ratio", jnum(ratio),
+                  "quality_floor", jnum(has_floor ? floor : NAN), "ci95", ci, "floor_holds",
+                  jnum(has_floor ? b->floor_holds : NAN), "bootstrap", (json_int_t)c->bootstrap);
+    if (!o || json_dumpf(o, stdout, JSON_COMPACT) != 0) {
+        (void)fprintf(stderr, "brigade calibrate: cannot write the JSON report\n");
+    } else {
+        (void)fputc('\n', stdout);
+    }
+    json_decref(o);
+}
+
 static void report(const struct cli *c, const struct br_eval_task *t, const struct rows *r,
                    const struct pick *p, const struct boot *b, double floor, double q_strong,
                    double cost_strong)
@@ -614,17 +651,7 @@ static void report(const struct cli *c, const struct br_eval_task *t, const stru
     const char *weak = t->ds->models[t->weak];
     double ratio = cost_strong > 0 ? p->cost / cost_strong : NAN;
     if (c->json) {
-        (void)printf("{\"dataset\":\"%s\",\"prompts\":%zu,\"strong\":\"%s\",\"weak\":\"%s\","
-                     "\"threshold\":%.6f,\"feasible\":%s,\"p_strong\":%.6f,\"quality\":%.6f,"
-                     "\"cost_usd\":%.9f,\"cost_ratio\":%.6f,\"quality_floor\":%.6f,"
-                     "\"ci95\":{\"threshold\":[%.6f,%.6f],\"p_strong\":[%.6f,%.6f],"
-                     "\"quality\":[%.6f,%.6f],\"cost_usd\":[%.9f,%.9f]},\"floor_holds\":%.4f,"
-                     "\"bootstrap\":%u}\n",
-                     t->ds->name, r->n, strong, weak, p->threshold, p->feasible ? "true" : "false",
-                     p->p_strong, p->quality, p->cost, isfinite(ratio) ? ratio : -1.0, floor,
-                     b->threshold.lo, b->threshold.hi, b->p_strong.lo, b->p_strong.hi,
-                     b->quality.lo, b->quality.hi, b->cost.lo, b->cost.hi, b->floor_holds,
-                     c->bootstrap);
+        report_json(c, t, r, p, b, floor, ratio);
         return;
     }
     (void)printf("calibrating on %s: %zu prompts, strong %s (Q %.4f), weak %s\n", t->ds->name, r->n,

@@ -144,6 +144,9 @@ static void test_share_and_budget(void **state)
     assert_int_equal(r.code, 0);
     json_t *j = parse(&r);
     assert_true(fabs(num(j, "p_strong") - 0.3) < 0.01);
+    /* No quality floor with this objective: null, not a number. */
+    assert_true(json_is_null(json_object_get(j, "quality_floor")));
+    assert_true(json_is_null(json_object_get(j, "floor_holds")));
     double c30 = num(j, "cost_usd");
     json_decref(j);
     br_test_run_free(&r);
