@@ -18,6 +18,7 @@ soak=
 keep_tmp=0
 c1_same_cpu=0
 route=
+nolog=0
 
 usage() {
     cat <<EOF
@@ -31,6 +32,8 @@ usage: bench/overhead/run.sh [--brigade PATH] [--duration 10s] [--reps 3] [--qui
   --c1-same-cpu    run the 1-connection latency runs with the gateway moved to wrk's CPU
                    (no cross-CPU wake-ups: isolates per-request processing cost)
   --keep-tmp       keep the temporary directory (configs, logs) after the run
+  --no-log         run brigade without its request log (--log-db off), to see what the log
+                   costs
   --route R        send brigade's requests to a route ("model": "auto-plain"/"auto-sse") over
                    two models of the same upstream instead of a model: R is "rules" (a rules
                    route) or a classifier model file (a classifier route, from brigade train)
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --keep-tmp) keep_tmp=1; shift ;;
     --c1-same-cpu) c1_same_cpu=1; shift ;;
     --route) route=$2; shift 2 ;;
+    --no-log) nolog=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -330,7 +334,9 @@ brigade_build=
 if [ ! -x "$brigade" ]; then
     brigade_why="binary $brigade not found (build it: cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build --target brigade), or pass --brigade PATH"
 else
-    "${pin_gw[@]}" "$brigade" serve -c "$tmp/brigade.yaml" >"$tmp/brigade.log" 2>&1 &
+    log_args=()
+    [ "$nolog" = 1 ] && log_args=(--log-db off)
+    "${pin_gw[@]}" "$brigade" serve -c "$tmp/brigade.yaml" "${log_args[@]}" >"$tmp/brigade.log" 2>&1 &
     brigade_pid=$!
     pids+=("$brigade_pid")
     if wait_http "http://127.0.0.1:$br_port/health" 5; then
