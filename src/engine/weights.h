@@ -12,6 +12,10 @@
  * element pairs (2i, 2i+1) of each head (the llama2.c / Meta convention, which is also what
  * llama.cpp's LLAMA_ROPE_TYPE_NORM applies to GGUF "llama" tensors); a loader whose file uses
  * the "rotate half" (NeoX / HF) pairing sets rope_style = BR_ROPE_HALF instead of permuting.
+ * Checked: blk.0.attn_q/attn_k of models/stories260K/stories260K-f32.gguf are byte-identical to
+ * layer 0's wq/wk in stories260K.bin (llama.cpp's llama2c converter does not permute; its HF
+ * converter permutes HF's rotate-half rows into this adjacent layout), so a GGUF "llama" model
+ * is loaded as-is with BR_ROPE_ADJACENT and gives the .bin's logits.
  *
  * Thread-safety: the structs are plain data; after loading they are immutable and may be read
  * from any number of threads.

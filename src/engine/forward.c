@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Forward pass. Shapes: d = dim, hd = head_dim = d / n_heads, kv = n_kv_heads * hd,
+ * group = n_heads / n_kv_heads (query heads sharing one key/value head).
+ */
+#include "engine/forward.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/err.h"
+#include "engine/kernels.h"
+
+static int config_ok(const struct br_llama_config *c)
+{
+    return c->dim > 0 && c->hidden_dim > 0 && c->n_layers > 0 && c->n_heads > 0 &&
+           c->n_kv_heads > 0 && c->vocab_size > 0 && c->seq_len > 0 && c->dim % c->n_heads == 0 &&
+           (c->dim / c->n_heads) % 2 == 0 && c->n_heads % c->n_kv_heads == 0;
+}
+
+static float *alloc_floats(size_t a, size_t b, int *failed)
+{
+    if (b != 0 && a > (size_t)-1 / b) {
+        *failed = 1;
+        return NULL;
+    }
+    float *p = br_calloc(a * b, sizeof(float));
+    if (!p) {
+        *failed = 1;
+    }
+    return p;
+}
+
+int br_llama_state_create(const struct br_llama_config *config,
+                          const struct br_llama_weights *weights, struct br_llama_state **out)
+{
+    *out = NULL;
+    if (!config_ok(config) || weights->n_layers != config->n_layers) {
+        return BR_ERR_INVAL;
+    }
+    struct br_llama_state *s = br_calloc(1, sizeof(*s));
+    if (!s) {
+        return BR_ERR_NOMEM;
+    }
+    s->config = config;
+    s->weights = weights;
+    size_t d = (size_t)config->dim;
+    size_t hd = d / (size_t)config->n_heads;
+    size_t kv = (size_t)config->n_kv_heads * hd;
+    size_t cache_rows = (size_t)config->n_layers * (size_t)config->seq_len;
+    int failed = 0;
+    s->x = alloc_floats(d, 1, &failed);
+    s->xb = alloc_floats(d, 1, &failed);
+    s->xb2 = alloc_floats(d, 1, &failed);
+    s->hb = alloc_floats((size_t)config->hidden_dim, 1, &failed);
+    s->hb2 = alloc_floats((size_t)config->hidden_dim, 1, &failed);
+    s->q = alloc_floats(d, 1, &failed);
+    s->att = alloc_floats((size_t)config->n_heads, (size_t)config->seq_len, &failed);
+    s->key_cache = alloc_floats(cache_rows, kv, &failed);
+    s->value_cache = alloc_floats(cache_rows, kv, &failed);
+    s->inv_freq = alloc_floats(hd / 2, 1, &failed);
+    if (failed) {
+        br_llama_state_destroy(s);
+        return BR_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < hd / 2; i++) {
+        /* theta^(-2i/hd), computed in double then rounded once */
+        s->inv_freq[i] = (float)pow((double)config->rope_theta, -(double)(2 * i) / (double)hd);
+    }
+    *out = s;
+    return BR_OK;
+}
+
+void br_llama_state_destroy(struct br_llama_state *s)
+{
+    if (!s) {
+        return;
+    }
+    br_free(s->x);
+    br_free(s->xb);
+    br_free(s->xb2);
+    br_free(s->hb);
+    br_free(s->hb2);
+    br_free(s->q);
+    br_free(s->att);
+    br_free(s->key_cache);
+    br_free(s->value_cache);
+    br_free(s->inv_freq);
+    br_free(s);
+}
+
+/* Rotates the pairs of every head of vec (n_heads heads of hd floats) for position pos. */
+static void rope(const struct br_llama_state *s, float *vec, int n_heads, int pos)
+{
+    size_t hd = (size_t)(s->config->dim / s->config->n_heads);
+    size_t half = hd / 2;
+    int adjacent = s->config->rope_style != BR_ROPE_HALF;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = vec + (size_t)h * hd;
+        for (size_t i = 0; i < half; i++) {
+            float angle = (float)pos * s->inv_freq[i];
+            float c = cosf(angle);
+            float sn = sinf(angle);
+            size_t a = adjacent ? 2 * i : i;
+            size_t b = adjacent ? 2 * i + 1 : i + half;
+            float x0 = v[a];
+            float x1 = v[b];
+            v[a] = x0 * c - x1 * sn;
+            v[b] = x0 * sn + x1 * c;
+        }
+    }
+}
+
+/* Attention of one query head over positions [0, pos]; writes hd floats to out. */
+static void attend_head(const struct br_llama_state *s, int h, int pos, const float *kc,
+                        const float *vc, float *out)
+{
+    const struct br_llama_config *c = s->config;
+    size_t hd = (size_t)(c->dim / c->n_heads);
+    size_t kv = (size_t)c->n_kv_heads * hd;
+    size_t kvh = (size_t)(h / (c->n_heads / c->n_kv_heads)) * hd;
+    const float *q = s->q + (size_t)h * hd;
+    float *att = s->att + (size_t)h * (size_t)c->seq_len;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int t = 0; t <= pos; t++) {
+        att[t] = br_kernel_dot_f32(q, kc + (size_t)t * kv + kvh, hd) * scale;
+    }
+    br_kernel_softmax(att, (size_t)pos + 1);
+    memset(out, 0, hd * sizeof(float));
+    for (int t = 0; t <= pos; t++) {
+        const float *v = vc + (size_t)t * kv + kvh;
+        float a = att[t];
+        for (size_t i = 0; i < hd; i++) {
+            out[i] += a * v[i];
+        }
+    }
+}
+
+static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, int layer, int pos)
+{
+    const struct br_llama_config *c = s->config;
+    size_t d = (size_t)c->dim;
+    size_t hd = d / (size_t)c->n_heads;
+    size_t kv = (size_t)c->n_kv_heads * hd;
+    float *kc = s->key_cache + (size_t)layer * (size_t)c->seq_len * kv;
+    float *vc = s->value_cache + (size_t)layer * (size_t)c->seq_len * kv;
+    float *k = kc + (size_t)pos * kv;
+    float *v = vc + (size_t)pos * kv;
+    br_kernel_rmsnorm(s->xb, s->x, lw->attn_norm.data, d, c->rms_eps);
+    int rc = br_kernel_matvec(&lw->wq, s->xb, s->q);
+    rc = rc ? rc : br_kernel_matvec(&lw->wk, s->xb, k);
+    rc = rc ? rc : br_kernel_matvec(&lw->wv, s->xb, v);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    rope(s, s->q, c->n_heads, pos);
+    rope(s, k, c->n_kv_heads, pos);
+    for (int h = 0; h < c->n_heads; h++) {
+        attend_head(s, h, pos, kc, vc, s->xb + (size_t)h * hd);
+    }
+    rc = br_kernel_matvec(&lw->wo, s->xb, s->xb2);
+    for (size_t i = 0; rc == BR_OK && i < d; i++) {
+        s->x[i] += s->xb2[i];
+    }
+    return rc;
+}
+
+static int ffn(struct br_llama_state *s, const struct br_llama_layer *lw)
+{
+    const struct br_llama_config *c = s->config;
+    size_t d = (size_t)c->dim;
+    br_kernel_rmsnorm(s->xb, s->x, lw->ffn_norm.data, d, c->rms_eps);
+    int rc = br_kernel_matvec(&lw->w1, s->xb, s->hb);
+    rc = rc ? rc : br_kernel_matvec(&lw->w3, s->xb, s->hb2);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    br_kernel_swiglu(s->hb, s->hb2, (size_t)c->hidden_dim);
+    rc = br_kernel_matvec(&lw->w2, s->hb, s->xb);
+    for (size_t i = 0; rc == BR_OK && i < d; i++) {
+        s->x[i] += s->xb[i];
+    }
+    return rc;
+}
+
+/* Copies token's embedding row into s->x (F32 rows only for now). */
+static int embed(struct br_llama_state *s, int token)
+{
+    const struct br_tensor *e = &s->weights->token_embedding;
+    size_t d = (size_t)s->config->dim;
+    if (e->type != BR_TENSOR_F32 || e->cols != d) {
+        return BR_ERR_UNSUPPORTED;
+    }
+    memcpy(s->x, (const float *)e->data + (size_t)token * d, d * sizeof(float));
+    return BR_OK;
+}
+
+int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits_out)
+{
+    const struct br_llama_config *c = s->config;
+    if (token < 0 || token >= c->vocab_size || pos < 0 || pos >= c->seq_len) {
+        return BR_ERR_RANGE;
+    }
+    int rc = embed(s, token);
+    for (int l = 0; rc == BR_OK && l < c->n_layers; l++) {
+        const struct br_llama_layer *lw = &s->weights->layers[l];
+        rc = attention(s, lw, l, pos);
+        rc = rc ? rc : ffn(s, lw);
+    }
+    if (rc != BR_OK) {
+        return rc;
+    }
+    br_kernel_rmsnorm(s->x, s->x, s->weights->final_norm.data, (size_t)c->dim, c->rms_eps);
+    return br_kernel_matvec(&s->weights->output, s->x, logits_out);
+}

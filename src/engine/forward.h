@@ -1,0 +1,55 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The llama forward pass for one token at a time: embedding lookup, n_layers blocks of
+ * (RMSNorm -> grouped-query attention with rotary position embeddings and a KV cache ->
+ * residual, RMSNorm -> SwiGLU FFN -> residual), final RMSNorm and the classifier.
+ *
+ * struct br_llama_state holds every buffer the pass needs (activations and the KV cache for
+ * config.seq_len positions), allocated once by br_llama_state_create; br_llama_forward
+ * allocates nothing. The weights are borrowed and must outlive the state.
+ *
+ * Thread-safety: one state per generation context; a state must not be used by two threads at
+ * once. Several states may share the same (immutable) weights.
+ */
+#ifndef BR_ENGINE_FORWARD_H
+#define BR_ENGINE_FORWARD_H
+
+#include <stddef.h>
+
+#include "engine/weights.h"
+
+struct br_llama_state {
+    const struct br_llama_config *config;   /* borrowed */
+    const struct br_llama_weights *weights; /* borrowed */
+    float *x;                               /* (dim) residual stream */
+    float *xb;                              /* (dim) normed input / attention output */
+    float *xb2;                             /* (dim) projection output */
+    float *hb;                              /* (hidden_dim) FFN gate */
+    float *hb2;                             /* (hidden_dim) FFN up */
+    float *q;                               /* (dim) queries of the current position */
+    float *att;                             /* (n_heads, seq_len) attention scores */
+    float *key_cache;                       /* (n_layers, seq_len, kv_dim) */
+    float *value_cache;                     /* (n_layers, seq_len, kv_dim) */
+    float *inv_freq;                        /* (head_dim / 2) RoPE inverse frequencies */
+};
+
+/**
+ * Allocates a state for the model described by config/weights (both borrowed; they must
+ * outlive the state). Returns BR_OK, BR_ERR_INVAL (inconsistent config) or BR_ERR_NOMEM; on
+ * error *out is NULL. Caller destroys with br_llama_state_destroy.
+ */
+int br_llama_state_create(const struct br_llama_config *config,
+                          const struct br_llama_weights *weights, struct br_llama_state **out);
+
+/** Frees the state. NULL is a no-op. */
+void br_llama_state_destroy(struct br_llama_state *s);
+
+/**
+ * Runs token `token` at position `pos` (0-based; positions must be fed in order, each once per
+ * sequence; the KV cache rows >= pos are overwritten) and writes vocab_size logits into
+ * logits_out (caller-owned). Allocates nothing. Returns BR_OK, BR_ERR_RANGE (token or pos out
+ * of range) or BR_ERR_UNSUPPORTED (a tensor type without a kernel).
+ */
+int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits_out);
+
+#endif
