@@ -65,12 +65,9 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const float *a, const 
 int br_kernel_has_avx2(void)
 {
 #ifdef BR_KERNELS_X86
-    static int cached = -1; /* benign race: every thread computes the same value */
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
+    /* no cached flag (no mutable global): libgcc/compiler-rt fill the CPU model in a
+     * constructor before main, so this is two loads from read-mostly data */
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
     return 0;
 #endif
