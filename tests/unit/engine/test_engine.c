@@ -1,0 +1,342 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * engine.h: greedy generation on stories260K (.bin + tok512.bin, and the f32 GGUF with its own
+ * vocabulary) against llama2.c's golden run (models/stories260K/golden/run_greedy_once_upon.*:
+ * the text, and per position the top-2 token ids with their logit gap), stop strings (also
+ * across token boundaries), streaming callback, seed reproducibility, context and usage
+ * accounting, malformed inputs.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "br_test.h"
+#include "core/err.h"
+#include "engine/engine.h"
+
+#define DIR     BR_SOURCE_DIR "/models/stories260K/"
+#define BIN     DIR "stories260K.bin"
+#define TOK     DIR "tok512.bin"
+#define GGUF    DIR "stories260K-f32.gguf"
+#define GOLDEN  DIR "golden/run_greedy_once_upon.txt"
+#define TOP2    DIR "golden/run_greedy_once_upon.top2.txt"
+#define PROMPT  "Once upon a time"
+#define MAX_POS 600
+
+struct golden_step {
+    int top1;
+    int top2;
+    double gap;
+};
+
+/* Lines "pos P top1 A (x) top2 B (y) gap G": the token chosen after position P. */
+static int read_top2(struct golden_step *steps, int *first_pos)
+{
+    FILE *f = fopen(TOP2, "r");
+    assert_non_null(f);
+    char line[256];
+    int n = 0;
+    while (fgets(line, sizeof line, f) && n < MAX_POS) {
+        int pos = 0;
+        double l1 = 0;
+        double l2 = 0;
+        struct golden_step s;
+        /* NOLINTNEXTLINE(cert-err34-c): a malformed line fails the count check below */
+        if (sscanf(line, "pos %d top1 %d (%lf) top2 %d (%lf) gap %lf", &pos, &s.top1, &l1, &s.top2,
+                   &l2, &s.gap) != 6) {
+            continue;
+        }
+        if (n == 0) {
+            *first_pos = pos;
+        }
+        steps[n++] = s;
+    }
+    (void)fclose(f);
+    return n;
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char buf[8192];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    (void)fclose(f);
+    buf[n] = '\0';
+    return buf;
+}
+
+struct collect {
+    int ids[MAX_POS];
+    int n;
+    int flushes;
+    size_t text_bytes;
+};
+
+static int on_token(void *user, const struct br_engine_token *t)
+{
+    struct collect *c = user;
+    if (t->token < 0) {
+        c->flushes++;
+    } else if (c->n < MAX_POS) {
+        c->ids[c->n++] = t->token;
+    }
+    c->text_bytes += t->text.len;
+    assert_true(t->logprob <= 0.0f);
+    return BR_OK;
+}
+
+static void check_golden_ids(const struct collect *c, int limit)
+{
+    static struct golden_step g[MAX_POS];
+    int first = 0;
+    int n = read_top2(g, &first);
+    assert_true(n > 100);
+    assert_int_equal(first, 4); /* BOS + 4 prompt tokens */
+    int upto = limit < n ? limit : n;
+    assert_true(c->n >= upto);
+    for (int i = 0; i < upto; i++) {
+        int ok = c->ids[i] == g[i].top1 || (g[i].gap < 1e-3 && c->ids[i] == g[i].top2);
+        if (!ok) {
+            fail_msg("generated token %d: got %d, golden %d (top2 %d, gap %f)", i, c->ids[i],
+                     g[i].top1, g[i].top2, g[i].gap);
+        }
+    }
+}
+
+static br_engine_model *open_model(const char *path, const char *tok)
+{
+    br_engine_model *m = NULL;
+    char err[BR_ENGINE_ERR_CAP];
+    int rc = br_engine_model_open(path, tok, &m, err, sizeof err);
+    if (rc != BR_OK) {
+        fail_msg("open %s: %s", path, err);
+    }
+    return m;
+}
+
+static void test_engine_greedy_bin_matches_golden(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(BIN, TOK);
+    assert_int_equal(br_engine_model_format(m), BR_ENGINE_FORMAT_LLAMA2C);
+    static struct collect c;
+    memset(&c, 0, sizeof c);
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.max_tokens = 252; /* llama2.c ran 256 steps: 5 prompt positions, 252 sampled tokens */
+    p.on_token = on_token;
+    p.user = &c;
+    p.top_logprobs = 2;
+    struct br_engine_gen_result r;
+    char err[BR_ENGINE_ERR_CAP];
+    assert_int_equal(br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, err, sizeof err), BR_OK);
+    assert_int_equal(r.prompt_tokens, 5);
+    assert_int_equal(r.completion_tokens, 252);
+    assert_int_equal(r.finish, BR_ENGINE_FINISH_LENGTH);
+    assert_int_equal(c.n, 252);
+    assert_int_equal(c.text_bytes, r.text.len);
+    check_golden_ids(&c, 252);
+    /* The golden text is the prompt, the continuation and llama2.c's final newline. */
+    const char *golden = read_text(GOLDEN);
+    size_t plen = strlen(PROMPT);
+    assert_memory_equal(golden, PROMPT, plen);
+    size_t glen = strlen(golden) - plen - 1;
+    assert_int_equal(r.text.len, glen);
+    assert_memory_equal(r.text.ptr, golden + plen, glen);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+}
+
+static void test_engine_greedy_gguf_same_tokens(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(GGUF, NULL);
+    assert_int_equal(br_engine_model_format(m), BR_ENGINE_FORMAT_GGUF);
+    assert_true(br_engine_model_add_bos(m));
+    assert_int_equal(br_engine_model_config(m)->seq_len, 128);
+    static struct collect c;
+    memset(&c, 0, sizeof c);
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.on_token = on_token;
+    p.user = &c;
+    struct br_engine_gen_result r;
+    char err[BR_ENGINE_ERR_CAP];
+    assert_int_equal(br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, err, sizeof err), BR_OK);
+    /* The context (128) ends generation: 5 prompt tokens + 123 sampled. */
+    assert_int_equal(r.prompt_tokens, 5);
+    assert_int_equal(r.completion_tokens, 123);
+    assert_int_equal(r.finish, BR_ENGINE_FINISH_LENGTH);
+    check_golden_ids(&c, 123);
+    const char *golden = read_text(GOLDEN);
+    assert_memory_equal(r.text.ptr, golden + strlen(PROMPT), r.text.len);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+}
+
+static void generate_text(br_engine_model *m, const struct br_engine_gen_params *p,
+                          struct br_engine_gen_result *r)
+{
+    char err[BR_ENGINE_ERR_CAP];
+    int rc = br_engine_generate(m, PROMPT, strlen(PROMPT), p, r, err, sizeof err);
+    if (rc != BR_OK) {
+        fail_msg("generate: %s", err);
+    }
+}
+
+static void test_engine_stop_strings(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(BIN, TOK);
+    const char *golden = read_text(GOLDEN) + strlen(PROMPT);
+    static const char *const stops[] = {
+        "Lily",     /* inside one token or a few */
+        "park.",    /* spans tokens */
+        "red ball", /* spans a space */
+        "play with",
+    };
+    for (size_t i = 0; i < sizeof stops / sizeof stops[0]; i++) {
+        struct br_engine_gen_params p;
+        br_engine_gen_params_init(&p);
+        p.max_tokens = 200;
+        p.stop[1] = "zzzz-never";
+        p.stop[2] = stops[i];
+        static struct collect c;
+        memset(&c, 0, sizeof c);
+        p.on_token = on_token;
+        p.user = &c;
+        struct br_engine_gen_result r;
+        generate_text(m, &p, &r);
+        const char *at = strstr(golden, stops[i]);
+        assert_non_null(at);
+        size_t want = (size_t)(at - golden);
+        assert_int_equal(r.finish, BR_ENGINE_FINISH_STOP);
+        assert_int_equal(r.text.len, want);
+        assert_memory_equal(r.text.ptr, golden, want);
+        assert_int_equal(c.text_bytes, want);
+        assert_int_equal(c.flushes, 0);
+        assert_true(r.completion_tokens < 200);
+        br_engine_gen_result_free(&r);
+    }
+    /* A held-back prefix that never completes is released at the end. */
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.max_tokens = 30;
+    p.stop[0] = "Lily!?"; /* "Lily" appears, "Lily!?" does not */
+    static struct collect c;
+    memset(&c, 0, sizeof c);
+    p.on_token = on_token;
+    p.user = &c;
+    struct br_engine_gen_result r;
+    generate_text(m, &p, &r);
+    assert_int_equal(r.finish, BR_ENGINE_FINISH_LENGTH);
+    assert_int_equal(r.completion_tokens, 30);
+    assert_int_equal(c.text_bytes, r.text.len);
+    assert_memory_equal(r.text.ptr, golden, r.text.len);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+}
+
+static void test_engine_seed_reproducible(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(BIN, TOK);
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.max_tokens = 60;
+    p.sampler.temperature = 1.0f;
+    p.sampler.top_p = 0.9f;
+    p.sampler.seed = 42;
+    struct br_engine_gen_result a;
+    struct br_engine_gen_result b;
+    struct br_engine_gen_result c;
+    generate_text(m, &p, &a);
+    generate_text(m, &p, &b);
+    p.sampler.seed = 43;
+    generate_text(m, &p, &c);
+    assert_int_equal(a.text.len, b.text.len);
+    assert_memory_equal(a.text.ptr, b.text.ptr, a.text.len);
+    assert_true(a.text.len != c.text.len || memcmp(a.text.ptr, c.text.ptr, a.text.len) != 0);
+    br_engine_gen_result_free(&a);
+    br_engine_gen_result_free(&b);
+    br_engine_gen_result_free(&c);
+    br_engine_model_close(m);
+}
+
+static int cancel_after_3(void *user, const struct br_engine_token *t)
+{
+    (void)t;
+    int *n = user;
+    return ++*n >= 3 ? BR_ERR_CANCELED : BR_OK;
+}
+
+static void test_engine_errors(void **state)
+{
+    (void)state;
+    br_engine_model *m = NULL;
+    char err[BR_ENGINE_ERR_CAP];
+    assert_int_equal(br_engine_model_open(BIN, NULL, &m, err, sizeof err), BR_ERR_INVAL);
+    assert_non_null(strstr(err, "tokenizer"));
+    assert_null(m);
+    assert_int_equal(br_engine_model_open(DIR "nope.gguf", NULL, &m, err, sizeof err),
+                     BR_ERR_NOTFOUND);
+    assert_int_not_equal(br_engine_model_open(TOK, TOK, &m, err, sizeof err), BR_OK);
+    assert_null(m);
+    /* A truncated GGUF. */
+    char path[] = "/tmp/br_engine_trunc_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "GGUF\x03\0\0\0", 8), 8);
+    close(fd);
+    assert_int_equal(br_engine_model_open(path, NULL, &m, err, sizeof err), BR_ERR_PARSE);
+    assert_non_null(strstr(err, path));
+    unlink(path);
+
+    m = open_model(BIN, TOK);
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    struct br_engine_gen_result r;
+    p.stop[0] = "";
+    assert_int_equal(br_engine_generate(m, "x", 1, &p, &r, err, sizeof err), BR_ERR_INVAL);
+    br_engine_gen_result_free(&r);
+    p.stop[0] = NULL;
+    p.top_logprobs = BR_ENGINE_MAX_TOP_LOGPROBS + 1;
+    assert_int_equal(br_engine_generate(m, "x", 1, &p, &r, err, sizeof err), BR_ERR_INVAL);
+    br_engine_gen_result_free(&r);
+    p.top_logprobs = 0;
+    /* A prompt that fills the context. */
+    size_t big = 3000;
+    char *text = malloc(big + 1);
+    for (size_t i = 0; i < big; i++) {
+        text[i] = (char)('a' + (i % 26));
+    }
+    assert_int_equal(br_engine_generate(m, text, big, &p, &r, err, sizeof err), BR_ERR_LIMIT);
+    br_engine_gen_result_free(&r);
+    free(text);
+    /* The callback cancels. */
+    int calls = 0;
+    p.on_token = cancel_after_3;
+    p.user = &calls;
+    assert_int_equal(br_engine_generate(m, "x", 1, &p, &r, err, sizeof err), BR_ERR_CANCELED);
+    assert_int_equal(calls, 3);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_engine_greedy_bin_matches_golden),
+        cmocka_unit_test(test_engine_greedy_gguf_same_tokens),
+        cmocka_unit_test(test_engine_stop_strings),
+        cmocka_unit_test(test_engine_seed_reproducible),
+        cmocka_unit_test(test_engine_errors),
+    };
+    if (argc > 1) {
+        cmocka_set_test_filter(argv[1]);
+    }
+    return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
+}
