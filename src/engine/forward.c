@@ -6,11 +6,13 @@
 #include "engine/forward.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "core/alloc.h"
 #include "core/err.h"
 #include "engine/kernels.h"
+#include "engine/quant.h"
 
 static int config_ok(const struct br_llama_config *c)
 {
@@ -35,8 +37,16 @@ static float *alloc_floats(size_t a, size_t b, int *failed)
 int br_llama_state_create(const struct br_llama_config *config,
                           const struct br_llama_weights *weights, struct br_llama_state **out)
 {
+    return br_llama_state_create_ex(config, weights, NULL, out);
+}
+
+int br_llama_state_create_ex(const struct br_llama_config *config,
+                             const struct br_llama_weights *weights,
+                             const struct br_llama_run_config *run, struct br_llama_state **out)
+{
     *out = NULL;
-    if (!config_ok(config) || weights->n_layers != config->n_layers) {
+    int n_threads = run && run->n_threads > 1 ? run->n_threads : 1;
+    if (!config_ok(config) || weights->n_layers != config->n_layers || n_threads > 256) {
         return BR_ERR_INVAL;
     }
     struct br_llama_state *s = br_calloc(1, sizeof(*s));
@@ -60,6 +70,14 @@ int br_llama_state_create(const struct br_llama_config *config,
     s->key_cache = alloc_floats(cache_rows, kv, &failed);
     s->value_cache = alloc_floats(cache_rows, kv, &failed);
     s->inv_freq = alloc_floats(hd / 2, 1, &failed);
+    size_t max_cols = d > (size_t)config->hidden_dim ? d : (size_t)config->hidden_dim;
+    if (!failed && br_kernel_scratch_init(&s->scratch, max_cols) != BR_OK) {
+        failed = 1;
+    }
+    s->n_threads = n_threads;
+    if (!failed && n_threads > 1 && br_pool_create(n_threads, &s->pool) != BR_OK) {
+        failed = 1;
+    }
     if (failed) {
         br_llama_state_destroy(s);
         return BR_ERR_NOMEM;
@@ -87,6 +105,8 @@ void br_llama_state_destroy(struct br_llama_state *s)
     br_free(s->key_cache);
     br_free(s->value_cache);
     br_free(s->inv_freq);
+    br_kernel_scratch_free(&s->scratch);
+    br_pool_destroy(s->pool);
     br_free(s);
 }
 
@@ -137,6 +157,11 @@ static void attend_head(const struct br_llama_state *s, int h, int pos, const fl
     }
 }
 
+static int matvec(struct br_llama_state *s, const struct br_tensor *w, const float *x, float *y)
+{
+    return br_kernel_matvec_ex(w, x, y, &s->scratch, s->pool);
+}
+
 static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, int layer, int pos)
 {
     const struct br_llama_config *c = s->config;
@@ -148,9 +173,9 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     float *k = kc + (size_t)pos * kv;
     float *v = vc + (size_t)pos * kv;
     br_kernel_rmsnorm(s->xb, s->x, lw->attn_norm.data, d, c->rms_eps);
-    int rc = br_kernel_matvec(&lw->wq, s->xb, s->q);
-    rc = rc ? rc : br_kernel_matvec(&lw->wk, s->xb, k);
-    rc = rc ? rc : br_kernel_matvec(&lw->wv, s->xb, v);
+    int rc = matvec(s, &lw->wq, s->xb, s->q);
+    rc = rc ? rc : matvec(s, &lw->wk, s->xb, k);
+    rc = rc ? rc : matvec(s, &lw->wv, s->xb, v);
     if (rc != BR_OK) {
         return rc;
     }
@@ -159,7 +184,7 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     for (int h = 0; h < c->n_heads; h++) {
         attend_head(s, h, pos, kc, vc, s->xb + (size_t)h * hd);
     }
-    rc = br_kernel_matvec(&lw->wo, s->xb, s->xb2);
+    rc = matvec(s, &lw->wo, s->xb, s->xb2);
     for (size_t i = 0; rc == BR_OK && i < d; i++) {
         s->x[i] += s->xb2[i];
     }
@@ -171,29 +196,30 @@ static int ffn(struct br_llama_state *s, const struct br_llama_layer *lw)
     const struct br_llama_config *c = s->config;
     size_t d = (size_t)c->dim;
     br_kernel_rmsnorm(s->xb, s->x, lw->ffn_norm.data, d, c->rms_eps);
-    int rc = br_kernel_matvec(&lw->w1, s->xb, s->hb);
-    rc = rc ? rc : br_kernel_matvec(&lw->w3, s->xb, s->hb2);
+    int rc = matvec(s, &lw->w1, s->xb, s->hb);
+    rc = rc ? rc : matvec(s, &lw->w3, s->xb, s->hb2);
     if (rc != BR_OK) {
         return rc;
     }
     br_kernel_swiglu(s->hb, s->hb2, (size_t)c->hidden_dim);
-    rc = br_kernel_matvec(&lw->w2, s->hb, s->xb);
+    rc = matvec(s, &lw->w2, s->hb, s->xb);
     for (size_t i = 0; rc == BR_OK && i < d; i++) {
         s->x[i] += s->xb[i];
     }
     return rc;
 }
 
-/* Copies token's embedding row into s->x (F32 rows only for now). */
+/* Copies (dequantizes) token's embedding row into s->x. */
 static int embed(struct br_llama_state *s, int token)
 {
     const struct br_tensor *e = &s->weights->token_embedding;
     size_t d = (size_t)s->config->dim;
-    if (e->type != BR_TENSOR_F32 || e->cols != d) {
+    size_t rb = br_tensor_row_bytes(e->type, d);
+    if (e->cols != d || rb == 0 || (size_t)token >= e->rows) {
         return BR_ERR_UNSUPPORTED;
     }
-    memcpy(s->x, (const float *)e->data + (size_t)token * d, d * sizeof(float));
-    return BR_OK;
+    const uint8_t *row = (const uint8_t *)e->data + (size_t)token * rb;
+    return br_quant_dequantize_row(e->type, row, s->x, d) == BR_OK ? BR_OK : BR_ERR_UNSUPPORTED;
 }
 
 int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits_out)
@@ -212,5 +238,5 @@ int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits
         return rc;
     }
     br_kernel_rmsnorm(s->x, s->x, s->weights->final_norm.data, (size_t)c->dim, c->rms_eps);
-    return br_kernel_matvec(&s->weights->output, s->x, logits_out);
+    return matvec(s, &s->weights->output, s->x, logits_out);
 }

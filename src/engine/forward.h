@@ -4,9 +4,11 @@
  * (RMSNorm -> grouped-query attention with rotary position embeddings and a KV cache ->
  * residual, RMSNorm -> SwiGLU FFN -> residual), final RMSNorm and the classifier.
  *
- * struct br_llama_state holds every buffer the pass needs (activations and the KV cache for
- * config.seq_len positions), allocated once by br_llama_state_create; br_llama_forward
- * allocates nothing. The weights are borrowed and must outlive the state.
+ * struct br_llama_state holds every buffer the pass needs (activations, the KV cache for
+ * config.seq_len positions, the quantized-activation scratch of the matvecs and the optional
+ * thread pool), allocated once by br_llama_state_create; br_llama_forward allocates nothing.
+ * Weight matrices and the token embedding may be of any enum br_tensor_type with a kernel
+ * (kernels.h); norm weights are F32. The weights are borrowed and must outlive the state.
  *
  * Thread-safety: one state per generation context; a state must not be used by two threads at
  * once. Several states may share the same (immutable) weights.
@@ -16,7 +18,14 @@
 
 #include <stddef.h>
 
+#include "engine/kernels.h"
+#include "engine/pool.h"
 #include "engine/weights.h"
+
+/* Run-time options of a state (not part of the model). Zero-initialised = defaults. */
+struct br_llama_run_config {
+    int n_threads; /* matvec threads, the caller included; <= 1 means single-threaded */
+};
 
 struct br_llama_state {
     const struct br_llama_config *config;   /* borrowed */
@@ -31,6 +40,9 @@ struct br_llama_state {
     float *key_cache;                       /* (n_layers, seq_len, kv_dim) */
     float *value_cache;                     /* (n_layers, seq_len, kv_dim) */
     float *inv_freq;                        /* (head_dim / 2) RoPE inverse frequencies */
+    struct br_kernel_scratch scratch;       /* quantized activation (max(dim, hidden_dim)) */
+    struct br_pool *pool;                   /* NULL when single-threaded; owned */
+    int n_threads;                          /* participants of each matvec */
 };
 
 /**
@@ -40,6 +52,16 @@ struct br_llama_state {
  */
 int br_llama_state_create(const struct br_llama_config *config,
                           const struct br_llama_weights *weights, struct br_llama_state **out);
+
+/**
+ * As br_llama_state_create, with run options (NULL = defaults): run->n_threads > 1 starts a
+ * thread pool of that many participants (the forward caller included) that splits the rows of
+ * every large matvec; logits are bit-identical for any thread count. BR_ERR_INVAL also for
+ * n_threads > 256.
+ */
+int br_llama_state_create_ex(const struct br_llama_config *config,
+                             const struct br_llama_weights *weights,
+                             const struct br_llama_run_config *run, struct br_llama_state **out);
 
 /** Frees the state. NULL is a no-op. */
 void br_llama_state_destroy(struct br_llama_state *s);

@@ -1,23 +1,90 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Numeric kernels of the forward pass: matrix-vector products over struct br_tensor rows (the
- * single dispatch point on the tensor type), RMSNorm, softmax and the SwiGLU gate. F32 rows use
- * an AVX2+FMA path chosen at run time when the CPU has it, otherwise portable C. Quantized
- * types are not implemented yet: br_kernel_matvec returns BR_ERR_UNSUPPORTED for them.
+ * single dispatch point on the tensor type), RMSNorm, softmax and the SwiGLU gate. Every kernel
+ * has an AVX2+FMA(+F16C) path chosen at run time when the CPU has it, otherwise portable C.
  *
- * None of these allocate; all are thread-safe (they only write their output arguments).
- * Output buffers must not alias inputs unless stated.
+ * Weight types of a matvec:
+ *   F32   float dot products.
+ *   F16   halves converted on the fly (F16C) and multiplied in float.
+ *   Q8_0, Q4_0  integer dot products on the blocks: the activation x is quantized once per
+ *         matvec to 32-element int8 blocks (struct br_kernel_q8x: x ~= d * q, q = round(x / d),
+ *         d = max|x| / 127), each block pair gives an exact int32 sum that is scaled by
+ *         d_w * d_x. So the result differs from dequantize + float dot by the rounding of x to
+ *         8 bits (relative error about 1/254 of the block's largest |x| per element).
+ *   Q5_0, Q4_K, Q6_K  each row is dequantized 256 elements at a time into a stack buffer and
+ *         multiplied with the float dot.
+ * A matvec whose cols is not a whole number of the type's blocks is refused
+ * (BR_ERR_UNSUPPORTED).
+ *
+ * Parallel matvecs: br_kernel_matvec_ex splits the rows over a struct br_pool; each row's sum is
+ * computed by the same code whatever the split, so the result is bit-identical for any number
+ * of threads.
+ *
+ * None of these allocate (except br_kernel_scratch_init); all are thread-safe (they only write
+ * their output arguments and the scratch passed in). Output buffers must not alias inputs
+ * unless stated.
  */
 #ifndef BR_ENGINE_KERNELS_H
 #define BR_ENGINE_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
+#include "engine/pool.h"
 #include "engine/weights.h"
+
+/* One 32-element block of an activation vector quantized for the Q8_0/Q4_0 integer dots:
+ * x[j] ~= d * q[j]; sum = the sum of q[j] (used by the Q4_0 dot's -8 offset). */
+struct br_kernel_q8x {
+    float d;
+    int32_t sum;
+    int8_t q[32];
+};
+
+/* Caller-owned scratch of br_kernel_matvec_ex: room for the quantized activation of up to
+ * `cap` input elements. Zero-initialised = no scratch (quantized matvecs then quantize x
+ * block by block per row, slower but the same numbers). */
+struct br_kernel_scratch {
+    struct br_kernel_q8x *xq; /* cap / 32 blocks; owned (br_kernel_scratch_free) */
+    size_t cap;               /* elements (a multiple of 32) */
+};
+
+/** Allocates scratch for matvecs with up to max_cols inputs. BR_OK or BR_ERR_NOMEM. */
+int br_kernel_scratch_init(struct br_kernel_scratch *s, size_t max_cols);
+
+/** Frees the scratch (zeroes it; a zeroed scratch is a no-op). */
+void br_kernel_scratch_free(struct br_kernel_scratch *s);
+
+/**
+ * y = W x with optional scratch (may be NULL) and pool (may be NULL: the caller does all rows).
+ * Small matrices (fewer than about 32k weights) run on the calling thread only. Returns BR_OK
+ * or BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of blocks). Allocates nothing.
+ */
+int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
+                        struct br_kernel_scratch *scratch, struct br_pool *pool);
+
+/**
+ * Quantizes n floats (n a multiple of 32) into n / 32 activation blocks (the x side of the
+ * Q8_0/Q4_0 dots).
+ */
+void br_kernel_quantize_x(const float *x, struct br_kernel_q8x *out, size_t n);
+
+/**
+ * Dot product of one weight row of `type` (cols elements, a whole number of blocks) with x.
+ * xq: x quantized with br_kernel_quantize_x, required for Q8_0/Q4_0 (ignored otherwise).
+ */
+float br_kernel_dot_row(enum br_tensor_type type, const void *row, const float *x,
+                        const struct br_kernel_q8x *xq, size_t cols);
+
+/** The portable C block dots (exposed so tests cover the fallback on any CPU). */
+float br_kernel_dot_q8_0_portable(const void *row, const struct br_kernel_q8x *xq, size_t nb);
+float br_kernel_dot_q4_0_portable(const void *row, const struct br_kernel_q8x *xq, size_t nb);
 
 /**
  * y[r] = dot(row r of w, x) for r in [0, w->rows): x has w->cols floats, y has w->rows.
- * Returns BR_OK, or BR_ERR_UNSUPPORTED when w->type has no kernel yet.
+ * Single-threaded, no scratch (br_kernel_matvec_ex(w, x, y, NULL, NULL)). Returns BR_OK, or
+ * BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of blocks).
  */
 int br_kernel_matvec(const struct br_tensor *w, const float *x, float *y);
 
@@ -39,7 +106,7 @@ void br_kernel_softmax(float *x, size_t n);
 /** In place: gate[i] = silu(gate[i]) * up[i] for i < n (the SwiGLU FFN activation). */
 void br_kernel_swiglu(float *gate, const float *up, size_t n);
 
-/** 1 when the AVX2+FMA path is in use (for logs and tests). */
+/** 1 when the AVX2+FMA+F16C path is in use (for logs and tests). */
 int br_kernel_has_avx2(void);
 
 #endif

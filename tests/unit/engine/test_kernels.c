@@ -1,0 +1,312 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * engine/kernels: the row dot of every weight type against dequantize + a double-precision
+ * dot (F16, Q5_0, Q4_K, Q6_K: float rounding only; Q8_0, Q4_0: exact against the quantized
+ * activation, and within the activation's 8-bit rounding of the float x), AVX2 and portable
+ * paths agreeing, matvecs split over a thread pool bit-identical to one thread for every type,
+ * the no-scratch path equal to the scratch path, shapes that are not whole blocks refused, and
+ * the pool itself (every share run once per run, many runs, create/destroy, bad sizes).
+ */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "br_test.h"
+#include "core/alloc.h"
+#include "core/err.h"
+#include "engine/kernels.h"
+#include "engine/pool.h"
+#include "engine/quant.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+
+static float rnd_float(void)
+{
+    return (float)(rnd() % 20001) / 10000.0f - 1.0f; /* [-1, 1] */
+}
+
+static void put_half(uint8_t *p, float v)
+{
+    uint16_t h = br_quant_f32_to_f16(v);
+    p[0] = (uint8_t)(h & 0xff);
+    p[1] = (uint8_t)(h >> 8);
+}
+
+/* Fills `rows` rows of `cols` elements of `type` with random blocks and finite scales. */
+static uint8_t *random_rows(enum br_tensor_type type, size_t rows, size_t cols)
+{
+    size_t rb = br_tensor_row_bytes(type, cols);
+    assert_true(rb > 0 && rows > 0);
+    uint8_t *buf = malloc(rb * rows + 1);
+    assert_non_null(buf);
+    for (size_t i = 0; i < rb * rows; i++) {
+        buf[i] = (uint8_t)rnd();
+    }
+    size_t be = br_tensor_block_elems(type);
+    size_t bb = br_tensor_block_bytes(type);
+    for (size_t b = 0; b < rows * cols / be; b++) {
+        uint8_t *blk = buf + b * bb;
+        switch (type) {
+        case BR_TENSOR_F32: {
+            float v = rnd_float();
+            memcpy(blk, &v, sizeof(v));
+            break;
+        }
+        case BR_TENSOR_F16:
+            put_half(blk, rnd_float());
+            break;
+        case BR_TENSOR_Q8_0:
+        case BR_TENSOR_Q4_0:
+        case BR_TENSOR_Q5_0:
+            put_half(blk, rnd_float() * 0.05f);
+            break;
+        case BR_TENSOR_Q4_K:
+            put_half(blk, rnd_float() * 0.01f);
+            put_half(blk + 2, rnd_float() * 0.01f);
+            break;
+        case BR_TENSOR_Q6_K:
+            put_half(blk + 208, rnd_float() * 0.01f);
+            break;
+        default:
+            fail();
+        }
+    }
+    return buf;
+}
+
+static const enum br_tensor_type ALL_TYPES[] = {BR_TENSOR_F32,  BR_TENSOR_F16,  BR_TENSOR_Q8_0,
+                                                BR_TENSOR_Q4_0, BR_TENSOR_Q5_0, BR_TENSOR_Q4_K,
+                                                BR_TENSOR_Q6_K};
+#define N_TYPES (sizeof(ALL_TYPES) / sizeof(ALL_TYPES[0]))
+
+/* Checks one row's dot product against dequantize + double dot. */
+static void check_row_dot(enum br_tensor_type type, const uint8_t *row, const float *x, size_t cols)
+{
+    float *w = malloc(cols * sizeof(float));
+    float *xd = malloc(cols * sizeof(float));
+    struct br_kernel_q8x *xq = malloc((cols / 32 + 1) * sizeof(*xq));
+    assert_non_null(w);
+    assert_non_null(xd);
+    assert_non_null(xq);
+    assert_int_equal(br_quant_dequantize_row(type, row, w, cols), BR_OK);
+    int int_dot = type == BR_TENSOR_Q8_0 || type == BR_TENSOR_Q4_0;
+    if (int_dot) {
+        br_kernel_quantize_x(x, xq, cols);
+    }
+    double want = 0;   /* with the float x */
+    double want_q = 0; /* with the quantized x the integer dots see */
+    double mag = 0;    /* sum |w x|: the scale of float rounding errors */
+    double xerr = 0;   /* bound of the activation rounding: sum |w| * d_x / 2 */
+    for (size_t i = 0; i < cols; i++) {
+        want += (double)w[i] * (double)x[i];
+        mag += fabs((double)w[i] * (double)x[i]);
+        if (int_dot) {
+            const struct br_kernel_q8x *b = &xq[i / 32];
+            xd[i] = b->d * (float)b->q[i % 32];
+            want_q += (double)w[i] * (double)xd[i];
+            xerr += fabs((double)w[i]) * (double)b->d * 0.5;
+        }
+    }
+    double got = br_kernel_dot_row(type, row, x, int_dot ? xq : NULL, cols);
+    double tol = 1e-5 * mag + 1e-6;
+    if (int_dot) {
+        assert_true(fabs(got - want_q) <= tol);
+        assert_true(fabs(got - want) <= xerr * 1.001 + tol);
+        double port = type == BR_TENSOR_Q8_0 ? br_kernel_dot_q8_0_portable(row, xq, cols / 32)
+                                             : br_kernel_dot_q4_0_portable(row, xq, cols / 32);
+        assert_true(fabs(port - want_q) <= tol);
+        /* without a quantized x the same blocks are quantized per row: the same numbers */
+        double unscratched = br_kernel_dot_row(type, row, x, NULL, cols);
+        assert_true(fabs(unscratched - want_q) <= tol);
+    } else if (fabs(got - want) > tol) {
+        fail_msg("%s cols %zu: got %.9g want %.9g", br_tensor_type_name(type), cols, got, want);
+    }
+    free(w);
+    free(xd);
+    free(xq);
+}
+
+static void test_row_dots_all_types(void **state)
+{
+    (void)state;
+    static const size_t COLS[] = {256, 512, 768, 2048};
+    for (size_t t = 0; t < N_TYPES; t++) {
+        for (size_t c = 0; c < sizeof(COLS) / sizeof(COLS[0]); c++) {
+            size_t cols = COLS[c];
+            uint8_t *rows = random_rows(ALL_TYPES[t], 3, cols);
+            float *x = malloc(cols * sizeof(float));
+            assert_non_null(x);
+            for (size_t i = 0; i < cols; i++) {
+                x[i] = rnd_float() * (i % 7 == 0 ? 4.0f : 1.0f);
+            }
+            size_t rb = br_tensor_row_bytes(ALL_TYPES[t], cols);
+            for (size_t r = 0; r < 3; r++) {
+                check_row_dot(ALL_TYPES[t], rows + r * rb, x, cols);
+            }
+            free(x);
+            free(rows);
+        }
+    }
+}
+
+static void test_row_dots_small_blocks(void **state)
+{
+    (void)state;
+    /* *_0 types with rows of a few 32-blocks (not whole 256 chunks), and x with zero blocks */
+    enum br_tensor_type types[] = {BR_TENSOR_Q8_0, BR_TENSOR_Q4_0, BR_TENSOR_Q5_0, BR_TENSOR_F16};
+    for (size_t t = 0; t < 4; t++) {
+        for (size_t cols = 32; cols <= 352; cols += 32) {
+            uint8_t *row = random_rows(types[t], 1, cols);
+            float x[352];
+            for (size_t i = 0; i < cols; i++) {
+                x[i] = (i / 32) % 3 == 1 ? 0.0f : rnd_float();
+            }
+            check_row_dot(types[t], row, x, cols);
+            free(row);
+        }
+    }
+}
+
+static void test_matvec_threads_identical(void **state)
+{
+    (void)state;
+    enum { ROWS = 301, COLS = 512 };
+    struct br_pool *pools[3] = {NULL, NULL, NULL};
+    assert_int_equal(br_pool_create(2, &pools[0]), BR_OK);
+    assert_int_equal(br_pool_create(3, &pools[1]), BR_OK);
+    assert_int_equal(br_pool_create(1, &pools[2]), BR_OK);
+    struct br_kernel_scratch scratch = {NULL, 0};
+    assert_int_equal(br_kernel_scratch_init(&scratch, COLS), BR_OK);
+    float x[COLS];
+    for (size_t i = 0; i < COLS; i++) {
+        x[i] = rnd_float();
+    }
+    for (size_t t = 0; t < N_TYPES; t++) {
+        uint8_t *data = random_rows(ALL_TYPES[t], ROWS, COLS);
+        struct br_tensor w = {.type = ALL_TYPES[t], .data = data, .rows = ROWS, .cols = COLS};
+        float y1[ROWS];
+        float yn[ROWS];
+        float y0[ROWS];
+        size_t live = br_alloc_live_bytes();
+        uint64_t count = br_alloc_count();
+        assert_int_equal(br_kernel_matvec_ex(&w, x, y1, &scratch, NULL), BR_OK);
+        for (int p = 0; p < 3; p++) {
+            memset(yn, 0, sizeof(yn));
+            assert_int_equal(br_kernel_matvec_ex(&w, x, yn, &scratch, pools[p]), BR_OK);
+            assert_memory_equal(y1, yn, sizeof(y1));
+        }
+        assert_int_equal(br_alloc_count(), count);
+        assert_int_equal(br_alloc_live_bytes(), live);
+        /* the plain matvec (no scratch: x quantized block by block per row) */
+        assert_int_equal(br_kernel_matvec(&w, x, y0), BR_OK);
+        for (int r = 0; r < ROWS; r++) {
+            assert_true(fabsf(y0[r] - y1[r]) <= 1e-4f * (1.0f + fabsf(y1[r])));
+        }
+        free(data);
+    }
+    br_kernel_scratch_free(&scratch);
+    br_kernel_scratch_free(&scratch); /* idempotent */
+    for (int p = 0; p < 3; p++) {
+        br_pool_destroy(pools[p]);
+    }
+}
+
+static void test_matvec_rejects_partial_blocks(void **state)
+{
+    (void)state;
+    static uint8_t data[4096];
+    float x[300] = {0};
+    float y[4];
+    struct br_tensor w = {.type = BR_TENSOR_Q4_K, .data = data, .rows = 2, .cols = 64};
+    assert_int_equal(br_kernel_matvec(&w, x, y), BR_ERR_UNSUPPORTED);
+    w.type = BR_TENSOR_Q8_0;
+    w.cols = 172; /* stories260K's hidden size: not whole 32-blocks */
+    assert_int_equal(br_kernel_matvec(&w, x, y), BR_ERR_UNSUPPORTED);
+    w.type = (enum br_tensor_type)99;
+    w.cols = 32;
+    assert_int_equal(br_kernel_matvec(&w, x, y), BR_ERR_UNSUPPORTED);
+    /* scratch too small for the row: falls back to the per-row quantization */
+    struct br_kernel_scratch small = {NULL, 0};
+    assert_int_equal(br_kernel_scratch_init(&small, 32), BR_OK);
+    memset(data, 0, sizeof(data));
+    w.type = BR_TENSOR_Q8_0;
+    w.cols = 64;
+    assert_int_equal(br_kernel_matvec_ex(&w, x, y, &small, NULL), BR_OK);
+    assert_true(y[0] == 0.0f && y[1] == 0.0f);
+    br_kernel_scratch_free(&small);
+    br_alloc_fail_at(1);
+    assert_int_equal(br_kernel_scratch_init(&small, 64), BR_ERR_NOMEM);
+    br_alloc_fail_at(0);
+    assert_null(small.xq);
+}
+
+struct count_ctx {
+    atomic_int hits[8];
+    atomic_int total;
+};
+
+static void count_task(void *ctx, int index, int count)
+{
+    struct count_ctx *c = ctx;
+    assert_true(index >= 0 && index < count && count <= 8);
+    atomic_fetch_add(&c->hits[index], 1);
+    atomic_fetch_add(&c->total, 1);
+}
+
+static void test_pool_runs_every_share(void **state)
+{
+    (void)state;
+    for (int n = 1; n <= 4; n++) {
+        struct br_pool *p = NULL;
+        assert_int_equal(br_pool_create(n, &p), BR_OK);
+        assert_int_equal(br_pool_size(p), n);
+        static struct count_ctx c;
+        memset(&c, 0, sizeof(c));
+        for (int run = 0; run < 2000; run++) {
+            br_pool_run(p, count_task, &c);
+            assert_int_equal(atomic_load(&c.total), (run + 1) * n);
+        }
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(atomic_load(&c.hits[i]), 2000);
+        }
+        br_pool_destroy(p);
+    }
+    struct br_pool *p = (struct br_pool *)1;
+    assert_int_equal(br_pool_create(0, &p), BR_ERR_INVAL);
+    assert_null(p);
+    assert_int_equal(br_pool_create(257, &p), BR_ERR_INVAL);
+    for (uint64_t k = 1; k <= 2; k++) {
+        br_alloc_fail_at(k);
+        assert_int_equal(br_pool_create(3, &p), BR_ERR_NOMEM);
+        assert_null(p);
+    }
+    br_alloc_fail_at(0);
+    br_pool_destroy(NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_row_dots_all_types),
+        cmocka_unit_test(test_row_dots_small_blocks),
+        cmocka_unit_test(test_matvec_threads_identical),
+        cmocka_unit_test(test_matvec_rejects_partial_blocks),
+        cmocka_unit_test(test_pool_runs_every_share),
+    };
+    printf("# avx2 path: %d\n", br_kernel_has_avx2());
+    if (argc > 1) {
+        cmocka_set_test_filter(argv[1]);
+    }
+    return cmocka_run_group_tests_name("engine_kernels", tests, NULL, NULL);
+}
