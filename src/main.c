@@ -24,6 +24,7 @@
 #include "core/log.h"
 #include "core/rand.h"
 #include "cost/cost.h"
+#include "engine/engine_cli.h"
 #include "eval/calibrate_cli.h"
 #include "eval/eval_cli.h"
 #include "eval/train_cli.h"
@@ -44,6 +45,7 @@ static const char usage_main[] =
     "  eval      evaluate routing policies offline on recorded outcomes (APGR, CPT, cost)\n"
     "  calibrate choose a route's threshold for a quality floor, a share or a budget\n"
     "  train     train the learned router (logistic regression) on recorded outcomes\n"
+    "  generate  generate text with the embedded engine from a GGUF or llama2.c model\n"
     "  routes    report each route: decisions, cost, feedback, threshold history\n"
     "  export    write logged strong-model answers as fine-tuning JSONL (log.bodies)\n"
     "  config    check a configuration file (brigade config check -c FILE)\n"
@@ -542,6 +544,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "train") == 0) {
         return br_train_cli(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "generate") == 0) {
+        return br_generate_cli(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "routes") == 0) {
         return br_cli_routes(argc - 2, argv + 2);

@@ -499,7 +499,8 @@ int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,
         goto out;
     }
     g.logits = br_malloc((size_t)m->config->vocab_size * sizeof *g.logits);
-    rc = g.logits ? br_llama_state_create(m->config, m->weights, &g.state) : BR_ERR_NOMEM;
+    struct br_llama_run_config run = {.n_threads = p->n_threads > 1 ? p->n_threads : 1};
+    rc = g.logits ? br_llama_state_create_ex(m->config, m->weights, &run, &g.state) : BR_ERR_NOMEM;
     if (rc == BR_OK) {
         rc = br_sampler_init(&g.sampler, m->config->vocab_size, &p->sampler);
     }

@@ -74,6 +74,7 @@ struct br_engine_gen_params {
     int top_logprobs;                     /* 0..BR_ENGINE_MAX_TOP_LOGPROBS */
     br_engine_token_fn on_token;          /* may be NULL */
     void *user;                           /* passed to on_token */
+    int n_threads; /* forward-pass threads (forward.h run config); <= 1: the caller only */
 };
 
 struct br_engine_gen_result {
@@ -111,7 +112,8 @@ void br_engine_gen_params_init(struct br_engine_gen_params *p);
  * (free it with br_engine_gen_result_free, also after an error). Returns BR_OK; BR_ERR_INVAL
  * (bad params: a stop string empty or longer than BR_ENGINE_MAX_STOP_LEN, top_logprobs out of
  * range); BR_ERR_LIMIT (the prompt does not leave room for one token in the context);
- * BR_ERR_UNSUPPORTED (a tensor type the forward pass has no kernel for); BR_ERR_NOMEM; or the
+ * BR_ERR_UNSUPPORTED (a tensor type the forward pass has no kernel for); BR_ERR_NOMEM (also when
+ * the threads cannot be started); BR_ERR_INVAL also for n_threads > 256; or the
  * callback's error. err (may be NULL) receives a message.
  */
 int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,

@@ -163,6 +163,7 @@ static void test_engine_greedy_gguf_same_tokens(void **state)
     br_engine_gen_params_init(&p);
     p.on_token = on_token;
     p.user = &c;
+    p.n_threads = 2; /* the threaded forward pass gives the same logits */
     struct br_engine_gen_result r;
     char err[BR_ENGINE_ERR_CAP];
     assert_int_equal(br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, err, sizeof err), BR_OK);
@@ -307,6 +308,10 @@ static void test_engine_errors(void **state)
     assert_int_equal(br_engine_generate(m, "x", 1, &p, &r, err, sizeof err), BR_ERR_INVAL);
     br_engine_gen_result_free(&r);
     p.top_logprobs = 0;
+    p.n_threads = 257;
+    assert_int_equal(br_engine_generate(m, "x", 1, &p, &r, err, sizeof err), BR_ERR_INVAL);
+    br_engine_gen_result_free(&r);
+    p.n_threads = 0;
     /* A prompt that fills the context. */
     size_t big = 3000;
     char *text = malloc(big + 1);

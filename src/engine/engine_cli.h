@@ -1,0 +1,16 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * `brigade generate` (text generation with the embedded engine, streamed to stdout) and
+ * `brigade quantize` (rewrite a GGUF or llama2.c model as a self-contained GGUF in another
+ * tensor type). The option lists are in the --help texts of engine_cli.c.
+ */
+#ifndef BR_ENGINE_ENGINE_CLI_H
+#define BR_ENGINE_ENGINE_CLI_H
+
+/**
+ * Runs `brigade generate` with its arguments (after "generate"). Returns the exit status:
+ * 0 done, 2 usage error, 1 other failures (model cannot be loaded, generation failed).
+ */
+int br_generate_cli(int argc, char **argv);
+
+#endif
