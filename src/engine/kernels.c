@@ -207,35 +207,60 @@ BR_AVX2 static __m256 madd_us8(__m256i a, __m256i b)
     return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
 }
 
+/* acc + one Q8_0 block times one activation block, as 8 float lanes scaled by d_w * d_x. */
+BR_AVX2 static __m256 block_q8_0(const uint8_t *b, const struct br_kernel_q8x *xb, __m256 acc)
+{
+    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xb->q);
+    /* |w| * (x with w's sign): maddubs needs one unsigned operand */
+    __m256 p = madd_us8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(b) * xb->d), p, acc);
+}
+
 BR_AVX2 static float dot_q8_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq, size_t nb)
 {
-    __m256 acc = _mm256_setzero_ps();
-    for (size_t i = 0; i < nb; i++, b += 34) {
-        __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2));
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq[i].q);
-        /* |w| * (x with w's sign): maddubs needs one unsigned operand */
-        __m256 p = madd_us8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(b) * xq[i].d), p, acc);
+    /* two accumulators: consecutive blocks do not wait for each other's add */
+    __m256 acc0 = _mm256_setzero_ps();
+    __m256 acc1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = block_q8_0(b + 34 * i, &xq[i], acc0);
+        acc1 = block_q8_0(b + 34 * (i + 1), &xq[i + 1], acc1);
     }
-    return hsum256(acc);
+    if (i < nb) {
+        acc0 = block_q8_0(b + 34 * i, &xq[i], acc0);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
+}
+
+/* acc + one Q4_0 block times one activation block, as 8 float lanes scaled by d_w * d_x. */
+BR_AVX2 static __m256 block_q4_0(const uint8_t *b, const struct br_kernel_q8x *xb, __m256 acc)
+{
+    __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(b + 2));
+    /* lanes 0..15: low nibbles (elements 0..15); lanes 16..31: high nibbles (16..31) */
+    __m256i nib = _mm256_and_si256(
+        _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
+        _mm256_set1_epi8(0x0f));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xb->q);
+    __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), _mm256_set1_epi16(1));
+    /* the nibbles' -8: the 8 lanes together lose 8 * sum(q_x) */
+    p32 = _mm256_sub_epi32(p32, _mm256_set1_epi32(xb->sum));
+    return _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(b) * xb->d), _mm256_cvtepi32_ps(p32), acc);
 }
 
 BR_AVX2 static float dot_q4_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq, size_t nb)
 {
-    __m256 acc = _mm256_setzero_ps();
-    float offset = 0.0f; /* sum of d_w * d_x * 8 * sum(q_x): the nibbles' -8 */
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    for (size_t i = 0; i < nb; i++, b += 18) {
-        __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(b + 2));
-        /* lanes 0..15: low nibbles (elements 0..15); lanes 16..31: high nibbles (16..31) */
-        __m256i nib = _mm256_and_si256(
-            _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1), low4);
-        __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq[i].q);
-        float dd = half_f16c(b) * xq[i].d;
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), madd_us8(nib, x), acc);
-        offset += dd * (float)(8 * xq[i].sum);
+    __m256 acc0 = _mm256_setzero_ps();
+    __m256 acc1 = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 2 <= nb; i += 2) {
+        acc0 = block_q4_0(b + 18 * i, &xq[i], acc0);
+        acc1 = block_q4_0(b + 18 * (i + 1), &xq[i + 1], acc1);
     }
-    return hsum256(acc) - offset;
+    if (i < nb) {
+        acc0 = block_q4_0(b + 18 * i, &xq[i], acc0);
+    }
+    return hsum256(_mm256_add_ps(acc0, acc1));
 }
 
 BR_AVX2 static float dot_f16_avx2(const uint8_t *row, const float *x, size_t n)

@@ -2,13 +2,14 @@
 /*
  * Thread pool: a generation counter announces a run, `pending` counts the workers still busy.
  * Workers spin on the counter for a short while (a decode step issues dozens of small runs per
- * token, and a futex wake-up costs more than one of them), then sleep on `wake`. The caller
- * spins on `pending` the same way before sleeping on `done`. All waits re-check their
+ * token, and a futex wake-up costs more than one of them), then yield, then sleep on `wake`. The
+ * caller spins on `pending` the same way before sleeping on `done`. All waits re-check their
  * condition under the mutex, so no wake-up is lost.
  */
 #include "engine/pool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 #include "core/alloc.h"
@@ -21,7 +22,10 @@
 #define BR_POOL_RELAX() ((void)0)
 #endif
 
-enum { POOL_SPIN = 20000, POOL_MAX_THREADS = 256 };
+/* Waiting: POOL_SPIN pause instructions, then up to POOL_YIELDS sched_yield() calls (when the
+ * cores are oversubscribed, spinning would keep the thread we wait for off the CPU), then the
+ * condition variable. */
+enum { POOL_SPIN = 2000, POOL_YIELDS = 200, POOL_MAX_THREADS = 256 };
 
 struct pool_worker {
     struct br_pool *pool;
@@ -46,12 +50,16 @@ struct br_pool {
 /* Waits until gen differs from seen (or stop); returns the new generation. */
 static unsigned wait_generation(struct br_pool *p, unsigned seen)
 {
-    for (int i = 0; i < POOL_SPIN; i++) {
+    for (int i = 0; i < POOL_SPIN + POOL_YIELDS; i++) {
         unsigned g = atomic_load(&p->gen);
         if (g != seen || atomic_load(&p->stop)) {
             return g;
         }
-        BR_POOL_RELAX();
+        if (i < POOL_SPIN) {
+            BR_POOL_RELAX();
+        } else {
+            (void)sched_yield();
+        }
     }
     (void)pthread_mutex_lock(&p->mu);
     unsigned g = atomic_load(&p->gen);
@@ -160,8 +168,12 @@ void br_pool_run(struct br_pool *p, br_pool_task fn, void *ctx)
     (void)pthread_cond_broadcast(&p->wake);
     (void)pthread_mutex_unlock(&p->mu);
     fn(ctx, 0, p->n);
-    for (int i = 0; i < POOL_SPIN && atomic_load(&p->pending) > 0; i++) {
-        BR_POOL_RELAX();
+    for (int i = 0; i < POOL_SPIN + POOL_YIELDS && atomic_load(&p->pending) > 0; i++) {
+        if (i < POOL_SPIN) {
+            BR_POOL_RELAX();
+        } else {
+            (void)sched_yield();
+        }
     }
     if (atomic_load(&p->pending) > 0) {
         (void)pthread_mutex_lock(&p->mu);
