@@ -12,9 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "engine/engine.h"
+#include "engine/gguf_write.h"
+#include "engine/quant.h"
+#include "engine/tokenizer.h"
 
 static const char usage_generate[] =
     "usage: brigade generate -m MODEL [--tokenizer FILE] [-p PROMPT] [-n N] [--temperature T]\n"
@@ -286,4 +290,370 @@ int br_generate_cli(int argc, char **argv)
     br_engine_gen_result_free(&res);
     br_engine_model_close(m);
     return rc == BR_OK ? 0 : 1;
+}
+
+/* ---- brigade quantize ---------------------------------------------------------------------- */
+
+static const char usage_quantize[] =
+    "usage: brigade quantize IN OUT --type q8_0|q4_0|f16|f32 [--tokenizer FILE]\n"
+    "\n"
+    "Rewrites the llama model IN (a GGUF file, or a llama2.c .bin with --tokenizer) as a\n"
+    "self-contained GGUF v3 file OUT: the llama.* hyper-parameters, the vocabulary as\n"
+    "tokenizer.ggml.* (tokens, scores, token types, bos/eos/unk ids, add_bos_token) and the\n"
+    "weights in the requested type. OUT is written to OUT.tmp and renamed when complete.\n"
+    "\n"
+    "Which tensors get which type:\n"
+    "  - 1-D tensors (the RMSNorm weights) always stay f32.\n"
+    "  - q8_0 and q4_0 work on blocks of 32 values along a row: a matrix whose rows are not a\n"
+    "    multiple of 32 long (e.g. stories260K's ffn_down, rows of 172) is written as f32.\n"
+    "  - with f16 every matrix is f16; with f32 every matrix is f32.\n"
+    "  A tensor already in the output type is copied unchanged (so quantizing an output again\n"
+    "  gives the same bytes); others are dequantized to f32 and converted.\n"
+    "\n"
+    "options:\n"
+    "  --type T          output type: q8_0, q4_0, f16 or f32 (required)\n"
+    "  --tokenizer FILE  llama2.c tokenizer.bin for a .bin model\n"
+    "  -h, --help        this text\n"
+    "\n"
+    "exit status: 0 done, 2 usage error, 1 the input cannot be read or OUT cannot be written\n";
+
+struct qtensor {
+    const struct br_tensor *src;
+    enum br_tensor_type type;
+};
+
+struct quant_job {
+    struct qtensor *t;
+    size_t n;
+    size_t cap;
+    float *row; /* one dequantized row */
+};
+
+static int quant_row(const struct quant_job *j, const struct qtensor *q, const uint8_t *src,
+                     uint8_t *dst)
+{
+    size_t cols = q->src->cols;
+    int rc = br_quant_dequantize_row(q->src->type, src, j->row, cols);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    switch (q->type) {
+    case BR_TENSOR_F32:
+        memcpy(dst, j->row, cols * sizeof(float));
+        return BR_OK;
+    case BR_TENSOR_F16:
+        for (size_t c = 0; c < cols; c++) {
+            uint16_t h = br_quant_f32_to_f16(j->row[c]);
+            dst[2 * c] = (uint8_t)(h & 0xff);
+            dst[2 * c + 1] = (uint8_t)(h >> 8);
+        }
+        return BR_OK;
+    case BR_TENSOR_Q8_0:
+        return br_quant_quantize_row_q8_0(j->row, dst, cols);
+    case BR_TENSOR_Q4_0:
+        return br_quant_quantize_row_q4_0(j->row, dst, cols);
+    default:
+        return BR_ERR_UNSUPPORTED;
+    }
+}
+
+static int quant_fill(void *user, size_t index, void *dst, size_t n_bytes)
+{
+    const struct quant_job *j = user;
+    const struct qtensor *q = &j->t[index];
+    size_t in_row = br_tensor_row_bytes(q->src->type, q->src->cols);
+    size_t out_row = br_tensor_row_bytes(q->type, q->src->cols);
+    if (in_row == 0 || out_row == 0 || out_row * q->src->rows != n_bytes) {
+        return BR_ERR_INVAL;
+    }
+    const uint8_t *src = q->src->data;
+    uint8_t *out = dst;
+    if (q->type == q->src->type) {
+        memcpy(out, src, n_bytes);
+        return BR_OK;
+    }
+    for (size_t r = 0; r < q->src->rows; r++) {
+        int rc = quant_row(j, q, src + r * in_row, out + r * out_row);
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
+    return BR_OK;
+}
+
+/* The output type of a tensor under the rule in usage_quantize. */
+static enum br_tensor_type quant_type(enum br_tensor_type target, const struct br_tensor *t,
+                                      bool vector)
+{
+    if (vector) {
+        return BR_TENSOR_F32;
+    }
+    size_t block = br_tensor_block_elems(target);
+    return block > 0 && t->cols % block == 0 ? target : BR_TENSOR_F32;
+}
+
+static int add_tensor(br_gguf_writer *w, struct quant_job *j, enum br_tensor_type target,
+                      const char *name, const struct br_tensor *t, bool vector)
+{
+    if (j->n == j->cap) {
+        return BR_ERR_LIMIT;
+    }
+    enum br_tensor_type type = quant_type(target, t, vector);
+    j->t[j->n].src = t;
+    j->t[j->n].type = type;
+    uint64_t dims[2] = {t->cols, t->rows};
+    int rc = br_gguf_writer_tensor(w, name, type, vector ? 1 : 2, dims, NULL);
+    if (rc == BR_OK) {
+        j->n++;
+    }
+    return rc;
+}
+
+static int add_tensors(br_gguf_writer *w, struct quant_job *j, enum br_tensor_type target,
+                       const struct br_llama_weights *wt)
+{
+    int rc = add_tensor(w, j, target, "token_embd.weight", &wt->token_embedding, false);
+    if (rc == BR_OK) {
+        rc = add_tensor(w, j, target, "output_norm.weight", &wt->final_norm, true);
+    }
+    if (rc == BR_OK && wt->output.data != wt->token_embedding.data) {
+        rc = add_tensor(w, j, target, "output.weight", &wt->output, false);
+    }
+    for (int l = 0; l < wt->n_layers && rc == BR_OK; l++) {
+        const struct br_llama_layer *ly = &wt->layers[l];
+        const struct {
+            const char *what;
+            const struct br_tensor *t;
+        } list[] = {
+            {"attn_norm", &ly->attn_norm}, {"attn_q", &ly->wq},      {"attn_k", &ly->wk},
+            {"attn_v", &ly->wv},           {"attn_output", &ly->wo}, {"ffn_norm", &ly->ffn_norm},
+            {"ffn_gate", &ly->w1},         {"ffn_down", &ly->w2},    {"ffn_up", &ly->w3}};
+        for (size_t k = 0; k < sizeof list / sizeof list[0] && rc == BR_OK; k++) {
+            char name[64];
+            (void)snprintf(name, sizeof name, "blk.%d.%s.weight", l, list[k].what);
+            bool vector = list[k].t == &ly->attn_norm || list[k].t == &ly->ffn_norm;
+            rc = add_tensor(w, j, target, name, list[k].t, vector);
+        }
+    }
+    return rc;
+}
+
+static uint32_t file_type(enum br_tensor_type target)
+{
+    switch (target) {
+    case BR_TENSOR_F16:
+        return 1;
+    case BR_TENSOR_Q4_0:
+        return 2;
+    case BR_TENSOR_Q8_0:
+        return 7;
+    default:
+        return 0;
+    }
+}
+
+static int add_config(br_gguf_writer *w, const struct br_llama_config *c,
+                      enum br_tensor_type target)
+{
+    int rc = br_gguf_writer_kv_str(w, "general.architecture", br_slice_from_cstr("llama"));
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "general.file_type", file_type(target)) : rc;
+    if (rc == BR_OK && target != BR_TENSOR_F32 && target != BR_TENSOR_F16) {
+        rc = br_gguf_writer_kv_u32(w, "general.quantization_version", 2);
+    }
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "llama.context_length", (uint32_t)c->seq_len) : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "llama.embedding_length", (uint32_t)c->dim) : rc;
+    rc = rc == BR_OK
+             ? br_gguf_writer_kv_u32(w, "llama.feed_forward_length", (uint32_t)c->hidden_dim)
+             : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "llama.block_count", (uint32_t)c->n_layers) : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads)
+                     : rc;
+    rc = rc == BR_OK
+             ? br_gguf_writer_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads)
+             : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_u32(w, "llama.rope.dimension_count",
+                                             (uint32_t)(c->dim / c->n_heads))
+                     : rc;
+    rc = rc == BR_OK
+             ? br_gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->rms_eps)
+             : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_f32(w, "llama.rope.freq_base", c->rope_theta) : rc;
+    return rc;
+}
+
+static int add_special(br_gguf_writer *w, const char *key, int32_t id)
+{
+    return id < 0 ? BR_OK : br_gguf_writer_kv_u32(w, key, (uint32_t)id);
+}
+
+static int add_vocab(br_gguf_writer *w, const br_engine_model *m)
+{
+    const struct br_tokenizer *t = br_engine_model_tokenizer(m);
+    size_t n = br_tokenizer_n_vocab(t);
+    struct br_slice *pieces = br_calloc(n, sizeof *pieces);
+    float *scores = br_calloc(n, sizeof *scores);
+    int32_t *types = br_calloc(n, sizeof *types);
+    int rc = pieces && scores && types ? BR_OK : BR_ERR_NOMEM;
+    for (size_t i = 0; i < n && rc == BR_OK; i++) {
+        enum br_tok_type type = BR_TOK_NORMAL;
+        if (!br_tokenizer_token(t, (int32_t)i, &pieces[i], &scores[i], &type)) {
+            rc = BR_ERR_RANGE;
+        }
+        types[i] = (int32_t)type;
+    }
+    rc = rc == BR_OK ? br_gguf_writer_kv_str(w, "tokenizer.ggml.model", br_slice_from_cstr("llama"))
+                     : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_arr_str(w, "tokenizer.ggml.tokens", pieces, n) : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_arr_f32(w, "tokenizer.ggml.scores", scores, n) : rc;
+    rc = rc == BR_OK ? br_gguf_writer_kv_arr_i32(w, "tokenizer.ggml.token_type", types, n) : rc;
+    rc = rc == BR_OK ? add_special(w, "tokenizer.ggml.bos_token_id", br_tokenizer_bos(t)) : rc;
+    rc = rc == BR_OK ? add_special(w, "tokenizer.ggml.eos_token_id", br_tokenizer_eos(t)) : rc;
+    rc = rc == BR_OK ? add_special(w, "tokenizer.ggml.unknown_token_id", br_tokenizer_unk(t)) : rc;
+    rc = rc == BR_OK
+             ? br_gguf_writer_kv_bool(w, "tokenizer.ggml.add_bos_token", br_engine_model_add_bos(m))
+             : rc;
+    br_free(pieces);
+    br_free(scores);
+    br_free(types);
+    return rc;
+}
+
+static int parse_target(const char *s, enum br_tensor_type *out)
+{
+    static const struct {
+        const char *name;
+        enum br_tensor_type type;
+    } names[] = {{"q8_0", BR_TENSOR_Q8_0},
+                 {"q4_0", BR_TENSOR_Q4_0},
+                 {"f16", BR_TENSOR_F16},
+                 {"f32", BR_TENSOR_F32}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(s, names[i].name) == 0) {
+            *out = names[i].type;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+struct quant_cli {
+    const char *in;
+    const char *out;
+    const char *tokenizer;
+    const char *type;
+};
+
+/* 0 parsed, 1 help printed, 2 usage error. */
+static int quant_parse(struct quant_cli *c, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            (void)fputs(usage_quantize, stdout);
+            return 1;
+        }
+        int m = opt_value(argc, argv, &i, "--type", NULL, &v);
+        if (m == 0) {
+            m = opt_value(argc, argv, &i, "--tokenizer", NULL, &v);
+            if (m > 0) {
+                c->tokenizer = v;
+            }
+        } else if (m > 0) {
+            c->type = v;
+        }
+        if (m < 0) {
+            return usage_error("quantize", "%s needs a value", a);
+        }
+        if (m > 0) {
+            continue;
+        }
+        if (a[0] == '-' && a[1] != '\0') {
+            return usage_error("quantize", "unknown option '%s'", a);
+        }
+        if (!c->in) {
+            c->in = a;
+        } else if (!c->out) {
+            c->out = a;
+        } else {
+            return usage_error("quantize", "unexpected argument '%s'", a);
+        }
+    }
+    if (!c->in || !c->out) {
+        return usage_error("quantize", "IN and OUT are required");
+    }
+    if (!c->type) {
+        return usage_error("quantize", "--type is required");
+    }
+    return 0;
+}
+
+static void quant_summary(const struct quant_cli *c, const struct quant_job *j)
+{
+    size_t counts[BR_TENSOR_Q6_K + 1] = {0};
+    for (size_t i = 0; i < j->n; i++) {
+        counts[j->t[i].type]++;
+    }
+    (void)fprintf(stderr, "brigade quantize: wrote %s (%s): %zu tensors:", c->out, c->type, j->n);
+    for (int t = 0; t <= BR_TENSOR_Q6_K; t++) {
+        if (counts[t] > 0) {
+            (void)fprintf(stderr, " %zu %s", counts[t],
+                          br_tensor_type_name((enum br_tensor_type)t));
+        }
+    }
+    (void)fputc('\n', stderr);
+}
+
+static int quant_run(const struct quant_cli *c, enum br_tensor_type target)
+{
+    char err[BR_ENGINE_ERR_CAP];
+    br_engine_model *m = NULL;
+    br_gguf_writer *w = NULL;
+    struct quant_job j;
+    memset(&j, 0, sizeof j);
+    int rc = br_engine_model_open(c->in, c->tokenizer, &m, err, sizeof err);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "brigade quantize: %s\n", err);
+        return 1;
+    }
+    const struct br_llama_config *cfg = br_engine_model_config(m);
+    const struct br_llama_weights *wt = br_engine_model_weights(m);
+    size_t max_cols = (size_t)(cfg->dim > cfg->hidden_dim ? cfg->dim : cfg->hidden_dim);
+    j.cap = 3 + (size_t)wt->n_layers * 9;
+    j.t = br_calloc(j.cap, sizeof *j.t);
+    j.row = br_calloc(max_cols, sizeof *j.row);
+    rc = j.t && j.row ? br_gguf_writer_create(0, quant_fill, &j, &w) : BR_ERR_NOMEM;
+    rc = rc == BR_OK ? add_config(w, cfg, target) : rc;
+    rc = rc == BR_OK ? add_vocab(w, m) : rc;
+    rc = rc == BR_OK ? add_tensors(w, &j, target, wt) : rc;
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "brigade quantize: %s: %s\n", c->in, br_strerror(rc));
+    } else {
+        rc = br_gguf_writer_write(w, c->out, err, sizeof err);
+        if (rc != BR_OK) {
+            (void)fprintf(stderr, "brigade quantize: %s\n", err);
+        } else {
+            quant_summary(c, &j);
+        }
+    }
+    br_gguf_writer_free(w);
+    br_free(j.t);
+    br_free(j.row);
+    br_engine_model_close(m);
+    return rc == BR_OK ? 0 : 1;
+}
+
+int br_quantize_cli(int argc, char **argv)
+{
+    struct quant_cli c;
+    memset(&c, 0, sizeof c);
+    int rc = quant_parse(&c, argc, argv);
+    if (rc != 0 || !c.type) {
+        return rc == 1 ? 0 : 2;
+    }
+    enum br_tensor_type target = BR_TENSOR_F32;
+    if (parse_target(c.type, &target) != 0) {
+        return usage_error("quantize", "--type must be q8_0, q4_0, f16 or f32, not '%s'", c.type);
+    }
+    return quant_run(&c, target);
 }

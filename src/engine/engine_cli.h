@@ -13,4 +13,10 @@
  */
 int br_generate_cli(int argc, char **argv);
 
+/**
+ * Runs `brigade quantize` with its arguments (after "quantize"). Returns 0 done, 2 usage
+ * error, 1 other failures (unreadable input, cannot write the output).
+ */
+int br_quantize_cli(int argc, char **argv);
+
 #endif
