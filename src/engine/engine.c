@@ -346,6 +346,20 @@ static size_t stop_find(const struct gen *g, const char *s, size_t n)
     return first;
 }
 
+/* Bytes at the end of s (len n) that begin a UTF-8 sequence not yet complete (0..3). */
+static size_t utf8_incomplete_tail(const char *s, size_t n)
+{
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = (unsigned char)s[n - back];
+        if ((c & 0xC0) == 0x80) {
+            continue; /* continuation byte: look further back */
+        }
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        return need > back && c < 0xF8 ? back : 0;
+    }
+    return 0;
+}
+
 static int emit(struct gen *g, const char *text, size_t n, int token, float logprob, int n_top)
 {
     int rc = br_buf_append(&g->res->text, text, n);
@@ -360,7 +374,9 @@ static int emit(struct gen *g, const char *text, size_t n, int token, float logp
     return g->p->on_token(g->p->user, &t);
 }
 
-/* Adds a token's piece; releases what can no longer start a stop string. Sets *stopped. */
+/* Adds a token's piece; releases what can no longer start a stop string and is not an
+ * incomplete UTF-8 sequence (byte-fallback tokens spell a character over several tokens).
+ * Sets *stopped. */
 static int push_piece(struct gen *g, struct br_slice piece, int token, float logprob, int n_top,
                       bool *stopped)
 {
@@ -378,6 +394,8 @@ static int push_piece(struct gen *g, struct br_slice piece, int token, float log
         return rc;
     }
     size_t keep = stop_prefix_len(g, s, n);
+    size_t partial = utf8_incomplete_tail(s, n);
+    keep = partial > keep ? partial : keep;
     rc = emit(g, s, n - keep, token, logprob, n_top);
     br_buf_consume(&g->pending, n - keep);
     return rc;

@@ -20,7 +20,10 @@
  *   - after max_tokens tokens, or when prompt + completion fill the context (config.seq_len
  *     tokens; the last sampled token is not run through the model) (finish "length").
  * Stop strings may span token boundaries: text that could still be the start of a stop string
- * is held back and released (or dropped) once the following tokens decide it.
+ * is held back and released (or dropped) once the following tokens decide it. Likewise the
+ * bytes of a UTF-8 character spelled by several byte tokens are held back until the character
+ * is complete, so every streamed piece is whole characters (unless the model itself produces
+ * invalid UTF-8, which is released as it is at the end).
  *
  * Streaming: on_token (optional) is called once per sampled token with the text released by
  * that token (possibly empty when held back, or longer when it releases earlier held text),

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "br_test.h"
+#include "core/alloc.h"
 #include "core/err.h"
 #include "engine/engine.h"
 
@@ -331,6 +332,78 @@ static void test_engine_errors(void **state)
     br_engine_model_close(m);
 }
 
+/* Every allocation of open + generate failed once: NOMEM (or success), never a leak. */
+static void test_engine_alloc_failures(void **state)
+{
+    (void)state;
+    static const char *const paths[2][2] = {{BIN, TOK}, {GGUF, NULL}};
+    for (int f = 0; f < 2; f++) {
+        size_t live = br_alloc_live_bytes();
+        for (uint64_t k = 1;; k++) {
+            uint64_t before = br_alloc_count();
+            br_alloc_fail_at(k);
+            br_engine_model *m = NULL;
+            int rc = br_engine_model_open(paths[f][0], paths[f][1], &m, NULL, 0);
+            if (rc == BR_OK) {
+                struct br_engine_gen_params p;
+                br_engine_gen_params_init(&p);
+                p.max_tokens = 3;
+                p.stop[0] = "xyz";
+                p.n_threads = 2;
+                struct br_engine_gen_result r;
+                rc = br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, NULL, 0);
+                br_engine_gen_result_free(&r);
+                br_engine_model_close(m);
+            }
+            br_alloc_fail_at(0);
+            assert_true(rc == BR_OK || rc == BR_ERR_NOMEM);
+            assert_int_equal(br_alloc_live_bytes(), live);
+            if (rc == BR_OK && br_alloc_count() - before < k) {
+                assert_true(k > 20); /* the loop really went through open and generate */
+                break; /* the k-th allocation never came: every one has been failed once */
+            }
+        }
+    }
+}
+
+static int check_utf8_piece(void *user, const struct br_engine_token *t)
+{
+    (void)user;
+    /* Every piece ends on a character boundary: no lead byte without its continuation. */
+    const unsigned char *s = (const unsigned char *)t->text.ptr;
+    size_t n = t->text.len;
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned char c = s[n - back];
+        if ((c & 0xC0) == 0x80) {
+            continue;
+        }
+        size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        assert_true(need <= back || t->token < 0);
+        break;
+    }
+    return BR_OK;
+}
+
+static void test_engine_streamed_pieces_whole_utf8(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(BIN, TOK);
+    for (uint64_t seed = 1; seed <= 4; seed++) {
+        struct br_engine_gen_params p;
+        br_engine_gen_params_init(&p);
+        p.max_tokens = 300;
+        p.sampler.temperature = 2.0f;
+        p.sampler.seed = seed;
+        p.on_token = check_utf8_piece;
+        struct br_engine_gen_result r;
+        char err[BR_ENGINE_ERR_CAP];
+        assert_int_equal(br_engine_generate(m, "\xc3\xa9t\xc3\xa9", 5, &p, &r, err, sizeof err),
+                         BR_OK);
+        br_engine_gen_result_free(&r);
+    }
+    br_engine_model_close(m);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +412,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_engine_stop_strings),
         cmocka_unit_test(test_engine_seed_reproducible),
         cmocka_unit_test(test_engine_errors),
+        cmocka_unit_test(test_engine_alloc_failures),
+        cmocka_unit_test(test_engine_streamed_pieces_whole_utf8),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
