@@ -4,7 +4,8 @@
  * vocabulary) against llama2.c's golden run (models/stories260K/golden/run_greedy_once_upon.*:
  * the text, and per position the top-2 token ids with their logit gap), stop strings (also
  * across token boundaries), streaming callback, seed reproducibility, context and usage
- * accounting, malformed inputs.
+ * accounting, malformed inputs (also GGUF copies of stories260K with a broken vocabulary, written
+ * with gguf_write.h), allocation failures, whole UTF-8 characters per streamed piece.
  */
 #include <math.h>
 #include <stdio.h>
@@ -16,6 +17,8 @@
 #include "core/alloc.h"
 #include "core/err.h"
 #include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/gguf_write.h"
 
 #define DIR     BR_SOURCE_DIR "/models/stories260K/"
 #define BIN     DIR "stories260K.bin"
@@ -404,6 +407,168 @@ static void test_engine_streamed_pieces_whole_utf8(void **state)
     br_engine_model_close(m);
 }
 
+/* How copy_gguf changes the vocabulary of stories260K-f32.gguf. */
+enum vocab_edit {
+    EDIT_MODEL_GPT2,
+    EDIT_SCORES_SHORT,
+    EDIT_TYPE_BAD,
+    EDIT_NO_TOKENS,
+    EDIT_NO_BOS_FLAG,
+    EDIT_BOS_STRING,
+    EDIT_NONE
+};
+
+static int copy_array(br_gguf_writer *w, const char *key, const struct br_gguf_array *a,
+                      enum vocab_edit e)
+{
+    size_t n = (size_t)a->len;
+    int rc = BR_OK;
+    if (a->type == BR_GGUF_TYPE_STRING) {
+        struct br_slice *v = calloc(n, sizeof *v);
+        for (size_t i = 0; i < n; i++) {
+            assert_int_equal(br_gguf_array_str(a, i, &v[i]), BR_OK);
+        }
+        rc = br_gguf_writer_kv_arr_str(w, key, v, n);
+        free(v);
+    } else if (a->type == BR_GGUF_TYPE_FLOAT32) {
+        float *v = calloc(n, sizeof *v);
+        for (size_t i = 0; i < n; i++) {
+            assert_int_equal(br_gguf_array_f32(a, i, &v[i]), BR_OK);
+        }
+        rc = br_gguf_writer_kv_arr_f32(w, key, v, e == EDIT_SCORES_SHORT ? n - 1 : n);
+        free(v);
+    } else {
+        int32_t *v = calloc(n, sizeof *v);
+        for (size_t i = 0; i < n; i++) {
+            int64_t x = 0;
+            assert_int_equal(br_gguf_array_i64(a, i, &x), BR_OK);
+            v[i] = (int32_t)x;
+        }
+        if (e == EDIT_TYPE_BAD) {
+            v[100] = 9;
+        }
+        rc = br_gguf_writer_kv_arr_i32(w, key, v, n);
+        free(v);
+    }
+    return rc;
+}
+
+static void copy_kv(br_gguf_writer *w, const br_gguf *g, const struct br_gguf_kv *kv,
+                    enum vocab_edit e)
+{
+    char key[128];
+    (void)snprintf(key, sizeof key, "%.*s", (int)kv->key.len, kv->key.ptr);
+    uint32_t u = 0;
+    float f = 0;
+    if (e == EDIT_NO_TOKENS && strcmp(key, "tokenizer.ggml.tokens") == 0) {
+        return;
+    }
+    if (strcmp(key, "tokenizer.ggml.bos_token_id") == 0 && e == EDIT_BOS_STRING) {
+        assert_int_equal(br_gguf_writer_kv_str(w, key, br_slice_from_cstr("1")), BR_OK);
+        return;
+    }
+    if (strcmp(key, "tokenizer.ggml.model") == 0 && e == EDIT_MODEL_GPT2) {
+        assert_int_equal(br_gguf_writer_kv_str(w, key, br_slice_from_cstr("gpt2")), BR_OK);
+        return;
+    }
+    switch (kv->type) {
+    case BR_GGUF_TYPE_STRING: {
+        struct br_slice sv;
+        assert_int_equal(br_gguf_get_str(g, key, &sv), BR_OK);
+        assert_int_equal(br_gguf_writer_kv_str(w, key, sv), BR_OK);
+        break;
+    }
+    case BR_GGUF_TYPE_ARRAY:
+        assert_int_equal(copy_array(w, key, &kv->array, e), BR_OK);
+        break;
+    case BR_GGUF_TYPE_UINT32:
+        memcpy(&u, kv->value, 4);
+        assert_int_equal(br_gguf_writer_kv_u32(w, key, u), BR_OK);
+        break;
+    case BR_GGUF_TYPE_FLOAT32:
+        memcpy(&f, kv->value, 4);
+        assert_int_equal(br_gguf_writer_kv_f32(w, key, f), BR_OK);
+        break;
+    default:
+        fail_msg("unexpected KV type %d for %s", kv->type, key);
+    }
+}
+
+static void copy_gguf(const char *out, enum vocab_edit e)
+{
+    br_gguf *g = NULL;
+    assert_int_equal(br_gguf_open(GGUF, &g, NULL, 0), BR_OK);
+    br_gguf_writer *w = NULL;
+    assert_int_equal(br_gguf_writer_create(0, NULL, NULL, &w), BR_OK);
+    for (size_t i = 0; i < br_gguf_kv_count(g); i++) {
+        copy_kv(w, g, br_gguf_kv_at(g, i), e);
+    }
+    if (e == EDIT_NO_BOS_FLAG) {
+        assert_int_equal(br_gguf_writer_kv_bool(w, "tokenizer.ggml.add_bos_token", false), BR_OK);
+    }
+    for (size_t i = 0; i < br_gguf_tensor_count(g); i++) {
+        const struct br_gguf_tensor *t = br_gguf_tensor_at(g, i);
+        char name[128];
+        (void)snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
+        struct br_tensor v;
+        assert_int_equal(br_gguf_tensor_view(t, &v), BR_OK);
+        assert_int_equal(br_gguf_writer_tensor(w, name, v.type, t->n_dims, t->dims, t->data),
+                         BR_OK);
+    }
+    char err[256];
+    assert_int_equal(br_gguf_writer_write(w, out, err, sizeof err), BR_OK);
+    br_gguf_writer_free(w);
+    br_gguf_close(g);
+}
+
+static void test_engine_gguf_vocab_checked(void **state)
+{
+    (void)state;
+    char path[256];
+    (void)snprintf(path, sizeof path, "%s/engine_vocab_%d.gguf", BR_BINARY_DIR, (int)getpid());
+    static const struct {
+        enum vocab_edit e;
+        int rc;
+        const char *msg;
+    } cases[] = {
+        {EDIT_MODEL_GPT2, BR_ERR_UNSUPPORTED, "gpt2"},
+        {EDIT_SCORES_SHORT, BR_ERR_PARSE, "tokenizer.ggml.scores"},
+        {EDIT_TYPE_BAD, BR_ERR_PARSE, "vocabulary"},
+        {EDIT_NO_TOKENS, BR_ERR_PARSE, "tokenizer.ggml.tokens"},
+        {EDIT_BOS_STRING, BR_ERR_PARSE, "bos_token_id"},
+    };
+    char err[BR_ENGINE_ERR_CAP];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        copy_gguf(path, cases[i].e);
+        br_engine_model *m = NULL;
+        assert_int_equal(br_engine_model_open(path, NULL, &m, err, sizeof err), cases[i].rc);
+        assert_null(m);
+        if (!strstr(err, cases[i].msg) || !strstr(err, path)) {
+            fail_msg("case %zu: message '%s'", i, err);
+        }
+    }
+    /* The unchanged copy generates like the original; add_bos_token=false drops the BOS. */
+    copy_gguf(path, EDIT_NONE);
+    br_engine_model *m = open_model(path, NULL);
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.max_tokens = 20;
+    struct br_engine_gen_result r;
+    generate_text(m, &p, &r);
+    const char *golden = read_text(GOLDEN) + strlen(PROMPT);
+    assert_memory_equal(r.text.ptr, golden, r.text.len);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+    copy_gguf(path, EDIT_NO_BOS_FLAG);
+    m = open_model(path, NULL);
+    assert_false(br_engine_model_add_bos(m));
+    generate_text(m, &p, &r);
+    assert_int_equal(r.prompt_tokens, 4);
+    br_engine_gen_result_free(&r);
+    br_engine_model_close(m);
+    unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +578,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_engine_seed_reproducible),
         cmocka_unit_test(test_engine_errors),
         cmocka_unit_test(test_engine_alloc_failures),
+        cmocka_unit_test(test_engine_gguf_vocab_checked),
         cmocka_unit_test(test_engine_streamed_pieces_whole_utf8),
     };
     if (argc > 1) {
