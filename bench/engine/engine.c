@@ -1,0 +1,493 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_engine: tokens/s of the embedded engine's forward pass for prompt processing (the
+ * prompt's tokens fed one by one; the engine has no batched prompt path yet) and generation
+ * (greedy decoding, each step's argmax fed back), for 1 and 2 threads and F32 / Q8_0 / Q4_0
+ * weights, on stories260K (models/stories260K/stories260K.bin, quantized in memory) and on a
+ * synthetic model of the llama2.c 110M shape (dim 768, 12 layers, 12 heads, 12 kv heads,
+ * hidden 2048, vocab 32000, shared classifier) with random weights generated in memory.
+ * Quantization rule as in brigade: a matrix whose rows are not whole 32-blocks stays F32.
+ *
+ * It also measures the memory read bandwidth (a streaming sum over a 512 MiB buffer, far
+ * larger than the L3, 1 and 2 threads, best of 5 passes) and states decode speed as a fraction of
+ * the bandwidth limit: bytes of weights read per token (every matrix once, the classifier included)
+ * times tokens/s divided by the bandwidth measured with the same thread count.
+ *
+ * Usage: bench_engine [--runs N] [--gen N] [--prompt N] [--only stories|110m]
+ * Each figure is the median of N runs (default 3). Output: one table row per configuration.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/err.h"
+#include "engine/forward.h"
+#include "engine/kernels.h"
+#include "engine/llama2c.h"
+#include "engine/quant.h"
+
+#define MODEL_PATH BR_SOURCE_DIR "/models/stories260K/stories260K.bin"
+#define MAX_RUNS   15
+
+struct opts {
+    int runs;
+    int gen;
+    int prompt;
+    const char *only;
+};
+
+_Noreturn static void die(const char *what)
+{
+    (void)fprintf(stderr, "bench_engine: %s\n", what);
+    exit(1); /* NOLINT(concurrency-mt-unsafe): the benchmark threads are joined by then */
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a;
+    double y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- memory bandwidth ---- */
+
+struct bw_job {
+    const double *buf;
+    size_t n;
+    double sum;
+};
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+/* 32-byte loads into four independent sums: the loop is bound by memory, not by the adds */
+__attribute__((target("avx"))) static double sum_stream(const double *p, size_t n)
+{
+    __m256d a0 = _mm256_setzero_pd();
+    __m256d a1 = _mm256_setzero_pd();
+    __m256d a2 = _mm256_setzero_pd();
+    __m256d a3 = _mm256_setzero_pd();
+    for (size_t i = 0; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_pd(a0, _mm256_loadu_pd(p + i));
+        a1 = _mm256_add_pd(a1, _mm256_loadu_pd(p + i + 4));
+        a2 = _mm256_add_pd(a2, _mm256_loadu_pd(p + i + 8));
+        a3 = _mm256_add_pd(a3, _mm256_loadu_pd(p + i + 12));
+    }
+    double out[4];
+    _mm256_storeu_pd(out, _mm256_add_pd(_mm256_add_pd(a0, a1), _mm256_add_pd(a2, a3)));
+    return out[0] + out[1] + out[2] + out[3];
+}
+#else
+static double sum_stream(const double *p, size_t n)
+{
+    double s0 = 0;
+    double s1 = 0;
+    double s2 = 0;
+    double s3 = 0;
+    for (size_t i = 0; i + 4 <= n; i += 4) {
+        s0 += p[i];
+        s1 += p[i + 1];
+        s2 += p[i + 2];
+        s3 += p[i + 3];
+    }
+    return s0 + s1 + s2 + s3;
+}
+#endif
+
+static void *bw_read(void *arg)
+{
+    struct bw_job *j = arg;
+    j->sum = sum_stream(j->buf, j->n);
+    return NULL;
+}
+
+/* GB/s (1e9 bytes) of reading the buffer with n_threads threads: the best of `runs` passes
+ * (the limit the hardware allows; a pass can only be slowed down by other load). */
+static double bandwidth(const double *buf, size_t count, int n_threads, int runs)
+{
+    double gbs[MAX_RUNS] = {0};
+    for (int r = 0; r < runs; r++) {
+        struct bw_job jobs[2] = {{NULL, 0, 0.0}, {NULL, 0, 0.0}};
+        pthread_t th[2];
+        size_t per = count / (size_t)n_threads;
+        double t0 = now_s();
+        for (int t = 0; t < n_threads; t++) {
+            jobs[t].buf = buf + per * (size_t)t;
+            jobs[t].n = per;
+            if (t > 0) {
+                (void)pthread_create(&th[t], NULL, bw_read, &jobs[t]);
+            }
+        }
+        bw_read(&jobs[0]);
+        for (int t = 1; t < n_threads; t++) {
+            (void)pthread_join(th[t], NULL);
+        }
+        double dt = now_s() - t0;
+        if (jobs[0].sum == 1234.5) {
+            printf("#\n"); /* keeps the sums alive */
+        }
+        gbs[r] = (double)(per * (size_t)n_threads * sizeof(double)) / dt / 1e9;
+    }
+    double best = 0;
+    for (int r = 0; r < runs; r++) {
+        best = gbs[r] > best ? gbs[r] : best;
+    }
+    return best;
+}
+
+/* ---- models ---- */
+
+struct model {
+    const char *name;
+    struct br_llama_config config;
+    struct br_llama_weights w;
+    struct br_llama_layer *layers;
+    void *bufs[512];
+    int n_bufs;
+};
+
+static void *keep(struct model *m, size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p || m->n_bufs >= 512) {
+        die("out of memory");
+    }
+    m->bufs[m->n_bufs++] = p;
+    return p;
+}
+
+static void model_free(struct model *m)
+{
+    for (int i = 0; i < m->n_bufs; i++) {
+        free(m->bufs[i]);
+    }
+    free(m->layers);
+    m->n_bufs = 0;
+    m->layers = NULL;
+}
+
+static uint64_t rng = 0x2545f4914f6cdd1dull;
+
+static float rnd_normalish(void)
+{
+    /* sum of 4 uniforms: cheap, roughly bell-shaped, mean 0, sd ~0.58 */
+    float s = 0;
+    for (int i = 0; i < 4; i++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        s += (float)(rng >> 40) / (float)(1 << 24) - 0.5f;
+    }
+    return s;
+}
+
+static struct br_tensor random_f32(struct model *m, size_t rows, size_t cols, float scale)
+{
+    float *p = keep(m, rows * cols * sizeof(float));
+    for (size_t i = 0; i < rows * cols; i++) {
+        p[i] = rnd_normalish() * scale;
+    }
+    struct br_tensor t = {.type = BR_TENSOR_F32, .data = p, .rows = rows, .cols = cols};
+    return t;
+}
+
+static struct br_tensor ones(struct model *m, size_t n)
+{
+    float *p = keep(m, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        p[i] = 1.0f;
+    }
+    struct br_tensor t = {.type = BR_TENSOR_F32, .data = p, .rows = 1, .cols = n};
+    return t;
+}
+
+/* The llama2.c 110M shape with random weights (F32). */
+static void make_110m(struct model *m)
+{
+    memset(m, 0, sizeof(*m));
+    m->name = "110M-synthetic";
+    struct br_llama_config c = {.dim = 768,
+                                .hidden_dim = 2048,
+                                .n_layers = 12,
+                                .n_heads = 12,
+                                .n_kv_heads = 12,
+                                .vocab_size = 32000,
+                                .seq_len = 1024,
+                                .rms_eps = 1e-5f,
+                                .rope_theta = 10000.0f};
+    m->config = c;
+    size_t d = 768;
+    size_t h = 2048;
+    float sd = 1.0f / sqrtf((float)d) * 1.7f;
+    float sh = 1.0f / sqrtf((float)h) * 1.7f;
+    m->layers = calloc(12, sizeof(*m->layers));
+    if (!m->layers) {
+        die("out of memory");
+    }
+    for (int l = 0; l < 12; l++) {
+        struct br_llama_layer *L = &m->layers[l];
+        L->attn_norm = ones(m, d);
+        L->ffn_norm = ones(m, d);
+        L->wq = random_f32(m, d, d, sd);
+        L->wk = random_f32(m, d, d, sd);
+        L->wv = random_f32(m, d, d, sd);
+        L->wo = random_f32(m, d, d, sd);
+        L->w1 = random_f32(m, h, d, sd);
+        L->w3 = random_f32(m, h, d, sd);
+        L->w2 = random_f32(m, d, h, sh);
+    }
+    m->w.layers = m->layers;
+    m->w.n_layers = 12;
+    m->w.token_embedding = random_f32(m, 32000, d, 1.0f);
+    m->w.output = m->w.token_embedding;
+    m->w.final_norm = ones(m, d);
+}
+
+static void quantize(struct model *m, struct br_tensor *t, enum br_tensor_type type)
+{
+    if (type == BR_TENSOR_F32 || t->type != BR_TENSOR_F32 || t->cols % 32 != 0) {
+        return;
+    }
+    size_t rb = br_tensor_row_bytes(type, t->cols);
+    uint8_t *q = keep(m, rb * t->rows);
+    for (size_t r = 0; r < t->rows; r++) {
+        const float *src = (const float *)t->data + r * t->cols;
+        int rc = type == BR_TENSOR_Q8_0 ? br_quant_quantize_row_q8_0(src, q + r * rb, t->cols)
+                                        : br_quant_quantize_row_q4_0(src, q + r * rb, t->cols);
+        if (rc != BR_OK) {
+            die("quantize");
+        }
+    }
+    t->type = type;
+    t->data = q;
+}
+
+/* A copy of src's views with every eligible matrix quantized to `type` (buffers kept in q). */
+static void quantized_copy(struct model *q, const struct model *src, enum br_tensor_type type)
+{
+    memset(q, 0, sizeof(*q));
+    q->name = src->name;
+    q->config = src->config;
+    q->w = src->w;
+    q->layers = calloc((size_t)src->w.n_layers, sizeof(*q->layers));
+    if (!q->layers) {
+        die("out of memory");
+    }
+    for (int l = 0; l < src->w.n_layers; l++) {
+        struct br_llama_layer *L = &q->layers[l];
+        *L = src->w.layers[l];
+        struct br_tensor *mats[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w1, &L->w2, &L->w3};
+        for (size_t i = 0; i < sizeof(mats) / sizeof(mats[0]); i++) {
+            quantize(q, mats[i], type);
+        }
+    }
+    q->w.layers = q->layers;
+    int shared = src->w.output.data == src->w.token_embedding.data;
+    quantize(q, &q->w.token_embedding, type);
+    if (shared) {
+        q->w.output = q->w.token_embedding;
+    } else {
+        quantize(q, &q->w.output, type);
+    }
+}
+
+static size_t tensor_bytes(const struct br_tensor *t)
+{
+    return br_tensor_row_bytes(t->type, t->cols) * t->rows;
+}
+
+/* Weight bytes one decode step reads: every matrix once, plus one embedding row. */
+static size_t bytes_per_token(const struct br_llama_weights *w)
+{
+    size_t b = 0;
+    for (int l = 0; l < w->n_layers; l++) {
+        const struct br_llama_layer *L = &w->layers[l];
+        b += tensor_bytes(&L->wq) + tensor_bytes(&L->wk) + tensor_bytes(&L->wv) +
+             tensor_bytes(&L->wo) + tensor_bytes(&L->w1) + tensor_bytes(&L->w2) +
+             tensor_bytes(&L->w3);
+    }
+    b += tensor_bytes(&w->output);
+    b += br_tensor_row_bytes(w->token_embedding.type, w->token_embedding.cols);
+    return b;
+}
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) {
+        best = x[i] > x[best] ? i : best;
+    }
+    return best;
+}
+
+struct speed {
+    double pp; /* prompt tokens/s */
+    double tg; /* generated tokens/s */
+};
+
+static struct speed run_once(const struct model *m, int n_threads, int n_prompt, int n_gen)
+{
+    struct br_llama_run_config rc = {.n_threads = n_threads};
+    struct br_llama_state *s = NULL;
+    struct speed sp = {0, 0};
+    if (br_llama_state_create_ex(&m->config, &m->w, &rc, &s) != BR_OK) {
+        die("cannot create the run state");
+    }
+    float *logits = calloc((size_t)m->config.vocab_size, sizeof(float));
+    if (!logits) {
+        die("out of memory");
+    }
+    int token = 1;
+    double t0 = now_s();
+    for (int pos = 0; pos < n_prompt; pos++) {
+        token = 1 + (pos * 37) % (m->config.vocab_size - 1); /* a fixed pseudo-prompt */
+        (void)br_llama_forward(s, token, pos, logits);
+    }
+    double t1 = now_s();
+    token = argmax(logits, m->config.vocab_size);
+    for (int i = 0; i < n_gen; i++) {
+        (void)br_llama_forward(s, token, n_prompt + i, logits);
+        token = argmax(logits, m->config.vocab_size);
+    }
+    double t2 = now_s();
+    sp.pp = n_prompt / (t1 - t0);
+    sp.tg = n_gen / (t2 - t1);
+    free(logits);
+    br_llama_state_destroy(s);
+    return sp;
+}
+
+static void bench_model(const struct model *m, const char *type, const struct opts *o,
+                        const double *bw)
+{
+    int n_prompt = o->prompt;
+    int n_gen = o->gen;
+    if (n_prompt + n_gen > m->config.seq_len) {
+        n_gen = m->config.seq_len - n_prompt;
+    }
+    size_t bpt = bytes_per_token(&m->w);
+    for (int th = 1; th <= 2; th++) {
+        double pp[MAX_RUNS] = {0};
+        double tg[MAX_RUNS] = {0};
+        (void)run_once(m, th, n_prompt < 8 ? n_prompt : 8, 4); /* warm-up (page faults) */
+        for (int r = 0; r < o->runs; r++) {
+            struct speed sp = run_once(m, th, n_prompt, n_gen);
+            pp[r] = sp.pp;
+            tg[r] = sp.tg;
+        }
+        double tgm = median(tg, o->runs);
+        double frac = (double)bpt * tgm / (bw[th - 1] * 1e9);
+        printf("| %-15s | %-4s | %d | %9.1f | %9.1f | %8.2f | %5.1f%% |\n", m->name, type, th,
+               median(pp, o->runs), tgm, (double)bpt / 1e6, 100.0 * frac);
+        (void)fflush(stdout);
+    }
+}
+
+static void bench_all_types(const struct model *f32, const struct opts *o, const double *bw)
+{
+    bench_model(f32, "F32", o, bw);
+    struct model q;
+    quantized_copy(&q, f32, BR_TENSOR_Q8_0);
+    bench_model(&q, "Q8_0", o, bw);
+    model_free(&q);
+    quantized_copy(&q, f32, BR_TENSOR_Q4_0);
+    bench_model(&q, "Q4_0", o, bw);
+    model_free(&q);
+}
+
+/* A positive int, or -1. */
+static int parse_int(const char *v)
+{
+    char *end = NULL;
+    long n = strtol(v, &end, 10);
+    return end != v && *end == '\0' && n > 0 && n < 1000000 ? (int)n : -1;
+}
+
+static int parse(int argc, char **argv, struct opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            return -1;
+        }
+        if (strcmp(a, "--runs") == 0) {
+            o->runs = parse_int(v);
+        } else if (strcmp(a, "--gen") == 0) {
+            o->gen = parse_int(v);
+        } else if (strcmp(a, "--prompt") == 0) {
+            o->prompt = parse_int(v);
+        } else if (strcmp(a, "--only") == 0) {
+            o->only = v;
+        } else {
+            return -1;
+        }
+        i++;
+    }
+    return o->runs >= 1 && o->runs <= MAX_RUNS && o->gen >= 1 && o->prompt >= 1 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct opts o = {.runs = 3, .gen = 128, .prompt = 64, .only = NULL};
+    if (parse(argc, argv, &o) != 0) {
+        (void)fprintf(stderr, "usage: bench_engine [--runs N<=15] [--gen N] [--prompt N] "
+                              "[--only stories|110m]\n");
+        return 2;
+    }
+    size_t count = (size_t)512 << 20 >> 3; /* 512 MiB of doubles */
+    double *buf = malloc(count * sizeof(double));
+    if (!buf) {
+        return 1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        buf[i] = (double)(i & 7);
+    }
+    double bw[2];
+    bw[0] = bandwidth(buf, count, 1, 5);
+    bw[1] = bandwidth(buf, count, 2, 5);
+    free(buf);
+    printf("# avx2 kernels: %d; memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s "
+           "(2 threads); median of %d runs, prompt %d tokens, generation %d tokens\n",
+           br_kernel_has_avx2(), bw[0], bw[1], o.runs, o.prompt, o.gen);
+    printf("| model           | type | threads | pp tok/s | gen tok/s | MB/token | of BW |\n");
+    printf("|-----------------|------|---|-----------|-----------|----------|--------|\n");
+    if (!o.only || strcmp(o.only, "stories") == 0) {
+        struct br_llama2c *c = NULL;
+        char err[256] = "";
+        if (br_llama2c_open(MODEL_PATH, &c, err, sizeof(err)) != BR_OK) {
+            (void)fprintf(stderr, "bench_engine: %s\n", err);
+            return 1;
+        }
+        struct model m;
+        memset(&m, 0, sizeof(m));
+        m.name = "stories260K";
+        m.config = c->config;
+        m.w = c->weights;
+        bench_all_types(&m, &o, bw);
+        br_llama2c_close(c);
+    }
+    if (!o.only || strcmp(o.only, "110m") == 0) {
+        struct model m;
+        make_110m(&m);
+        bench_all_types(&m, &o, bw);
+        model_free(&m);
+    }
+    return 0;
+}
