@@ -519,6 +519,10 @@ int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,
     g.logits = br_malloc((size_t)m->config->vocab_size * sizeof *g.logits);
     struct br_llama_run_config run = {.n_threads = p->n_threads > 1 ? p->n_threads : 1};
     rc = g.logits ? br_llama_state_create_ex(m->config, m->weights, &run, &g.state) : BR_ERR_NOMEM;
+    if (rc == BR_OK && p->n_lora != 0) {
+        rc = p->n_lora < 0 || !p->lora ? BR_ERR_INVAL
+                                       : br_llama_state_set_lora(g.state, p->lora, p->n_lora);
+    }
     if (rc == BR_OK) {
         rc = br_sampler_init(&g.sampler, m->config->vocab_size, &p->sampler);
     }

@@ -44,6 +44,7 @@
 
 #include "core/buf.h"
 #include "core/slice.h"
+#include "engine/lora.h"
 #include "engine/sample.h"
 #include "engine/tokenizer.h"
 #include "engine/weights.h"
@@ -78,6 +79,10 @@ struct br_engine_gen_params {
     br_engine_token_fn on_token;          /* may be NULL */
     void *user;                           /* passed to on_token */
     int n_threads; /* forward-pass threads (forward.h run config); <= 1: the caller only */
+    /* added: LoRA adapters applied at run time to this generation (forward.h,
+     * br_llama_state_set_lora); opened with br_lora_open against this model's config. */
+    const struct br_lora_use *lora; /* n_lora entries, borrowed; NULL when n_lora == 0 */
+    int n_lora;                     /* 0..BR_LLAMA_MAX_LORA (8) */
 };
 
 struct br_engine_gen_result {
@@ -116,8 +121,9 @@ void br_engine_gen_params_init(struct br_engine_gen_params *p);
  * (bad params: a stop string empty or longer than BR_ENGINE_MAX_STOP_LEN, top_logprobs out of
  * range); BR_ERR_LIMIT (the prompt does not leave room for one token in the context);
  * BR_ERR_UNSUPPORTED (a tensor type the forward pass has no kernel for); BR_ERR_NOMEM (also when
- * the threads cannot be started); BR_ERR_INVAL also for n_threads > 256; or the
- * callback's error. err (may be NULL) receives a message.
+ * the threads cannot be started); BR_ERR_INVAL also for n_threads > 256 or an adapter that does not
+ * fit the model; BR_ERR_LIMIT for more than 8 adapters; or the callback's error. err (may be NULL)
+ * receives a message.
  */
 int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,
                        const struct br_engine_gen_params *p, struct br_engine_gen_result *res,

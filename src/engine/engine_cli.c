@@ -16,14 +16,16 @@
 #include "core/clock.h"
 #include "core/err.h"
 #include "engine/engine.h"
+#include "engine/forward.h"
 #include "engine/gguf_write.h"
+#include "engine/lora.h"
 #include "engine/quant.h"
 #include "engine/tokenizer.h"
 
 static const char usage_generate[] =
     "usage: brigade generate -m MODEL [--tokenizer FILE] [-p PROMPT] [-n N] [--temperature T]\n"
     "                        [--top-p P] [--top-k K] [--seed S] [--stop S]... [--logprobs N]\n"
-    "                        [--threads N]\n"
+    "                        [--threads N] [--lora ADAPTER[:SCALE]]...\n"
     "\n"
     "Generates a continuation of PROMPT with the embedded engine and streams the text to stdout\n"
     "as it is produced, then a newline. A summary goes to stderr: prompt and completion\n"
@@ -48,18 +50,13 @@ static const char usage_generate[] =
     "                       log-probability and the N (0..20) most likely alternatives\n"
     "  --threads N          threads that split the forward pass's matrix-vector products,\n"
     "                       1..256 (default 1); the output is the same for any N\n"
+    "  --lora ADAPTER[:SCALE]  apply a LoRA adapter (llama.cpp GGUF LoRA format, made for\n"
+    "                       MODEL) at run time, without merging: every adapted matrix gives\n"
+    "                       W x + SCALE * (alpha / rank) * B (A x); SCALE defaults to 1;\n"
+    "                       repeat for several adapters (up to 8)\n"
     "  -h, --help           this text\n"
     "\n"
     "exit status: 0 done, 2 usage error, 1 the model cannot be loaded or generation failed\n";
-
-struct gen_cli {
-    const char *model;
-    const char *tokenizer;
-    const char *prompt;
-    struct br_engine_gen_params p;
-    int n_stop;
-    int threads;
-};
 
 static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -132,6 +129,74 @@ static int opt_value(int argc, char **argv, int *i, const char *name, const char
     return 1;
 }
 
+#define MAX_ADAPTERS BR_LLAMA_MAX_LORA
+
+struct adapters {
+    const char *spec[MAX_ADAPTERS]; /* FILE[:SCALE] as given */
+    int n;
+    br_lora *open[MAX_ADAPTERS];
+    struct br_lora_use use[MAX_ADAPTERS];
+};
+
+static int adapters_add(struct adapters *a, const char *cmd, const char *spec)
+{
+    if (a->n >= MAX_ADAPTERS) {
+        return usage_error(cmd, "at most %d adapters", MAX_ADAPTERS);
+    }
+    a->spec[a->n++] = spec;
+    return 0;
+}
+
+/* Opens every FILE[:SCALE] against model m (scale 1 when absent; a suffix after the last ':'
+ * that is not a number is part of the file name). 0 or 1 (message printed). */
+static int adapters_open(struct adapters *a, const char *cmd, const br_engine_model *m)
+{
+    for (int i = 0; i < a->n; i++) {
+        char path[4096];
+        const char *spec = a->spec[i];
+        const char *colon = strrchr(spec, ':');
+        float scale = 1.0f;
+        size_t len = strlen(spec);
+        if (colon && parse_float(colon + 1, -1000.0, 1000.0, &scale) == 0) {
+            len = (size_t)(colon - spec);
+        } else {
+            scale = 1.0f;
+        }
+        if (len == 0 || len >= sizeof path) {
+            (void)fprintf(stderr, "brigade %s: bad adapter '%s'\n", cmd, spec);
+            return 1;
+        }
+        memcpy(path, spec, len);
+        path[len] = '\0';
+        char err[BR_LORA_ERR_CAP];
+        if (br_lora_open(path, br_engine_model_config(m), &a->open[i], err, sizeof err) != BR_OK) {
+            (void)fprintf(stderr, "brigade %s: %s\n", cmd, err);
+            return 1;
+        }
+        a->use[i].adapter = a->open[i];
+        a->use[i].scale = scale;
+    }
+    return 0;
+}
+
+static void adapters_close(struct adapters *a)
+{
+    for (int i = 0; i < a->n; i++) {
+        br_lora_close(a->open[i]);
+        a->open[i] = NULL;
+    }
+}
+
+struct gen_cli {
+    const char *model;
+    const char *tokenizer;
+    const char *prompt;
+    struct br_engine_gen_params p;
+    int n_stop;
+    int threads;
+    struct adapters ad; /* --lora FILE[:SCALE] */
+};
+
 static int gen_number(struct gen_cli *c, const char *name, const char *v)
 {
     unsigned long long seed = 0;
@@ -176,7 +241,7 @@ static const struct {
 } gen_opts[] = {
     {"--model", "-m"},       {"--tokenizer", NULL}, {"--prompt", "-p"},  {"--max-tokens", "-n"},
     {"--temperature", NULL}, {"--top-p", NULL},     {"--top-k", NULL},   {"--seed", NULL},
-    {"--stop", NULL},        {"--logprobs", NULL},  {"--threads", NULL},
+    {"--stop", NULL},        {"--logprobs", NULL},  {"--threads", NULL}, {"--lora", NULL},
 };
 
 static int gen_option(struct gen_cli *c, const char *name, const char *v)
@@ -189,6 +254,8 @@ static int gen_option(struct gen_cli *c, const char *name, const char *v)
         c->prompt = v;
     } else if (strcmp(name, "--stop") == 0) {
         return gen_stop(c, v);
+    } else if (strcmp(name, "--lora") == 0) {
+        return adapters_add(&c->ad, "generate", v);
     } else {
         return gen_number(c, name, v);
     }
@@ -268,6 +335,13 @@ int br_generate_cli(int argc, char **argv)
         (void)fprintf(stderr, "brigade generate: %s\n", err);
         return 1;
     }
+    if (adapters_open(&c.ad, "generate", m) != 0) {
+        adapters_close(&c.ad);
+        br_engine_model_close(m);
+        return 1;
+    }
+    c.p.lora = c.ad.use;
+    c.p.n_lora = c.ad.n;
     c.p.on_token = on_token;
     c.p.user = &c;
     c.p.n_threads = c.threads;
@@ -288,6 +362,7 @@ int br_generate_cli(int argc, char **argv)
                       secs > 0 ? (double)(res.prompt_tokens + res.completion_tokens) / secs : 0.0);
     }
     br_engine_gen_result_free(&res);
+    adapters_close(&c.ad);
     br_engine_model_close(m);
     return rc == BR_OK ? 0 : 1;
 }
@@ -320,20 +395,40 @@ static const char usage_quantize[] =
 struct qtensor {
     const struct br_tensor *src;
     enum br_tensor_type type;
+    int layer;                  /* -1: not a per-layer matrix */
+    enum br_lora_target target; /* which matrix of the layer */
 };
 
+/* The model writer shared by `quantize` and `lora merge`: every tensor of the model, converted
+ * to its output type, with the adapters (if any) merged into the matrices they adapt. */
 struct quant_job {
     struct qtensor *t;
     size_t n;
     size_t cap;
-    float *row; /* one dequantized row */
+    float *row;                     /* one dequantized row */
+    const struct br_lora_use *lora; /* adapters merged into the weights (lora merge) */
+    int n_lora;
+    float *lora_tmp; /* max rank + max cols floats */
 };
 
-static int quant_row(const struct quant_job *j, const struct qtensor *q, const uint8_t *src,
-                     uint8_t *dst)
+static int merge_row(const struct quant_job *j, const struct qtensor *q, size_t r)
+{
+    int rc = BR_OK;
+    for (int i = 0; i < j->n_lora && rc == BR_OK && q->layer >= 0; i++) {
+        const struct br_lora_pair *p = br_lora_pair(j->lora[i].adapter, q->layer, q->target);
+        if (p && j->lora[i].scale != 0.0f) {
+            rc = br_lora_merge_row(j->lora[i].adapter, p, j->lora[i].scale, r, j->row, j->lora_tmp);
+        }
+    }
+    return rc;
+}
+
+static int quant_row(const struct quant_job *j, const struct qtensor *q, size_t r,
+                     const uint8_t *src, uint8_t *dst)
 {
     size_t cols = q->src->cols;
     int rc = br_quant_dequantize_row(q->src->type, src, j->row, cols);
+    rc = rc == BR_OK ? merge_row(j, q, r) : rc;
     if (rc != BR_OK) {
         return rc;
     }
@@ -357,6 +452,17 @@ static int quant_row(const struct quant_job *j, const struct qtensor *q, const u
     }
 }
 
+/* 1 when an adapter of the job changes tensor q. */
+static bool adapted(const struct quant_job *j, const struct qtensor *q)
+{
+    for (int i = 0; i < j->n_lora && q->layer >= 0; i++) {
+        if (j->lora[i].scale != 0.0f && br_lora_pair(j->lora[i].adapter, q->layer, q->target)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 static int quant_fill(void *user, size_t index, void *dst, size_t n_bytes)
 {
     const struct quant_job *j = user;
@@ -368,12 +474,12 @@ static int quant_fill(void *user, size_t index, void *dst, size_t n_bytes)
     }
     const uint8_t *src = q->src->data;
     uint8_t *out = dst;
-    if (q->type == q->src->type) {
+    if (q->type == q->src->type && !adapted(j, q)) {
         memcpy(out, src, n_bytes);
         return BR_OK;
     }
     for (size_t r = 0; r < q->src->rows; r++) {
-        int rc = quant_row(j, q, src + r * in_row, out + r * out_row);
+        int rc = quant_row(j, q, r, src + r * in_row, out + r * out_row);
         if (rc != BR_OK) {
             return rc;
         }
@@ -401,6 +507,7 @@ static int add_tensor(br_gguf_writer *w, struct quant_job *j, enum br_tensor_typ
     enum br_tensor_type type = quant_type(target, t, vector);
     j->t[j->n].src = t;
     j->t[j->n].type = type;
+    j->t[j->n].layer = -1;
     uint64_t dims[2] = {t->cols, t->rows};
     int rc = br_gguf_writer_tensor(w, name, type, vector ? 1 : 2, dims, NULL);
     if (rc == BR_OK) {
@@ -424,15 +531,21 @@ static int add_tensors(br_gguf_writer *w, struct quant_job *j, enum br_tensor_ty
         const struct {
             const char *what;
             const struct br_tensor *t;
-        } list[] = {
-            {"attn_norm", &ly->attn_norm}, {"attn_q", &ly->wq},      {"attn_k", &ly->wk},
-            {"attn_v", &ly->wv},           {"attn_output", &ly->wo}, {"ffn_norm", &ly->ffn_norm},
-            {"ffn_gate", &ly->w1},         {"ffn_down", &ly->w2},    {"ffn_up", &ly->w3}};
+            int lora; /* enum br_lora_target, -1 for the norms */
+        } list[] = {{"attn_norm", &ly->attn_norm, -1},    {"attn_q", &ly->wq, BR_LORA_WQ},
+                    {"attn_k", &ly->wk, BR_LORA_WK},      {"attn_v", &ly->wv, BR_LORA_WV},
+                    {"attn_output", &ly->wo, BR_LORA_WO}, {"ffn_norm", &ly->ffn_norm, -1},
+                    {"ffn_gate", &ly->w1, BR_LORA_W1},    {"ffn_down", &ly->w2, BR_LORA_W2},
+                    {"ffn_up", &ly->w3, BR_LORA_W3}};
         for (size_t k = 0; k < sizeof list / sizeof list[0] && rc == BR_OK; k++) {
             char name[64];
             (void)snprintf(name, sizeof name, "blk.%d.%s.weight", l, list[k].what);
-            bool vector = list[k].t == &ly->attn_norm || list[k].t == &ly->ffn_norm;
+            bool vector = list[k].lora < 0;
             rc = add_tensor(w, j, target, name, list[k].t, vector);
+            if (rc == BR_OK && !vector) {
+                j->t[j->n - 1].layer = l;
+                j->t[j->n - 1].target = (enum br_lora_target)list[k].lora;
+            }
         }
     }
     return rc;
@@ -604,11 +717,48 @@ static void quant_summary(const struct quant_cli *c, const struct quant_job *j)
     (void)fputc('\n', stderr);
 }
 
+/* Writes model m (opened from in_name) to out as GGUF with tensors of `target` type and the
+ * adapters j->lora merged in; prints errors prefixed with "brigade CMD". 0 or 1. */
+static int write_model(const char *cmd, const br_engine_model *m, const char *in_name,
+                       const char *out, enum br_tensor_type target, struct quant_job *j)
+{
+    char err[BR_ENGINE_ERR_CAP];
+    br_gguf_writer *w = NULL;
+    const struct br_llama_config *cfg = br_engine_model_config(m);
+    const struct br_llama_weights *wt = br_engine_model_weights(m);
+    size_t max_cols = (size_t)(cfg->dim > cfg->hidden_dim ? cfg->dim : cfg->hidden_dim);
+    j->cap = 3 + (size_t)wt->n_layers * 9;
+    j->t = br_calloc(j->cap, sizeof *j->t);
+    j->row = br_calloc(max_cols, sizeof *j->row);
+    j->lora_tmp = br_calloc(max_cols + BR_LORA_MAX_RANK, sizeof *j->lora_tmp);
+    int rc =
+        j->t && j->row && j->lora_tmp ? br_gguf_writer_create(0, quant_fill, j, &w) : BR_ERR_NOMEM;
+    rc = rc == BR_OK ? add_config(w, cfg, target) : rc;
+    rc = rc == BR_OK ? add_vocab(w, m) : rc;
+    rc = rc == BR_OK ? add_tensors(w, j, target, wt) : rc;
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "brigade %s: %s: %s\n", cmd, in_name, br_strerror(rc));
+    } else {
+        rc = br_gguf_writer_write(w, out, err, sizeof err);
+        if (rc != BR_OK) {
+            (void)fprintf(stderr, "brigade %s: %s\n", cmd, err);
+        }
+    }
+    br_gguf_writer_free(w);
+    return rc == BR_OK ? 0 : 1;
+}
+
+static void quant_job_free(struct quant_job *j)
+{
+    br_free(j->t);
+    br_free(j->row);
+    br_free(j->lora_tmp);
+}
+
 static int quant_run(const struct quant_cli *c, enum br_tensor_type target)
 {
     char err[BR_ENGINE_ERR_CAP];
     br_engine_model *m = NULL;
-    br_gguf_writer *w = NULL;
     struct quant_job j;
     memset(&j, 0, sizeof j);
     int rc = br_engine_model_open(c->in, c->tokenizer, &m, err, sizeof err);
@@ -616,31 +766,13 @@ static int quant_run(const struct quant_cli *c, enum br_tensor_type target)
         (void)fprintf(stderr, "brigade quantize: %s\n", err);
         return 1;
     }
-    const struct br_llama_config *cfg = br_engine_model_config(m);
-    const struct br_llama_weights *wt = br_engine_model_weights(m);
-    size_t max_cols = (size_t)(cfg->dim > cfg->hidden_dim ? cfg->dim : cfg->hidden_dim);
-    j.cap = 3 + (size_t)wt->n_layers * 9;
-    j.t = br_calloc(j.cap, sizeof *j.t);
-    j.row = br_calloc(max_cols, sizeof *j.row);
-    rc = j.t && j.row ? br_gguf_writer_create(0, quant_fill, &j, &w) : BR_ERR_NOMEM;
-    rc = rc == BR_OK ? add_config(w, cfg, target) : rc;
-    rc = rc == BR_OK ? add_vocab(w, m) : rc;
-    rc = rc == BR_OK ? add_tensors(w, &j, target, wt) : rc;
-    if (rc != BR_OK) {
-        (void)fprintf(stderr, "brigade quantize: %s: %s\n", c->in, br_strerror(rc));
-    } else {
-        rc = br_gguf_writer_write(w, c->out, err, sizeof err);
-        if (rc != BR_OK) {
-            (void)fprintf(stderr, "brigade quantize: %s\n", err);
-        } else {
-            quant_summary(c, &j);
-        }
+    int status = write_model("quantize", m, c->in, c->out, target, &j);
+    if (status == 0) {
+        quant_summary(c, &j);
     }
-    br_gguf_writer_free(w);
-    br_free(j.t);
-    br_free(j.row);
+    quant_job_free(&j);
     br_engine_model_close(m);
-    return rc == BR_OK ? 0 : 1;
+    return status;
 }
 
 int br_quantize_cli(int argc, char **argv)
@@ -656,4 +788,116 @@ int br_quantize_cli(int argc, char **argv)
         return usage_error("quantize", "--type must be q8_0, q4_0, f16 or f32, not '%s'", c.type);
     }
     return quant_run(&c, target);
+}
+
+/* ---- LoRA adapters: brigade lora merge, brigade generate --lora ------------------------------ */
+
+static const char usage_lora[] =
+    "usage: brigade lora merge BASE ADAPTER[:SCALE]... -o OUT [--tokenizer FILE]\n"
+    "\n"
+    "Merges LoRA adapters into the weights of the llama model BASE (a GGUF file, or a llama2.c\n"
+    ".bin with --tokenizer) and writes a self-contained GGUF v3 model OUT (hyper-parameters and\n"
+    "vocabulary as `brigade quantize` writes them). Each ADAPTER is a GGUF LoRA adapter in\n"
+    "llama.cpp's format (general.type \"adapter\", adapter.type \"lora\", adapter.lora.alpha,\n"
+    "blk.N.<matrix>.weight.lora_a/lora_b) made for BASE; SCALE (default 1) multiplies it:\n"
+    "every adapted matrix becomes W + sum SCALE * (alpha / rank) * B A. Up to 8 adapters.\n"
+    "All matrices are written as f32 (quantize OUT afterwards for a smaller file); the result\n"
+    "gives the logits of `brigade generate -m BASE --lora ADAPTER[:SCALE]` (run-time LoRA)\n"
+    "up to float rounding. OUT is written to OUT.tmp and renamed when complete.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output OUT  the merged model (required)\n"
+    "  --tokenizer FILE  llama2.c tokenizer.bin for a .bin BASE\n"
+    "  -h, --help        this text\n"
+    "\n"
+    "exit status: 0 done, 2 usage error, 1 an input cannot be read (or is not an adapter for\n"
+    "BASE) or OUT cannot be written\n";
+
+struct merge_cli {
+    const char *base;
+    const char *out;
+    const char *tokenizer;
+    struct adapters ad;
+};
+
+/* 0 parsed, 1 help printed, 2 usage error. */
+static int merge_parse(struct merge_cli *c, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = NULL;
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            (void)fputs(usage_lora, stdout);
+            return 1;
+        }
+        int m = opt_value(argc, argv, &i, "--output", "-o", &v);
+        if (m > 0) {
+            c->out = v;
+            continue;
+        }
+        m = m == 0 ? opt_value(argc, argv, &i, "--tokenizer", NULL, &v) : m;
+        if (m < 0) {
+            return usage_error("lora merge", "%s needs a value", a);
+        }
+        if (m > 0) {
+            c->tokenizer = v;
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return usage_error("lora merge", "unknown option '%s'", a);
+        } else if (!c->base) {
+            c->base = a;
+        } else if (adapters_add(&c->ad, "lora merge", a) != 0) {
+            return 2;
+        }
+    }
+    if (!c->base || c->ad.n == 0) {
+        return usage_error("lora merge", "BASE and at least one ADAPTER are required");
+    }
+    if (!c->out) {
+        return usage_error("lora merge", "-o OUT is required");
+    }
+    return 0;
+}
+
+static int merge_run(struct merge_cli *c)
+{
+    br_engine_model *m = NULL;
+    char err[BR_ENGINE_ERR_CAP];
+    if (br_engine_model_open(c->base, c->tokenizer, &m, err, sizeof err) != BR_OK) {
+        (void)fprintf(stderr, "brigade lora merge: %s\n", err);
+        return 1;
+    }
+    struct quant_job j;
+    memset(&j, 0, sizeof j);
+    int status = adapters_open(&c->ad, "lora merge", m);
+    if (status == 0) {
+        j.lora = c->ad.use;
+        j.n_lora = c->ad.n;
+        status = write_model("lora merge", m, c->base, c->out, BR_TENSOR_F32, &j);
+    }
+    if (status == 0) {
+        (void)fprintf(stderr, "brigade lora merge: wrote %s (%d adapter%s merged, f32)\n", c->out,
+                      c->ad.n, c->ad.n == 1 ? "" : "s");
+    }
+    quant_job_free(&j);
+    adapters_close(&c->ad);
+    br_engine_model_close(m);
+    return status;
+}
+
+int br_lora_cli(int argc, char **argv)
+{
+    if (argc < 1 || strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0) {
+        (void)fputs(usage_lora, argc < 1 ? stderr : stdout);
+        return argc < 1 ? 2 : 0;
+    }
+    if (strcmp(argv[0], "merge") != 0) {
+        return usage_error("lora", "unknown subcommand '%s' (only: merge)", argv[0]);
+    }
+    struct merge_cli c;
+    memset(&c, 0, sizeof c);
+    int rc = merge_parse(&c, argc - 1, argv + 1);
+    if (rc != 0) {
+        return rc == 1 ? 0 : rc;
+    }
+    return merge_run(&c);
 }

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * `brigade generate` (text generation with the embedded engine, streamed to stdout) and
- * `brigade quantize` (rewrite a GGUF or llama2.c model as a self-contained GGUF in another
- * tensor type). The option lists are in the --help texts of engine_cli.c.
+ * `brigade generate` (text generation with the embedded engine, streamed to stdout, optionally
+ * with LoRA adapters applied at run time), `brigade quantize` (rewrite a GGUF or llama2.c model
+ * as a self-contained GGUF in another tensor type) and `brigade lora merge` (write a model with
+ * LoRA adapters merged into its weights). The option lists are in the --help texts of engine_cli.c.
  */
 #ifndef BR_ENGINE_ENGINE_CLI_H
 #define BR_ENGINE_ENGINE_CLI_H
@@ -18,5 +19,12 @@ int br_generate_cli(int argc, char **argv);
  * error, 1 other failures (unreadable input, cannot write the output).
  */
 int br_quantize_cli(int argc, char **argv);
+
+/**
+ * Runs `brigade lora` with its arguments (after "lora"; argv[0] is the subcommand, "merge").
+ * Returns 0 done, 2 usage error, 1 other failures (unreadable model or adapter, an adapter that
+ * does not fit the model, cannot write the output).
+ */
+int br_lora_cli(int argc, char **argv);
 
 #endif

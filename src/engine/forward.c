@@ -106,8 +106,64 @@ void br_llama_state_destroy(struct br_llama_state *s)
     br_free(s->value_cache);
     br_free(s->inv_freq);
     br_kernel_scratch_free(&s->scratch);
+    br_free(s->lora_ax);
+    br_free(s->lora_y);
     br_pool_destroy(s->pool);
     br_free(s);
+}
+
+static int lora_scratch(struct br_llama_state *s, size_t rank)
+{
+    if (!s->lora_y) {
+        const struct br_llama_config *c = s->config;
+        size_t n = (size_t)(c->dim > c->hidden_dim ? c->dim : c->hidden_dim);
+        s->lora_y = br_calloc(n, sizeof(float));
+        if (!s->lora_y) {
+            return BR_ERR_NOMEM;
+        }
+    }
+    if (rank > s->lora_cap) {
+        float *ax = br_calloc(rank, sizeof(float));
+        if (!ax) {
+            return BR_ERR_NOMEM;
+        }
+        br_free(s->lora_ax);
+        s->lora_ax = ax;
+        s->lora_cap = rank;
+    }
+    return BR_OK;
+}
+
+int br_llama_state_set_lora(struct br_llama_state *s, const struct br_lora_use *uses, int n)
+{
+    if (n < 0 || n > BR_LLAMA_MAX_LORA) {
+        return BR_ERR_LIMIT;
+    }
+    size_t max_rank = 0;
+    for (int i = 0; i < n; i++) {
+        if (!uses[i].adapter || !br_lora_fits(uses[i].adapter, s->config)) {
+            return BR_ERR_INVAL;
+        }
+        size_t r = (size_t)br_lora_rank(uses[i].adapter);
+        max_rank = r > max_rank ? r : max_rank;
+    }
+    if (n > 0) {
+        int rc = lora_scratch(s, max_rank);
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
+    s->n_lora = 0;
+    for (int i = 0; i < n; i++) {
+        if (uses[i].scale == 0.0f) {
+            continue;
+        }
+        const br_lora *a = uses[i].adapter;
+        s->lora[s->n_lora] = uses[i];
+        s->lora_factor[s->n_lora] = uses[i].scale * (br_lora_alpha(a) / (float)br_lora_rank(a));
+        s->n_lora++;
+    }
+    return BR_OK;
 }
 
 /* Rotates the pairs of every head of vec (n_heads heads of hd floats) for position pos. */
@@ -162,6 +218,37 @@ static int matvec(struct br_llama_state *s, const struct br_tensor *w, const flo
     return br_kernel_matvec_ex(w, x, y, &s->scratch, s->pool);
 }
 
+/* y += factor * B (A x) for every selected adapter that adapts (layer, t). */
+static int lora_add(struct br_llama_state *s, int layer, enum br_lora_target t, const float *x,
+                    float *y)
+{
+    int rc = BR_OK;
+    for (int i = 0; i < s->n_lora && rc == BR_OK; i++) {
+        const struct br_lora_pair *p = br_lora_pair(s->lora[i].adapter, layer, t);
+        if (!p) {
+            continue;
+        }
+        rc = br_kernel_matvec_ex(&p->a, x, s->lora_ax, NULL, NULL);
+        float f = s->lora_factor[i];
+        for (size_t k = 0; rc == BR_OK && k < p->a.rows; k++) {
+            s->lora_ax[k] *= f;
+        }
+        rc = rc ? rc : br_kernel_matvec_ex(&p->b, s->lora_ax, s->lora_y, NULL, s->pool);
+        for (size_t r = 0; rc == BR_OK && r < p->b.rows; r++) {
+            y[r] += s->lora_y[r];
+        }
+    }
+    return rc;
+}
+
+/* y = W x (+ the selected adapters' updates of matrix t of this layer). */
+static int matvec_l(struct br_llama_state *s, const struct br_tensor *w, int layer,
+                    enum br_lora_target t, const float *x, float *y)
+{
+    int rc = matvec(s, w, x, y);
+    return rc == BR_OK && s->n_lora > 0 ? lora_add(s, layer, t, x, y) : rc;
+}
+
 static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, int layer, int pos)
 {
     const struct br_llama_config *c = s->config;
@@ -173,9 +260,9 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     float *k = kc + (size_t)pos * kv;
     float *v = vc + (size_t)pos * kv;
     br_kernel_rmsnorm(s->xb, s->x, lw->attn_norm.data, d, c->rms_eps);
-    int rc = matvec(s, &lw->wq, s->xb, s->q);
-    rc = rc ? rc : matvec(s, &lw->wk, s->xb, k);
-    rc = rc ? rc : matvec(s, &lw->wv, s->xb, v);
+    int rc = matvec_l(s, &lw->wq, layer, BR_LORA_WQ, s->xb, s->q);
+    rc = rc ? rc : matvec_l(s, &lw->wk, layer, BR_LORA_WK, s->xb, k);
+    rc = rc ? rc : matvec_l(s, &lw->wv, layer, BR_LORA_WV, s->xb, v);
     if (rc != BR_OK) {
         return rc;
     }
@@ -184,25 +271,25 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     for (int h = 0; h < c->n_heads; h++) {
         attend_head(s, h, pos, kc, vc, s->xb + (size_t)h * hd);
     }
-    rc = matvec(s, &lw->wo, s->xb, s->xb2);
+    rc = matvec_l(s, &lw->wo, layer, BR_LORA_WO, s->xb, s->xb2);
     for (size_t i = 0; rc == BR_OK && i < d; i++) {
         s->x[i] += s->xb2[i];
     }
     return rc;
 }
 
-static int ffn(struct br_llama_state *s, const struct br_llama_layer *lw)
+static int ffn(struct br_llama_state *s, const struct br_llama_layer *lw, int layer)
 {
     const struct br_llama_config *c = s->config;
     size_t d = (size_t)c->dim;
     br_kernel_rmsnorm(s->xb, s->x, lw->ffn_norm.data, d, c->rms_eps);
-    int rc = matvec(s, &lw->w1, s->xb, s->hb);
-    rc = rc ? rc : matvec(s, &lw->w3, s->xb, s->hb2);
+    int rc = matvec_l(s, &lw->w1, layer, BR_LORA_W1, s->xb, s->hb);
+    rc = rc ? rc : matvec_l(s, &lw->w3, layer, BR_LORA_W3, s->xb, s->hb2);
     if (rc != BR_OK) {
         return rc;
     }
     br_kernel_swiglu(s->hb, s->hb2, (size_t)c->hidden_dim);
-    rc = matvec(s, &lw->w2, s->hb, s->xb);
+    rc = matvec_l(s, &lw->w2, layer, BR_LORA_W2, s->hb, s->xb);
     for (size_t i = 0; rc == BR_OK && i < d; i++) {
         s->x[i] += s->xb[i];
     }
@@ -232,7 +319,7 @@ int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits
     for (int l = 0; rc == BR_OK && l < c->n_layers; l++) {
         const struct br_llama_layer *lw = &s->weights->layers[l];
         rc = attention(s, lw, l, pos);
-        rc = rc ? rc : ffn(s, lw);
+        rc = rc ? rc : ffn(s, lw, l);
     }
     if (rc != BR_OK) {
         return rc;

@@ -19,8 +19,11 @@
 #include <stddef.h>
 
 #include "engine/kernels.h"
+#include "engine/lora.h"
 #include "engine/pool.h"
 #include "engine/weights.h"
+
+#define BR_LLAMA_MAX_LORA 8 /* adapters applied at once by one state */
 
 /* Run-time options of a state (not part of the model). Zero-initialised = defaults. */
 struct br_llama_run_config {
@@ -43,6 +46,13 @@ struct br_llama_state {
     struct br_kernel_scratch scratch;       /* quantized activation (max(dim, hidden_dim)) */
     struct br_pool *pool;                   /* NULL when single-threaded; owned */
     int n_threads;                          /* participants of each matvec */
+    /* LoRA adapters applied at run time (br_llama_state_set_lora); added fields */
+    struct br_lora_use lora[BR_LLAMA_MAX_LORA]; /* adapters borrowed; scale != 0 */
+    float lora_factor[BR_LLAMA_MAX_LORA];       /* scale * alpha / rank of each */
+    int n_lora;
+    float *lora_ax;  /* (lora_cap) A x of one adapter */
+    float *lora_y;   /* (max(dim, hidden_dim)) B (A x) */
+    size_t lora_cap; /* rank capacity of lora_ax */
 };
 
 /**
@@ -62,6 +72,18 @@ int br_llama_state_create(const struct br_llama_config *config,
 int br_llama_state_create_ex(const struct br_llama_config *config,
                              const struct br_llama_weights *weights,
                              const struct br_llama_run_config *run, struct br_llama_state **out);
+
+/**
+ * Selects the LoRA adapters that the following br_llama_forward calls add at run time:
+ * for every adapted matrix W of layer l, y = W x + sum_i scale_i * (alpha_i / rank_i) *
+ * B_i (A_i x) (lora.h). uses[0..n) are copied (the adapters stay borrowed and must outlive
+ * their use); entries with scale 0 are dropped, so scale 0 gives the base model's logits
+ * bit for bit. n = 0 removes every adapter. The scratch for the largest rank is (re)allocated
+ * here, never in br_llama_forward. Returns BR_OK, BR_ERR_LIMIT (n > BR_LLAMA_MAX_LORA),
+ * BR_ERR_INVAL (an adapter validated against another shape of model, or a NULL adapter) or
+ * BR_ERR_NOMEM (the previous selection is then kept).
+ */
+int br_llama_state_set_lora(struct br_llama_state *s, const struct br_lora_use *uses, int n);
 
 /** Frees the state. NULL is a no-op. */
 void br_llama_state_destroy(struct br_llama_state *s);
