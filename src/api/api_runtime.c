@@ -96,10 +96,10 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
         m->cfg = mc;
         m->ops = br_provider_find(mc->provider);
         if (!m->ops) {
-            (void)snprintf(
-                err, errlen,
-                "%s:%d: model '%s': unknown provider '%s' (known: openai, anthropic, replay)",
-                cfg->path, mc->line, mc->name, mc->provider);
+            (void)snprintf(err, errlen,
+                           "%s:%d: model '%s': unknown provider '%s' (known: openai, anthropic, "
+                           "replay, local)",
+                           cfg->path, mc->line, mc->name, mc->provider);
             rc = BR_ERR_INVAL;
             goto fail;
         }
@@ -111,6 +111,12 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
         t->replay_file = mc->replay_file;
         t->replay_prompt_field = mc->replay_prompt_field;
         t->replay_response_field = mc->replay_response_field;
+        t->local_model = mc->local_model;
+        t->local_tokenizer = mc->local_tokenizer;
+        t->local_template = mc->local_template;
+        t->local_threads = mc->local_threads;
+        t->local_context = mc->local_context;
+        t->local_queue = mc->local_queue;
         t->extra_headers = mc->extra_headers;
         t->n_extra_headers = mc->n_extra_headers;
         t->connect_timeout_ms = mc->connect_timeout_ms;

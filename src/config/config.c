@@ -872,6 +872,73 @@ static int parse_replay(struct br__config_loader *L, const struct br_ynode *m, c
     return rc;
 }
 
+/* A path as written, or resolved against the config file's folder when relative. */
+static const char *config_path(struct br__config_loader *L, const char *s)
+{
+    if (s[0] == '/' || !L->base_dir) {
+        return dup(L, s);
+    }
+    return br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+}
+
+static int local_int(struct br__config_loader *L, const struct br_ynode *v, const char *what,
+                     int64_t min, int64_t max, int *out)
+{
+    int64_t n = 0;
+    int rc = integer(L, v, what, min, max, &n);
+    if (rc == BR_OK) {
+        *out = (int)n;
+    }
+    return rc;
+}
+
+static int parse_local_field(struct br__config_loader *L, const struct br_ynode *k,
+                             const struct br_ynode *v, const char *what, struct br_model_cfg *mc)
+{
+    const char *s;
+    if (strcmp(k->value, "threads") == 0) {
+        return local_int(L, v, what, 1, 64, &mc->local_threads);
+    }
+    if (strcmp(k->value, "context") == 0) {
+        return local_int(L, v, what, 1, 1 << 20, &mc->local_context);
+    }
+    if (strcmp(k->value, "queue") == 0) {
+        return local_int(L, v, what, 0, 100000, &mc->local_queue);
+    }
+    int rc = nonempty(L, v, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    if (strcmp(k->value, "model") == 0) {
+        mc->local_model = config_path(L, s);
+        return mc->local_model ? BR_OK : nomem(L);
+    }
+    if (strcmp(k->value, "tokenizer") == 0) {
+        mc->local_tokenizer = config_path(L, s);
+        return mc->local_tokenizer ? BR_OK : nomem(L);
+    }
+    if (strcmp(k->value, "template") == 0) {
+        if (strcmp(s, "raw") != 0 && strcmp(s, "simple") != 0) {
+            return errf(L, v->line, "%s.template: expected raw or simple, got '%.60s'", what, s);
+        }
+        return set_str(L, v, what, &mc->local_template);
+    }
+    return unknown_key(L, k, what, "model, tokenizer, threads, context, queue, template");
+}
+
+static int parse_local(struct br__config_loader *L, const struct br_ynode *m, const char *what,
+                       struct br_model_cfg *mc)
+{
+    int rc = want(L, m, BR_YNODE_MAP, what);
+    for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
+        rc = parse_local_field(L, m->items[i], m->items[i + 1], what, mc);
+    }
+    if (rc == BR_OK && !mc->local_model) {
+        rc = errf(L, m->line, "%s: needs model (a GGUF or llama2.c .bin file)", what);
+    }
+    return rc;
+}
+
 static int parse_base_url(struct br__config_loader *L, const struct br_ynode *v, const char *what,
                           struct br_model_cfg *mc)
 {
@@ -932,6 +999,9 @@ static int parse_model_field(struct br__config_loader *L, const struct br_ynode 
     if (strcmp(k->value, "replay") == 0) {
         return parse_replay(L, v, sub, mc);
     }
+    if (strcmp(k->value, "local") == 0) {
+        return parse_local(L, v, sub, mc);
+    }
     if (strcmp(k->value, "price") == 0) {
         return parse_price(L, v, sub, &mc->price);
     }
@@ -951,7 +1021,7 @@ static int parse_model_field(struct br__config_loader *L, const struct br_ynode 
         return parse_headers(L, v, sub, mc);
     }
     return unknown_key(L, k, what,
-                       "name, provider, model, base_url, api_key, replay, price, "
+                       "name, provider, model, base_url, api_key, replay, local, price, "
                        "context_window, max_tokens, capabilities, timeouts, headers");
 }
 
@@ -967,6 +1037,8 @@ static int parse_model(struct br__config_loader *L, const struct br_ynode *m, si
     mc->first_byte_timeout_ms = 60000;
     mc->idle_timeout_ms = 120000;
     mc->default_max_tokens = 4096;
+    mc->local_threads = 1;
+    mc->local_queue = 16;
     bool have_price = false;
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
         rc = parse_model_field(L, m->items[i], m->items[i + 1], what, mc);
@@ -995,6 +1067,13 @@ static int parse_model(struct br__config_loader *L, const struct br_ynode *m, si
     if (strcmp(mc->provider, "replay") == 0 && !mc->replay_file) {
         return errf(L, m->line, "%s (%s): provider replay needs replay: {file: ...}", what,
                     mc->name);
+    }
+    if (strcmp(mc->provider, "local") == 0 && !mc->local_model) {
+        return errf(L, m->line, "%s (%s): provider local needs local: {model: ...}", what,
+                    mc->name);
+    }
+    if (!mc->local_template) {
+        mc->local_template = "raw";
     }
     if (!mc->replay_prompt_field) {
         mc->replay_prompt_field = "prompt";

@@ -42,6 +42,12 @@ struct br_model_cfg {
                                           config file's folder) */
     const char *replay_prompt_field;   /* default "prompt" */
     const char *replay_response_field; /* default "response" */
+    const char *local_model;           /* local: absolute path (relative to the config folder) */
+    const char *local_tokenizer;       /* local: tokenizer.bin of a llama2.c .bin, or NULL */
+    const char *local_template;        /* local: "raw" (default) or "simple" */
+    int local_threads;                 /* local: generation workers, default 1 */
+    int local_context;                 /* local: context cap in tokens, 0 = the model's */
+    int local_queue;                   /* local: waiting requests, default 16 */
     const char *const *extra_headers;  /* "Name: value" lines */
     size_t n_extra_headers;
     struct br_price price;          /* nano-USD per million tokens */

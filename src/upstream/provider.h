@@ -39,6 +39,12 @@ struct br_provider_target {
                                           (default "response") */
     const char *const *extra_headers;  /* "Name: value" lines added to every upstream call */
     size_t n_extra_headers;
+    const char *local_model;        /* local: absolute path of the GGUF or llama2.c .bin file */
+    const char *local_tokenizer;    /* local: tokenizer.bin for a .bin model, else NULL */
+    const char *local_template;     /* local: "raw" or "simple" (NULL: "raw") */
+    int local_threads;              /* local: generation worker threads (<= 0: 1) */
+    int local_context;              /* local: cap on prompt + completion tokens (0: the model's) */
+    int local_queue;                /* local: requests waiting beyond the workers (< 0: 16) */
     uint32_t connect_timeout_ms;    /* default 5000 */
     uint32_t first_byte_timeout_ms; /* default 60000 */
     uint32_t idle_timeout_ms;       /* between SSE events; default 120000 */
@@ -134,6 +140,7 @@ json_t *br_provider_call_request(struct br_provider_call *call);
 extern const struct br_provider_ops br_provider_openai;
 extern const struct br_provider_ops br_provider_anthropic;
 extern const struct br_provider_ops br_provider_replay;
+extern const struct br_provider_ops br_provider_local;
 
 /** The built-in provider called `name`, or NULL. */
 const struct br_provider_ops *br_provider_find(const char *name);

@@ -8,6 +8,7 @@ static const struct br_provider_ops *const providers[] = {
     &br_provider_openai,
     &br_provider_anthropic,
     &br_provider_replay,
+    &br_provider_local,
 };
 
 const struct br_provider_ops *br_provider_find(const char *name)
