@@ -13,8 +13,14 @@
  * the bandwidth limit: bytes of weights read per token (every matrix once, the classifier included)
  * times tokens/s divided by the bandwidth measured with the same thread count.
  *
- * Usage: bench_engine [--runs N] [--gen N] [--prompt N] [--only stories|110m]
+ * Usage: bench_engine [--runs N] [--gen N] [--prompt N] [--only stories|110m] [--lora-rank R]
  * Each figure is the median of N runs (default 3). Output: one table row per configuration.
+ *
+ * --lora-rank R: instead of the table above, the cost of run-time LoRA (lora.h): a random
+ * adapter of rank R on all attention weights (wq, wk, wv, wo of every layer; written as a GGUF
+ * LoRA file in /tmp and loaded with br_lora_open) against no adapter, same model, type and
+ * thread count, runs of the two interleaved (A B A B ...) so that machine load hits both alike;
+ * one row per configuration with the generation tokens/s of each and the relative cost.
  */
 #include <math.h>
 #include <pthread.h>
@@ -23,9 +29,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "core/err.h"
 #include "engine/forward.h"
+#include "engine/gguf_write.h"
 #include "engine/kernels.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"
@@ -38,6 +46,7 @@ struct opts {
     int gen;
     int prompt;
     const char *only;
+    int lora_rank; /* 0: the normal table */
 };
 
 _Noreturn static void die(const char *what)
@@ -341,13 +350,17 @@ struct speed {
     double tg; /* generated tokens/s */
 };
 
-static struct speed run_once(const struct model *m, int n_threads, int n_prompt, int n_gen)
+static struct speed run_lora(const struct model *m, int n_threads, int n_prompt, int n_gen,
+                             const struct br_lora_use *use, int n_use)
 {
     struct br_llama_run_config rc = {.n_threads = n_threads};
     struct br_llama_state *s = NULL;
     struct speed sp = {0, 0};
     if (br_llama_state_create_ex(&m->config, &m->w, &rc, &s) != BR_OK) {
         die("cannot create the run state");
+    }
+    if (br_llama_state_set_lora(s, use, n_use) != BR_OK) {
+        die("cannot select the adapter");
     }
     float *logits = calloc((size_t)m->config.vocab_size, sizeof(float));
     if (!logits) {
@@ -371,6 +384,11 @@ static struct speed run_once(const struct model *m, int n_threads, int n_prompt,
     free(logits);
     br_llama_state_destroy(s);
     return sp;
+}
+
+static struct speed run_once(const struct model *m, int n_threads, int n_prompt, int n_gen)
+{
+    return run_lora(m, n_threads, n_prompt, n_gen, NULL, 0);
 }
 
 static void bench_model(const struct model *m, const char *type, const struct opts *o,
@@ -411,6 +429,89 @@ static void bench_all_types(const struct model *f32, const struct opts *o, const
     model_free(&q);
 }
 
+/* ---- run-time LoRA cost (--lora-rank) ---- */
+
+/* Writes a random rank-R adapter on wq/wk/wv/wo of every layer of m to path and opens it. */
+static br_lora *make_adapter(struct model *m, int rank, const char *path)
+{
+    const struct br_llama_config *c = &m->config;
+    size_t d = (size_t)c->dim;
+    size_t kv = (size_t)c->n_kv_heads * (d / (size_t)c->n_heads);
+    br_gguf_writer *w = NULL;
+    int rc = br_gguf_writer_create(0, NULL, NULL, &w);
+    rc = rc ? rc : br_gguf_writer_kv_str(w, "general.architecture", br_slice_from_cstr("llama"));
+    rc = rc ? rc : br_gguf_writer_kv_str(w, "general.type", br_slice_from_cstr("adapter"));
+    rc = rc ? rc : br_gguf_writer_kv_str(w, "adapter.type", br_slice_from_cstr("lora"));
+    rc = rc ? rc : br_gguf_writer_kv_f32(w, "adapter.lora.alpha", (float)(2 * rank));
+    static const char *const names[4] = {"attn_q", "attn_k", "attn_v", "attn_output"};
+    for (int l = 0; l < c->n_layers && rc == BR_OK; l++) {
+        for (int k = 0; k < 4 && rc == BR_OK; k++) {
+            size_t out = k == 1 || k == 2 ? kv : d;
+            char name[96];
+            struct br_tensor a = random_f32(m, (size_t)rank, d, 0.02f);
+            struct br_tensor b = random_f32(m, out, (size_t)rank, 0.02f);
+            uint64_t da[2] = {d, (uint64_t)rank};
+            uint64_t db[2] = {(uint64_t)rank, out};
+            (void)snprintf(name, sizeof name, "blk.%d.%s.weight.lora_a", l, names[k]);
+            rc = br_gguf_writer_tensor(w, name, BR_TENSOR_F32, 2, da, a.data);
+            (void)snprintf(name, sizeof name, "blk.%d.%s.weight.lora_b", l, names[k]);
+            rc = rc ? rc : br_gguf_writer_tensor(w, name, BR_TENSOR_F32, 2, db, b.data);
+        }
+    }
+    char err[BR_LORA_ERR_CAP] = "";
+    rc = rc ? rc : br_gguf_writer_write(w, path, err, sizeof err);
+    br_gguf_writer_free(w);
+    br_lora *ad = NULL;
+    rc = rc ? rc : br_lora_open(path, c, &ad, err, sizeof err);
+    (void)unlink(path);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "bench_engine: adapter: %s %s\n", br_err_name(rc), err);
+        exit(1); /* NOLINT(concurrency-mt-unsafe): single-threaded here */
+    }
+    return ad;
+}
+
+static void bench_lora_model(const struct model *m, const char *type, const struct opts *o,
+                             const br_lora *ad)
+{
+    int n_prompt = o->prompt;
+    int n_gen = o->gen;
+    if (n_prompt + n_gen > m->config.seq_len) {
+        n_gen = m->config.seq_len - n_prompt;
+    }
+    struct br_lora_use use = {ad, 1.0f};
+    for (int th = 1; th <= 2; th++) {
+        double base[MAX_RUNS] = {0};
+        double with[MAX_RUNS] = {0};
+        (void)run_lora(m, th, n_prompt < 8 ? n_prompt : 8, 4, &use, 1); /* warm-up */
+        for (int r = 0; r < o->runs; r++) {
+            base[r] = run_lora(m, th, n_prompt, n_gen, NULL, 0).tg;
+            with[r] = run_lora(m, th, n_prompt, n_gen, &use, 1).tg;
+        }
+        double b = median(base, o->runs);
+        double wl = median(with, o->runs);
+        printf("| %-15s | %-4s | %d | %4d | %9.1f | %9.1f | %6.1f%% |\n", m->name, type, th,
+               br_lora_rank(ad), b, wl, 100.0 * (1.0 - wl / b));
+        (void)fflush(stdout);
+    }
+}
+
+static void bench_lora_types(struct model *f32, const struct opts *o)
+{
+    char path[128];
+    (void)snprintf(path, sizeof path, "/tmp/bench_engine_lora_%d.gguf", (int)getpid());
+    br_lora *ad = make_adapter(f32, o->lora_rank, path);
+    bench_lora_model(f32, "F32", o, ad);
+    struct model q;
+    quantized_copy(&q, f32, BR_TENSOR_Q8_0);
+    bench_lora_model(&q, "Q8_0", o, ad);
+    model_free(&q);
+    quantized_copy(&q, f32, BR_TENSOR_Q4_0);
+    bench_lora_model(&q, "Q4_0", o, ad);
+    model_free(&q);
+    br_lora_close(ad);
+}
+
 /* A positive int, or -1. */
 static int parse_int(const char *v)
 {
@@ -435,6 +536,11 @@ static int parse(int argc, char **argv, struct opts *o)
             o->prompt = parse_int(v);
         } else if (strcmp(a, "--only") == 0) {
             o->only = v;
+        } else if (strcmp(a, "--lora-rank") == 0) {
+            o->lora_rank = parse_int(v);
+            if (o->lora_rank < 1 || o->lora_rank > BR_LORA_MAX_RANK) {
+                return -1;
+            }
         } else {
             return -1;
         }
@@ -443,13 +549,49 @@ static int parse(int argc, char **argv, struct opts *o)
     return o->runs >= 1 && o->runs <= MAX_RUNS && o->gen >= 1 && o->prompt >= 1 ? 0 : -1;
 }
 
+static int main_lora(const struct opts *o)
+{
+    printf("# run-time LoRA, rank %d on wq/wk/wv/wo of every layer, scale 1; generation tok/s "
+           "without and with the adapter (runs interleaved); median of %d runs, prompt %d, "
+           "generation %d tokens\n",
+           o->lora_rank, o->runs, o->prompt, o->gen);
+    printf("| model           | type | threads | rank | no LoRA | with LoRA | cost |\n");
+    printf("|-----------------|------|---|------|-----------|-----------|---------|\n");
+    if (!o->only || strcmp(o->only, "stories") == 0) {
+        struct br_llama2c *c = NULL;
+        char err[256] = "";
+        if (br_llama2c_open(MODEL_PATH, &c, err, sizeof(err)) != BR_OK) {
+            (void)fprintf(stderr, "bench_engine: %s\n", err);
+            return 1;
+        }
+        struct model m;
+        memset(&m, 0, sizeof(m));
+        m.name = "stories260K";
+        m.config = c->config;
+        m.w = c->weights;
+        bench_lora_types(&m, o);
+        model_free(&m);
+        br_llama2c_close(c);
+    }
+    if (!o->only || strcmp(o->only, "110m") == 0) {
+        struct model m;
+        make_110m(&m);
+        bench_lora_types(&m, o);
+        model_free(&m);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {.runs = 3, .gen = 128, .prompt = 64, .only = NULL};
     if (parse(argc, argv, &o) != 0) {
         (void)fprintf(stderr, "usage: bench_engine [--runs N<=15] [--gen N] [--prompt N] "
-                              "[--only stories|110m]\n");
+                              "[--only stories|110m] [--lora-rank R]\n");
         return 2;
+    }
+    if (o.lora_rank > 0) {
+        return main_lora(&o);
     }
     size_t count = (size_t)512 << 20 >> 3; /* 512 MiB of doubles */
     double *buf = malloc(count * sizeof(double));
