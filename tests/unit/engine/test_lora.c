@@ -24,16 +24,17 @@
 #include "engine/lora.h"
 #include "engine/quant.h"
 
-#define DIR     BR_SOURCE_DIR "/models/stories260K/"
-#define GGUF    DIR "stories260K-f32.gguf" /* context 128 */
-#define BIN     DIR "stories260K.bin"      /* context 512: the golden run has 225 positions */
-#define TOK     DIR "tok512.bin"
-#define LORA_A  DIR "lora260K-r4.gguf"
-#define LORA_B  DIR "lora260K-r4-b.gguf"
-#define TOP2    DIR "golden/run_greedy_once_upon_lora_r4_merged.top2.txt"
-#define GOLDEN  DIR "golden/run_greedy_once_upon_lora_r4_merged.txt"
-#define PROMPT  "Once upon a time"
-#define MAX_POS 600
+#define DIR      BR_SOURCE_DIR "/models/stories260K/"
+#define GGUF     DIR "stories260K-f32.gguf" /* context 128 */
+#define BIN      DIR "stories260K.bin"      /* context 512: the golden run has 225 positions */
+#define TOK      DIR "tok512.bin"
+#define LORA_A   DIR "lora260K-r4.gguf"
+#define LORA_B   DIR "lora260K-r4-b.gguf"
+#define TOP2     DIR "golden/run_greedy_once_upon_lora_r4_merged.top2.txt"
+#define GOLDEN   DIR "golden/run_greedy_once_upon_lora_r4_merged.txt"
+#define LLAMACPP DIR "golden/llamacpp_c392e50_lora_r4_runtime_n120.txt"
+#define PROMPT   "Once upon a time"
+#define MAX_POS  600
 
 struct golden_step {
     int pos;
@@ -237,6 +238,46 @@ static void test_lora_generate_text_matches_golden(void **state)
     p.n_lora = 9;
     assert_int_not_equal(br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, err, sizeof err),
                          BR_OK);
+    br_engine_gen_result_free(&r);
+    br_lora_close(l);
+    br_engine_model_close(m);
+}
+
+/* llama.cpp c392e50 applying the same adapter at run time (llama-cli --lora, greedy, -n 120)
+ * printed " " + prompt + continuation + newline: the same continuation. */
+static void test_lora_generate_matches_llamacpp_runtime(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(GGUF);
+    br_lora *l = open_lora(LORA_A, m);
+    struct br_lora_use use = {l, 1.0f};
+    struct br_engine_gen_params p;
+    br_engine_gen_params_init(&p);
+    p.max_tokens = 120;
+    p.lora = &use;
+    p.n_lora = 1;
+    static struct collect c;
+    memset(&c, 0, sizeof c);
+    p.on_token = on_token;
+    p.user = &c;
+    struct br_engine_gen_result r;
+    char err[BR_ENGINE_ERR_CAP];
+    assert_int_equal(br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, err, sizeof err), BR_OK);
+    assert_int_equal(r.completion_tokens, 120);
+    FILE *f = fopen(LLAMACPP, "rb");
+    assert_non_null(f);
+    static char ref[8192];
+    size_t n = fread(ref, 1, sizeof ref - 1, f);
+    (void)fclose(f);
+    ref[n] = '\0';
+    while (n > 0 && ref[n - 1] == '\n') {
+        ref[--n] = '\0';
+    }
+    size_t skip = strlen(" " PROMPT);
+    assert_true(n > skip);
+    assert_int_equal(strncmp(ref, " " PROMPT, skip), 0);
+    assert_int_equal(c.len, n - skip);
+    assert_memory_equal(c.text, ref + skip, c.len);
     br_engine_gen_result_free(&r);
     br_lora_close(l);
     br_engine_model_close(m);
@@ -543,17 +584,54 @@ static void test_lora_rejects_malformed(void **state)
     br_engine_model_close(m);
 }
 
+/* Every allocation of adapter open + a generation with it failed once: NOMEM or success,
+ * never a leak. */
+static void test_lora_alloc_failures(void **state)
+{
+    (void)state;
+    br_engine_model *m = open_model(GGUF);
+    size_t live = br_alloc_live_bytes();
+    for (uint64_t k = 1;; k++) {
+        uint64_t before = br_alloc_count();
+        br_alloc_fail_at(k);
+        br_lora *l = NULL;
+        int rc = br_lora_open(LORA_A, br_engine_model_config(m), &l, NULL, 0);
+        if (rc == BR_OK) {
+            struct br_lora_use use = {l, 1.0f};
+            struct br_engine_gen_params p;
+            br_engine_gen_params_init(&p);
+            p.max_tokens = 3;
+            p.lora = &use;
+            p.n_lora = 1;
+            struct br_engine_gen_result r;
+            rc = br_engine_generate(m, PROMPT, strlen(PROMPT), &p, &r, NULL, 0);
+            br_engine_gen_result_free(&r);
+            br_lora_close(l);
+        }
+        br_alloc_fail_at(0);
+        assert_true(rc == BR_OK || rc == BR_ERR_NOMEM);
+        assert_int_equal(br_alloc_live_bytes(), live);
+        if (rc == BR_OK && br_alloc_count() - before < k) {
+            assert_true(k > 5);
+            break;
+        }
+    }
+    br_engine_model_close(m);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_load_shapes),
         cmocka_unit_test(test_lora_runtime_matches_merged_golden),
         cmocka_unit_test(test_lora_generate_text_matches_golden),
+        cmocka_unit_test(test_lora_generate_matches_llamacpp_runtime),
         cmocka_unit_test(test_lora_scale_zero_is_base),
         cmocka_unit_test(test_lora_two_adapters_equal_merge),
         cmocka_unit_test(test_lora_merge_cli),
         cmocka_unit_test(test_lora_generate_cli),
         cmocka_unit_test(test_lora_rejects_malformed),
+        cmocka_unit_test(test_lora_alloc_failures),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
