@@ -108,6 +108,11 @@ models:
       prompt: prompt
       response: gpt-4-1106-preview_response
     price: {input: 10, output: 30}
+  - name: stories260k
+    provider: local
+    local:
+      model: ${SRC}/models/stories260K/stories260K-f32.gguf
+    price: {input: 0.01, output: 0.02}
 `;
   fs.writeFileSync(path.join(dir, 'brigade.yaml'), config);
   const gw = spawn(path.join(BIN, 'src/brigade'),
@@ -202,6 +207,29 @@ test('anthropic upstream through the OpenAI SDK, streamed with usage', async () 
   assert.match(nonStream.choices[0].message.content, /plain claude/);
 });
 
+test('local: stories260K generated in-process, streamed with logprobs and usage', async () => {
+  const golden = fs.readFileSync(path.join(SRC, 'models/stories260K/golden/run_greedy_once_upon.txt'), 'utf8');
+  const stream = await client().chat.completions.create({
+    model: 'stories260k', stream: true, stream_options: { include_usage: true },
+    temperature: 0, max_tokens: 24, logprobs: true, top_logprobs: 2,
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+  });
+  const chunks = await collect(stream);
+  const text = chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+  assert.ok(text.length > 40 && golden.startsWith('Once upon a time' + text), text);
+  const lp = chunks.flatMap((c) => c.choices[0]?.logprobs?.content ?? []);
+  assert.equal(lp.length, 24);
+  assert.ok(lp.every((e) => e.top_logprobs.length === 2 && e.logprob <= 0));
+  assert.equal(chunks.at(-2).choices[0].finish_reason, 'length');
+  assert.deepEqual(chunks.at(-1).usage, { prompt_tokens: 5, completion_tokens: 24, total_tokens: 29 });
+  const whole = await client().chat.completions.create({
+    model: 'stories260k', temperature: 0, max_tokens: 24,
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+  });
+  checkCompletion(whole);
+  assert.equal(whole.choices[0].message.content, text);
+});
+
 test('replay: a real recorded GPT-4 answer to a GSM8K question', async () => {
   const { data, response } = await client().chat.completions.create({
     model: 'gpt-4-1106-preview', messages: [{ role: 'user', content: JANET }],
@@ -218,7 +246,7 @@ test('replay: a real recorded GPT-4 answer to a GSM8K question', async () => {
 test('models.list', async () => {
   const page = await client().models.list();
   const ids = page.data.map((m) => m.id);
-  assert.deepEqual(ids, ['mock-gpt', 'mock-claude', 'gpt-4-1106-preview']);
+  assert.deepEqual(ids, ['mock-gpt', 'mock-claude', 'gpt-4-1106-preview', 'stories260k']);
   checkModels({ object: 'list', data: page.data });
   const one = await client().models.retrieve('mock-claude');
   assert.equal(one.id, 'mock-claude');
