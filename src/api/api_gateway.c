@@ -164,6 +164,14 @@ static void on_request(void *wctx, br_http_request *req)
         br__chat_handle(w, req);
         return;
     }
+    if (path_is(req, "/v1/completions") || path_is(req, "/completions")) {
+        if (m != BR_HTTP_METHOD_POST) {
+            method_not_allowed(req, "POST");
+            return;
+        }
+        br__completions_handle(w, req);
+        return;
+    }
     for (size_t i = 0; i < sizeof(endpoints) / sizeof(endpoints[0]); i++) {
         const struct endpoint *e = &endpoints[i];
         if (path_is(req, e->path) || (e->alias && path_is(req, e->alias))) {
@@ -184,6 +192,11 @@ static void on_request(void *wctx, br_http_request *req)
 
 static void on_abort(void *wctx, br_http_request *req)
 {
+    const enum br_req_kind *kind = req->user;
+    if (kind && *kind == BR_REQ_KIND_COMPLETION) {
+        br__completions_abort(req);
+        return;
+    }
     br__chat_abort(wctx, req);
 }
 

@@ -217,6 +217,11 @@ enum br_req_kind {
     BR_REQ_KIND_NONE = 0,
     BR_REQ_KIND_CHAT = 1,
     BR_REQ_KIND_FEEDBACK = 2,
+    BR_REQ_KIND_COMPLETION = 3,
 };
+
+/* api_completions.c: POST /v1/completions (legacy text completion) for local models. */
+void br__completions_handle(struct br_worker *w, br_http_request *req);
+void br__completions_abort(br_http_request *req);
 
 #endif

@@ -228,6 +228,19 @@ test('local: stories260K generated in-process, streamed with logprobs and usage'
   });
   checkCompletion(whole);
   assert.equal(whole.choices[0].message.content, text);
+  // The legacy text completion endpoint, which base models need.
+  const legacy = await client().completions.create({
+    model: 'stories260k', prompt: 'Once upon a time', temperature: 0, max_tokens: 24,
+  });
+  assert.equal(legacy.object, 'text_completion');
+  assert.equal(legacy.choices[0].text, text);
+  assert.equal(legacy.usage.completion_tokens, 24);
+  const legacyStream = await client().completions.create({
+    model: 'stories260k', prompt: 'Once upon a time', temperature: 0, max_tokens: 24, stream: true,
+  });
+  let streamed = '';
+  for await (const c of legacyStream) streamed += c.choices[0]?.text ?? '';
+  assert.equal(streamed, text);
 });
 
 test('replay: a real recorded GPT-4 answer to a GSM8K question', async () => {

@@ -285,6 +285,23 @@ static void test_stop_strings(void **state)
     free(body);
     assert_int_equal(r.status, 400);
     http_resp_free(&r);
+    body = chat_body("stories260k", "Once upon a time", false, "\"n\":2");
+    http_request(e, "POST", "/v1/chat/completions", NULL, body, &r);
+    free(body);
+    assert_int_equal(r.status, 400);
+    http_resp_free(&r);
+
+    /* A prompt that leaves no room in the 128-token context. */
+    char words[2048] = "";
+    for (int i = 0; i < 150; i++) {
+        strcat(words, "Once ");
+    }
+    body = chat_body("stories260k", words, false, NULL);
+    http_request(e, "POST", "/v1/chat/completions", NULL, body, &r);
+    free(body);
+    assert_int_equal(r.status, 400);
+    assert_non_null(strstr(r.body, "\"code\":\"context_length_exceeded\""));
+    http_resp_free(&r);
 }
 
 static void check_logprob_entry(json_t *entry, size_t n_top)
@@ -355,6 +372,85 @@ static void test_logprobs(void **state)
     http_resp_free(&r);
 }
 
+static json_t *completion(struct env *e, const char *body, long want_status, struct http_resp *r)
+{
+    http_request(e, "POST", "/v1/completions", NULL, body, r);
+    if (r->status != want_status) {
+        fail_msg("status %ld, want %ld: %s", r->status, want_status, r->body);
+    }
+    return want_status == 200 && !strstr(body, "\"stream\":true") ? parse_json(r->body) : NULL;
+}
+
+static void test_text_completions(void **state)
+{
+    struct env *e = *state;
+    struct http_resp r;
+    json_t *j = completion(e,
+                           "{\"model\":\"stories260k\",\"prompt\":\"Once upon a time\","
+                           "\"temperature\":0,\"max_tokens\":40}",
+                           200, &r);
+    assert_string_equal(json_string_value(json_object_get(j, "object")), "text_completion");
+    json_t *ch = json_array_get(json_object_get(j, "choices"), 0);
+    const char *text = json_string_value(json_object_get(ch, "text"));
+    assert_golden_prefix(text, 100);
+    char *want = strdup(text);
+    assert_string_equal(json_string_value(json_object_get(ch, "finish_reason")), "length");
+    assert_int_equal(usage_of(j, "prompt_tokens"), 5);
+    assert_int_equal(usage_of(j, "completion_tokens"), 40);
+    json_decref(j);
+    http_resp_free(&r);
+
+    /* The legacy default of 16 tokens. */
+    j = completion(e,
+                   "{\"model\":\"stories260k\",\"prompt\":\"Once upon a time\",\"temperature\":0}",
+                   200, &r);
+    assert_int_equal(usage_of(j, "completion_tokens"), 16);
+    json_decref(j);
+    http_resp_free(&r);
+
+    /* Streamed: text_completion events whose texts make the same continuation. */
+    completion(e,
+               "{\"model\":\"stories260k\",\"prompt\":\"Once upon a time\",\"temperature\":0,"
+               "\"max_tokens\":40,\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+               200, &r);
+    size_t n = 0;
+    char **ev = sse_payloads(r.body, &n);
+    assert_string_equal(ev[n - 1], "[DONE]");
+    char got[4096] = "";
+    for (size_t i = 0; i + 1 < n; i++) {
+        json_t *c = parse_json(ev[i]);
+        assert_string_equal(json_string_value(json_object_get(c, "object")), "text_completion");
+        json_t *c0 = json_array_get(json_object_get(c, "choices"), 0);
+        if (c0) {
+            strncat(got, json_string_value(json_object_get(c0, "text")),
+                    sizeof(got) - strlen(got) - 1);
+        } else {
+            assert_int_equal(usage_of(c, "completion_tokens"), 40);
+        }
+        json_decref(c);
+    }
+    assert_string_equal(got, want);
+    free(want);
+    sse_free(ev);
+    http_resp_free(&r);
+
+    /* Only local models; the model and the prompt are required. */
+    completion(e, "{\"model\":\"mock-gpt\",\"prompt\":\"x\"}", 400, &r);
+    assert_non_null(strstr(r.body, "\"code\":\"unsupported_model\""));
+    http_resp_free(&r);
+    completion(e, "{\"model\":\"nope\",\"prompt\":\"x\"}", 404, &r);
+    http_resp_free(&r);
+    completion(e, "{\"model\":\"stories260k\"}", 400, &r);
+    http_resp_free(&r);
+    completion(e, "{\"model\":\"stories260k\",\"prompt\":7}", 400, &r);
+    http_resp_free(&r);
+    completion(e, "not json", 400, &r);
+    http_resp_free(&r);
+    http_request(e, "GET", "/v1/completions", NULL, NULL, &r);
+    assert_int_equal(r.status, 405);
+    http_resp_free(&r);
+}
+
 static int connect_gw(struct env *e)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -377,6 +473,22 @@ static void send_chat(int fd, const char *model, bool stream, int max_tokens, co
                      "Connection: close\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\n\r\n%s",
                      id, strlen(body), body);
+    assert_int_equal(send(fd, req, (size_t)n, 0), n);
+}
+
+static void send_completion(int fd, const char *model, int max_tokens)
+{
+    char body[512];
+    snprintf(body, sizeof(body),
+             "{\"model\":\"%s\",\"max_tokens\":%d,\"temperature\":0,\"stream\":true,"
+             "\"prompt\":\"Once upon a time\"}",
+             model, max_tokens);
+    char req[1024];
+    int n =
+        snprintf(req, sizeof(req),
+                 "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n%s",
+                 strlen(body), body);
     assert_int_equal(send(fd, req, (size_t)n, 0), n);
 }
 
@@ -508,6 +620,41 @@ static void test_disconnect_frees_slot(void **state)
     assert_true(db_wait_rows(e, 3));
     assert_int_equal(db_int(e, "SELECT status FROM requests WHERE id='gone-local'"), 499);
     assert_true(db_int(e, "SELECT completion_tokens FROM requests WHERE id='gone-local'") < 1000);
+
+    /* The same for a streamed /v1/completions request. */
+    fd = connect_gw(e);
+    send_completion(fd, "slow-q0", 1000);
+    got = 0;
+    buf[0] = '\0';
+    deadline = now_ms() + 10000;
+    while (now_ms() < deadline && count_substr(buf, "data: ") < 4) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0) {
+            ssize_t k = recv(fd, buf + got, sizeof(buf) - got - 1, 0);
+            if (k <= 0) {
+                break;
+            }
+            got += (size_t)k;
+            buf[got] = '\0';
+        }
+    }
+    assert_true(count_substr(buf, "\"object\":\"text_completion\"") >= 3);
+    t0 = now_ms();
+    close(fd);
+    status = 0;
+    while (now_ms() - t0 < full) {
+        char *body = chat_body("slow-q0", "Once upon a time", false, "\"max_tokens\":5");
+        http_request(e, "POST", "/v1/chat/completions", NULL, body, &r);
+        free(body);
+        status = r.status;
+        http_resp_free(&r);
+        if (status == 200) {
+            break;
+        }
+        usleep(10000);
+    }
+    assert_int_equal(status, 200);
+    assert_true(now_ms() - t0 < full / 2 + 200);
 }
 
 /* brigade config check on a config text; returns the exit status and the output. */
@@ -603,6 +750,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_greedy_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_text_completions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_frees_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),

@@ -18,6 +18,11 @@
  * of the last user message as the prompt; `simple` renders every message as "role: content\n"
  * and ends with "assistant:".
  *
+ * Text completions (POST /v1/completions, api_completions.c): a request with "prompt" and no
+ * "messages" is generated from the raw prompt (no template; max_tokens defaults to 16 as in
+ * OpenAI's legacy endpoint) and answered with text_completion objects; the legacy logprobs
+ * shape is not produced there ("logprobs": null).
+ *
  * Ownership: a job is reference-counted (the loop's handle, and the queue or the thread that
  * runs it) and freed by whichever lets go last; its shared fields are guarded by job->mu, the
  * queue by the model's mu. Everything the pool thread reads from the job is fixed before the
@@ -75,6 +80,7 @@ struct local_job {
     struct br_engine_gen_params params;
     bool stream;
     bool logprobs;
+    bool text_mode;     /* legacy /v1/completions: "prompt" in, text_completion objects out */
     struct br_buf head; /* chunk prefix up to and including "choices":[ */
     char id[48];
     const char *model; /* name in the output */
@@ -271,6 +277,14 @@ static int stream_token(struct local_job *j, const struct br_engine_token *tok)
     struct br_buf *o = &j->chunk;
     br_buf_reset(o);
     int r = br_buf_append(o, j->head.ptr, j->head.len);
+    if (j->text_mode) {
+        r = r == BR_OK ? br_buf_append_cstr(o, "{\"text\":") : r;
+        r = r == BR_OK ? json_text(o, tok->text.ptr, tok->text.len) : r;
+        r = r == BR_OK ? br_buf_append_cstr(o, ",\"index\":0,\"logprobs\":null,"
+                                               "\"finish_reason\":null}]}")
+                       : r;
+        return r == BR_OK ? push_chunk(j) : r;
+    }
     r = r == BR_OK ? br_buf_append_cstr(o, "{\"index\":0,\"delta\":{\"content\":") : r;
     r = r == BR_OK ? json_text(o, tok->text.ptr, tok->text.len) : r;
     r = r == BR_OK ? br_buf_append_cstr(o, "},\"logprobs\":") : r;
@@ -315,9 +329,31 @@ static int usage_json(struct br_buf *o, const struct br_engine_gen_result *res)
 }
 
 /* The non-streamed chat.completion (into j->body; caller holds nothing). */
+static int build_text_body(struct local_job *j, const struct br_engine_gen_result *res)
+{
+    struct br_buf *o = &j->body;
+    int r = br_buf_printf(
+        o,
+        "{\"id\":\"%s\",\"object\":\"text_completion\",\"created\":%" PRId64 ",\"model\":", j->id,
+        j->created);
+    r = r == BR_OK ? br__json_append_string(o, j->model, strlen(j->model)) : r;
+    r = r == BR_OK ? br_buf_append_cstr(o, ",\"choices\":[{\"text\":") : r;
+    r = r == BR_OK ? json_text(o, j->content.ptr ? j->content.ptr : "", j->content.len) : r;
+    r = r == BR_OK ? br_buf_printf(o,
+                                   ",\"index\":0,\"logprobs\":null,\"finish_reason\":\"%s\"}],"
+                                   "\"usage\":",
+                                   br_engine_finish_name(res->finish))
+                   : r;
+    r = r == BR_OK ? usage_json(o, res) : r;
+    return r == BR_OK ? br_buf_append_cstr(o, "}") : r;
+}
+
 static int build_body(struct local_job *j, const struct br_engine_gen_result *res)
 {
     struct br_buf *o = &j->body;
+    if (j->text_mode) {
+        return build_text_body(j, res);
+    }
     int r = br_buf_printf(
         o,
         "{\"id\":\"%s\",\"object\":\"chat.completion\",\"created\":%" PRId64 ",\"model\":", j->id,
@@ -642,6 +678,11 @@ static int parse_params(struct local_job *j, const json_t *req, const char **why
         *why = "max_tokens: expected a positive integer";
         return r;
     }
+    r = number_in(json_object_get(req, "n"), 1, 1, &v);
+    if (r != BR_OK && r != BR_ERR_NOTFOUND) {
+        *why = "n: a local model generates one choice per request";
+        return r;
+    }
     j->logprobs = json_is_true(json_object_get(req, "logprobs"));
     r = number_in(json_object_get(req, "top_logprobs"), 0, BR_ENGINE_MAX_TOP_LOGPROBS, &v);
     if (r == BR_OK) {
@@ -729,7 +770,7 @@ static bool begin(struct local_job *j)
     if (j->ended) {
         return false;
     }
-    if (!j->stream) {
+    if (!j->stream || j->text_mode) {
         return true;
     }
     return emit_simple_chunk(j, "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},"
@@ -740,7 +781,9 @@ static void finish_stream(struct local_job *j, const struct br_engine_gen_result
 {
     char tail[160];
     (void)snprintf(tail, sizeof(tail),
-                   "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\"}]}",
+                   j->text_mode
+                       ? "{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"%s\"}]}"
+                       : "{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"%s\"}]}",
                    br_engine_finish_name(g->finish));
     if (!emit_simple_chunk(j, tail)) {
         return;
@@ -836,10 +879,9 @@ static void on_async(uv_async_t *a)
 
 static int build_head(struct local_job *j)
 {
-    int r = br_buf_printf(&j->head,
-                          "{\"id\":\"%s\",\"object\":\"chat.completion.chunk\",\"created\":%" PRId64
-                          ",\"model\":",
-                          j->id, j->created);
+    int r = br_buf_printf(
+        &j->head, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%" PRId64 ",\"model\":", j->id,
+        j->text_mode ? "text_completion" : "chat.completion.chunk", j->created);
     r = r == BR_OK ? br__json_append_string(&j->head, j->model, strlen(j->model)) : r;
     return r == BR_OK ? br_buf_append_cstr(&j->head, ",\"choices\":[") : r;
 }
@@ -884,8 +926,25 @@ static int prepare(struct local_job *j, struct br_provider_call *call, const cha
     }
     struct br_buf prompt;
     br_buf_init(&prompt, LOCAL_PROMPT_MAX);
-    r = render_prompt(j->lm, req, &prompt);
-    if (r == BR_ERR_NOTFOUND || r == BR_ERR_INVAL) {
+    const json_t *text = json_object_get(req, "prompt");
+    j->text_mode = text && !json_object_get(req, "messages");
+    if (j->text_mode) {
+        j->logprobs = false; /* the legacy logprobs shape is not produced */
+        j->params.top_logprobs = 0;
+        if (!json_object_get(req, "max_tokens")) {
+            j->params.max_tokens = 16; /* the legacy endpoint's default */
+        }
+        r = json_is_string(text)
+                ? br_buf_append(&prompt, json_string_value(text), json_string_length(text))
+                : BR_ERR_PARSE;
+        if (r == BR_ERR_PARSE) {
+            *why = "prompt: expected a string";
+            r = BR_ERR_INVAL;
+        }
+    } else {
+        r = render_prompt(j->lm, req, &prompt);
+    }
+    if (!*why && (r == BR_ERR_NOTFOUND || r == BR_ERR_INVAL)) {
         *why = "messages: the local model's raw template needs a user message with text";
     } else if (r == BR_ERR_LIMIT) {
         *why = "messages: the prompt is longer than 1 MiB";
@@ -897,7 +956,8 @@ static int prepare(struct local_job *j, struct br_provider_call *call, const cha
         j->prompt = br_strdup("");
     }
     uint64_t h = br_clock_now_ns() ^ (uint64_t)(uintptr_t)j;
-    (void)snprintf(j->id, sizeof(j->id), "chatcmpl-local-%016" PRIx64, h);
+    (void)snprintf(j->id, sizeof(j->id), "%s-local-%016" PRIx64, j->text_mode ? "cmpl" : "chatcmpl",
+                   h);
     r = r == BR_OK && !j->prompt ? BR_ERR_NOMEM : r;
     return r == BR_OK ? build_head(j) : r;
 }

@@ -1,0 +1,243 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * POST /v1/completions, OpenAI's legacy text completion, for the catalogue's local models
+ * (what base models such as stories260K need: {"model", "prompt": "Once upon a time",
+ * "max_tokens", "temperature", "stream", ...} continues the text). The body goes to the local
+ * provider as it is: a request with "prompt" and no "messages" is generated from the raw
+ * prompt and answered with text_completion objects (streamed as SSE events, then
+ * "data: [DONE]"). Other providers, and routes, are refused with a 400: their upstreams are
+ * reached through /v1/chat/completions.
+ *
+ * Known gap: these requests are not written to the request log and carry no cost headers (the
+ * chat pipeline's accounting is not shared yet); usage is in the body.
+ *
+ * Ownership: the per-request state lives in the request arena; it holds a runtime reference
+ * until the request ends (answered, or aborted by the client).
+ */
+#include <string.h>
+
+#include "api/api_int.h"
+#include "core/buf.h"
+#include "core/err.h"
+
+struct completion {
+    enum br_req_kind kind; /* first: req->user points here */
+    br_http_request *req;
+    struct br_runtime *rt;
+    const struct br_provider_ops *ops;
+    struct br_provider_call call;
+    struct br_slice body; /* non-streamed answer (arena copy) */
+    bool active;          /* the provider call runs */
+    bool begun;           /* the stream's head was sent */
+};
+
+static void release(struct completion *c)
+{
+    c->req->user = NULL;
+    br__runtime_unref(c->rt);
+    c->rt = NULL;
+}
+
+/* Answers an error without a call: the state is released first (req is gone after). */
+static void fail(struct completion *c, int status, const char *code, const char *param,
+                 const char *message)
+{
+    br_http_request *req = c->req;
+    release(c);
+    br_http_respond_error(req, status, "invalid_request_error", code, param, message);
+}
+
+static void on_begin(void *user)
+{
+    struct completion *c = user;
+    if (!c->call.stream) {
+        return;
+    }
+    struct br_http_header h[2] = {
+        {BR_SLICE_LIT("content-type"), BR_SLICE_LIT("text/event-stream")},
+        {BR_SLICE_LIT("cache-control"), BR_SLICE_LIT("no-cache")},
+    };
+    c->begun = br_http_stream_begin(c->req, 200, h, 2) == BR_OK;
+}
+
+static void write_event(struct completion *c, struct br_slice json)
+{
+    struct br_buf b;
+    br_buf_init(&b, json.len + 16);
+    int r = br_buf_append_cstr(&b, "data: ");
+    r = r == BR_OK ? br_buf_append(&b, json.ptr, json.len) : r;
+    r = r == BR_OK ? br_buf_append_cstr(&b, "\n\n") : r;
+    if (r == BR_OK && c->begun) {
+        (void)br_http_stream_write(c->req, b.ptr, b.len);
+    }
+    br_buf_cleanup(&b);
+}
+
+static void on_chunk(void *user, struct br_slice json)
+{
+    write_event(user, json);
+}
+
+static void on_body(void *user, struct br_slice json)
+{
+    struct completion *c = user;
+    char *copy = br_arena_alloc(c->req->arena, json.len + 1);
+    if (copy) {
+        memcpy(copy, json.ptr, json.len);
+        copy[json.len] = '\0';
+        c->body = br_slice_make(copy, json.len);
+    }
+}
+
+static void on_done(void *user, const struct br_provider_result *res)
+{
+    struct completion *c = user;
+    br_http_request *req = c->req;
+    c->active = false;
+    release(c);
+    if (c->begun) {
+        if (res->rc != BR_OK && res->error_body.len) {
+            write_event(c, res->error_body);
+        }
+        static const char done[] = "data: [DONE]\n\n";
+        (void)br_http_stream_finish(req, done, sizeof(done) - 1, NULL, 0);
+        return;
+    }
+    struct br_http_header h[2] = {
+        {BR_SLICE_LIT("content-type"), BR_SLICE_LIT("application/json")},
+        {BR_SLICE_LIT("retry-after"), BR_SLICE_LIT("1")},
+    };
+    if (res->rc == BR_OK && c->body.len) {
+        (void)br_http_respond(req, 200, h, 1, c->body);
+        return;
+    }
+    int status = res->status >= 400 ? res->status : 502;
+    if (!res->error_body.len) {
+        (void)br_http_respond_error(req, status, "server_error", "local_error", NULL,
+                                    "the local model failed to answer");
+        return;
+    }
+    (void)br_http_respond(req, status, h, status == 503 ? 2 : 1, res->error_body);
+}
+
+static const struct br_provider_sink sink = {
+    .on_begin = on_begin,
+    .on_chunk = on_chunk,
+    .on_body = on_body,
+    .on_done = on_done,
+    .on_flush = NULL,
+};
+
+/* The catalogue's local model named by the body; responds and returns NULL otherwise. */
+static const struct br_runtime_model *find_model(struct completion *c, const json_t *body)
+{
+    const json_t *model = json_object_get(body, "model");
+    if (!json_is_string(model)) {
+        fail(c, 400, "missing_required_parameter", "model",
+             "model: a local model's name is required");
+        return NULL;
+    }
+    const struct br_model_cfg *mc =
+        br_config_model_find(c->rt->cfg, json_string_value(model), json_string_length(model));
+    if (!mc) {
+        fail(c, 404, "model_not_found", "model", "model: no such model in the catalogue");
+        return NULL;
+    }
+    if (strcmp(mc->provider, "local") != 0) {
+        fail(c, 400, "unsupported_model", "model",
+             "/v1/completions serves the catalogue's local models (provider: "
+             "local); use /v1/chat/completions for this model");
+        return NULL;
+    }
+    if (!json_object_get(body, "prompt")) {
+        fail(c, 400, "missing_required_parameter", "prompt",
+             "prompt: the text to continue is required");
+        return NULL;
+    }
+    return br__runtime_model(c->rt, mc);
+}
+
+static void start(struct br_worker *w, struct completion *c)
+{
+    br_http_request *req = c->req;
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body.ptr, req->body.len, 0, &jerr);
+    if (!json_is_object(body)) {
+        json_decref(body);
+        fail(c, 400, "invalid_json", NULL, "the request body is not a JSON object");
+        return;
+    }
+    const struct br_runtime_model *rm = find_model(c, body);
+    if (!rm) {
+        json_decref(body);
+        return;
+    }
+    struct br_provider_call *call = &c->call;
+    call->target = &rm->target;
+    call->model_state = rm->state;
+    call->loop = w->loop;
+    call->upstream = w->upstream;
+    call->arena = req->arena;
+    call->request = NULL;
+    call->raw_body = req->body;
+    call->stream = json_is_true(json_object_get(body, "stream"));
+    call->client_wants_usage =
+        call->stream &&
+        json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
+    call->request_id = req->id;
+    call->sink = &sink;
+    call->sink_user = c;
+    json_decref(body);
+    c->active = true;
+    c->ops = rm->ops;
+    int rc = rm->ops->call_start(call);
+    if (rc != BR_OK) {
+        c->active = false;
+        release(c);
+        br_http_respond_error(req, 500, "server_error", "local_error", NULL,
+                              "the local model could not start the request");
+    }
+}
+
+void br__completions_handle(struct br_worker *w, br_http_request *req)
+{
+    struct completion *c = br_arena_calloc(req->arena, 1, sizeof(*c));
+    if (!c) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL,
+                              "The gateway is out of memory; retry later.");
+        return;
+    }
+    c->kind = BR_REQ_KIND_COMPLETION;
+    c->req = req;
+    c->rt = br__worker_runtime(w);
+    br__runtime_ref(c->rt);
+    req->user = c;
+    const char *key_id = NULL;
+    enum br_auth_result ar = br__auth_check(c->rt->cfg, req, false, &key_id);
+    if (ar != BR_AUTH_OK) {
+        release(c);
+        br__auth_fail(req, ar, false);
+        return;
+    }
+    start(w, c);
+}
+
+void br__completions_abort(br_http_request *req)
+{
+    struct completion *c = req->user;
+    if (!c || c->kind != BR_REQ_KIND_COMPLETION) {
+        return;
+    }
+    if (c->active) {
+        struct br_provider_result partial;
+        c->active = false;
+        c->ops->call_cancel(&c->call, &partial);
+    }
+    release(c);
+    /* The request still has to be finished (the bytes go nowhere). */
+    if (c->begun) {
+        (void)br_http_stream_end(req, NULL, 0);
+    } else {
+        (void)br_http_respond(req, 499, NULL, 0, BR_SLICE_LIT(""));
+    }
+}
