@@ -117,6 +117,8 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
         t->local_threads = mc->local_threads;
         t->local_context = mc->local_context;
         t->local_queue = mc->local_queue;
+        t->local_lora = mc->local_lora;
+        t->local_lora_scale = mc->local_lora_scale;
         t->extra_headers = mc->extra_headers;
         t->n_extra_headers = mc->n_extra_headers;
         t->connect_timeout_ms = mc->connect_timeout_ms;

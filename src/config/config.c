@@ -917,13 +917,28 @@ static int parse_local_field(struct br__config_loader *L, const struct br_ynode 
         mc->local_tokenizer = config_path(L, s);
         return mc->local_tokenizer ? BR_OK : nomem(L);
     }
+    if (strcmp(k->value, "lora") == 0) {
+        mc->local_lora = config_path(L, s);
+        return mc->local_lora ? BR_OK : nomem(L);
+    }
+    if (strcmp(k->value, "lora_scale") == 0) {
+        char *end = NULL;
+        double scale = strtod(s, &end);
+        if (!end || *end || !(scale >= -16 && scale <= 16)) {
+            return errf(L, v->line, "%s.lora_scale: expected a number from -16 to 16, got '%.60s'",
+                        what, s);
+        }
+        mc->local_lora_scale = scale;
+        return BR_OK;
+    }
     if (strcmp(k->value, "template") == 0) {
         if (strcmp(s, "raw") != 0 && strcmp(s, "simple") != 0) {
             return errf(L, v->line, "%s.template: expected raw or simple, got '%.60s'", what, s);
         }
         return set_str(L, v, what, &mc->local_template);
     }
-    return unknown_key(L, k, what, "model, tokenizer, threads, context, queue, template");
+    return unknown_key(L, k, what,
+                       "model, tokenizer, threads, context, queue, template, lora, lora_scale");
 }
 
 static int parse_local(struct br__config_loader *L, const struct br_ynode *m, const char *what,
@@ -1039,6 +1054,7 @@ static int parse_model(struct br__config_loader *L, const struct br_ynode *m, si
     mc->default_max_tokens = 4096;
     mc->local_threads = 1;
     mc->local_queue = 16;
+    mc->local_lora_scale = 1.0;
     bool have_price = false;
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
         rc = parse_model_field(L, m->items[i], m->items[i + 1], what, mc);

@@ -48,6 +48,8 @@ struct br_model_cfg {
     int local_threads;                 /* local: generation workers, default 1 */
     int local_context;                 /* local: context cap in tokens, 0 = the model's */
     int local_queue;                   /* local: waiting requests, default 16 */
+    const char *local_lora;            /* local: LoRA adapter (GGUF) applied at run time, or NULL */
+    double local_lora_scale;           /* local: the adapter's scale, default 1 */
     const char *const *extra_headers;  /* "Name: value" lines */
     size_t n_extra_headers;
     struct br_price price;          /* nano-USD per million tokens */

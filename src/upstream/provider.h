@@ -45,6 +45,8 @@ struct br_provider_target {
     int local_threads;              /* local: generation worker threads (<= 0: 1) */
     int local_context;              /* local: cap on prompt + completion tokens (0: the model's) */
     int local_queue;                /* local: requests waiting beyond the workers (< 0: 16) */
+    const char *local_lora;         /* local: absolute path of a LoRA adapter (GGUF), or NULL */
+    double local_lora_scale;        /* local: its scale (y = Wx + scale*alpha/rank*B(Ax)) */
     uint32_t connect_timeout_ms;    /* default 5000 */
     uint32_t first_byte_timeout_ms; /* default 60000 */
     uint32_t idle_timeout_ms;       /* between SSE events; default 120000 */

@@ -42,6 +42,12 @@
     "      tokenizer: " STORIES "/tok512.bin\n"              \
     "      template: simple\n"                               \
     "    price: {input: 0.01, output: 0.02}\n"               \
+    "  - name: stories-lora\n"                               \
+    "    provider: local\n"                                  \
+    "    local:\n"                                           \
+    "      model: " STORIES "/stories260K-f32.gguf\n"        \
+    "      lora: " STORIES "/lora260K-r4.gguf\n"             \
+    "    price: {input: 0.01, output: 0.02}\n"               \
     "  - name: slow-q0\n"                                    \
     "    provider: local\n"                                  \
     "    local: {model: {DIR}/slow.bin, tokenizer: " STORIES \
@@ -451,6 +457,29 @@ static void test_text_completions(void **state)
     http_resp_free(&r);
 }
 
+/* A catalogue entry with a LoRA adapter applied at run time: the merged-weights golden run. */
+static void test_lora_variant(void **state)
+{
+    struct env *e = *state;
+    char *g = read_file(BR_SOURCE_DIR
+                        "/models/stories260K/golden/run_greedy_once_upon_lora_r4_merged.txt");
+    struct http_resp r;
+    json_t *j = completion(e,
+                           "{\"model\":\"stories-lora\",\"prompt\":\"Once upon a time\","
+                           "\"temperature\":0,\"max_tokens\":60}",
+                           200, &r);
+    const char *text = json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text"));
+    assert_true(strlen(text) > 150);
+    if (strncmp(g + 16, text, strlen(text)) != 0) {
+        fail_msg("not the LoRA golden continuation: '%s'", text);
+    }
+    assert_true(strncmp(golden, text, strlen(text)) != 0); /* the adapter changes the story */
+    json_decref(j);
+    http_resp_free(&r);
+    free(g);
+}
+
 static int connect_gw(struct env *e)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -721,6 +750,8 @@ static void test_config_errors(void **state)
         "    local: {model: slow.bin, template: chatml}\n",
         "    local: {model: slow.bin, wat: 1}\n",
         "    local: {model: slow.bin, threads: 0}\n",
+        "    local: {model: slow.bin, tokenizer: slow.bin, lora: nope.gguf}\n",
+        "    local: {model: slow.bin, lora_scale: big}\n",
     };
     for (size_t i = 0; i < sizeof(broken) / sizeof(broken[0]); i++) {
         snprintf(cfg, sizeof(cfg),
@@ -751,6 +782,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_completions, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lora_variant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_frees_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),

@@ -50,6 +50,8 @@ struct local_job;
 
 struct local_model {
     br_engine_model *engine;
+    br_lora *lora; /* adapter applied to every generation, or NULL */
+    struct br_lora_use lora_use;
     bool simple_template;
     int context;   /* 0: the model's */
     int queue_cap; /* waiting jobs */
@@ -421,6 +423,10 @@ static void run_job(struct local_job *j)
     struct br_engine_gen_params p = j->params;
     p.on_token = on_token;
     p.user = j;
+    if (j->lm->lora && j->lm->lora_use.scale != 0.0F) {
+        p.lora = &j->lm->lora_use;
+        p.n_lora = 1;
+    }
     if (!atomic_load(&j->canceled)) {
         rc = apply_context_cap(j, &p, err, sizeof(err));
     }
@@ -492,6 +498,7 @@ static void local_model_destroy(void *state)
         job_unref(j);
     }
     br_free(lm->threads);
+    br_lora_close(lm->lora);
     br_engine_model_close(lm->engine);
     pthread_cond_destroy(&lm->cv);
     pthread_mutex_destroy(&lm->mu);
@@ -522,6 +529,16 @@ static int local_model_create(const struct br_provider_target *t, void **state_o
     if (rc != BR_OK) {
         (void)snprintf(err, errlen, "%s", eerr[0] ? eerr : br_strerror(rc));
         goto fail;
+    }
+    if (t->local_lora) {
+        rc = br_lora_open(t->local_lora, br_engine_model_config(lm->engine), &lm->lora, eerr,
+                          sizeof(eerr));
+        if (rc != BR_OK) {
+            (void)snprintf(err, errlen, "%s", eerr[0] ? eerr : br_strerror(rc));
+            goto fail;
+        }
+        lm->lora_use.adapter = lm->lora;
+        lm->lora_use.scale = (float)t->local_lora_scale;
     }
     lm->threads = br_calloc((size_t)lm->n_threads, sizeof(*lm->threads));
     if (!lm->threads) {
