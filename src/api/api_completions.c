@@ -8,28 +8,78 @@
  * "data: [DONE]"). Other providers, and routes, are refused with a 400: their upstreams are
  * reached through /v1/chat/completions.
  *
- * Known gap: these requests are not written to the request log and carry no cost headers (the
- * chat pipeline's accounting is not shared yet); usage is in the body.
+ * Every request that reached a model is written to the request log (endpoint
+ * "/v1/completions") with its tokens and its cost at the model's price; a non-streamed answer
+ * carries x-brigade-model, x-brigade-provider and x-brigade-cost-usd. (Metrics and routing
+ * statistics are the chat pipeline's; they do not count these requests.)
  *
  * Ownership: the per-request state lives in the request arena; it holds a runtime reference
  * until the request ends (answered, or aborted by the client).
  */
+#include <math.h>
 #include <string.h>
 
 #include "api/api_int.h"
 #include "core/buf.h"
+#include "core/clock.h"
 #include "core/err.h"
+#include "cost/cost.h"
+#include "store/store.h"
 
 struct completion {
     enum br_req_kind kind; /* first: req->user points here */
+    struct br_worker *w;
     br_http_request *req;
     struct br_runtime *rt;
+    const struct br_model_cfg *mc; /* the model called */
+    const char *key_id;
+    uint64_t t_first_token_ns;
+    char cost[BR_COST_USD_STRLEN];
     const struct br_provider_ops *ops;
     struct br_provider_call call;
     struct br_slice body; /* non-streamed answer (arena copy) */
     bool active;          /* the provider call runs */
     bool begun;           /* the stream's head was sent */
 };
+
+/* One request-log row for a request that reached the model; the cost goes into c->cost. */
+static void log_request(struct completion *c, int status, const struct br_provider_result *res,
+                        const char *error_kind)
+{
+    int64_t cost = br_cost_compute(&c->mc->price, &res->usage);
+    br_cost_format_usd(cost, c->cost);
+    br_store *store = c->w->g->store;
+    if (!store) {
+        return;
+    }
+    uint64_t now = br_clock_now_ns();
+    uint64_t start = c->req->t_start_ns;
+    int64_t latency_us = now > start ? (int64_t)((now - start) / 1000) : 0;
+    uint64_t first = res->t_first_token_ns;
+    struct br_log_row row = {
+        .id = c->req->id,
+        .ts_ms = br_clock_wall_ms() - latency_us / 1000,
+        .key_id = c->key_id,
+        .model = c->mc->name,
+        .provider = c->mc->provider,
+        .endpoint = "/v1/completions",
+        .status = status,
+        .stream = c->call.stream,
+        .prompt_tokens = res->usage.prompt_tokens,
+        .completion_tokens = res->usage.completion_tokens,
+        .usage_estimated = !res->usage.reported,
+        .cost_nano_usd = cost,
+        .latency_us = latency_us,
+        .ttft_us = first > start ? (int64_t)((first - start) / 1000) : 0,
+        .upstream_latency_us = latency_us,
+        .error_kind = error_kind,
+        .upstream_model = res->upstream_model,
+        .score = NAN,
+        .threshold = NAN,
+        .confidence = NAN,
+    };
+    (void)br_store_log(store, &row);
+}
 
 static void release(struct completion *c)
 {
@@ -94,6 +144,9 @@ static void on_done(void *user, const struct br_provider_result *res)
     struct completion *c = user;
     br_http_request *req = c->req;
     c->active = false;
+    char kind[48];
+    (void)snprintf(kind, sizeof(kind), "provider_error_%d", res->status);
+    log_request(c, res->rc == BR_OK ? 200 : res->status, res, res->rc == BR_OK ? NULL : kind);
     release(c);
     if (c->begun) {
         if (res->rc != BR_OK && res->error_body.len) {
@@ -108,7 +161,13 @@ static void on_done(void *user, const struct br_provider_result *res)
         {BR_SLICE_LIT("retry-after"), BR_SLICE_LIT("1")},
     };
     if (res->rc == BR_OK && c->body.len) {
-        (void)br_http_respond(req, 200, h, 1, c->body);
+        struct br_http_header ok[4] = {
+            h[0],
+            {BR_SLICE_LIT("x-brigade-model"), br_slice_from_cstr(c->mc->name)},
+            {BR_SLICE_LIT("x-brigade-provider"), BR_SLICE_LIT("local")},
+            {BR_SLICE_LIT("x-brigade-cost-usd"), br_slice_from_cstr(c->cost)},
+        };
+        (void)br_http_respond(req, 200, ok, 4, c->body);
         return;
     }
     int status = res->status >= 400 ? res->status : 502;
@@ -154,6 +213,7 @@ static const struct br_runtime_model *find_model(struct completion *c, const jso
              "prompt: the text to continue is required");
         return NULL;
     }
+    c->mc = mc;
     return br__runtime_model(c->rt, mc);
 }
 
@@ -208,12 +268,12 @@ void br__completions_handle(struct br_worker *w, br_http_request *req)
         return;
     }
     c->kind = BR_REQ_KIND_COMPLETION;
+    c->w = w;
     c->req = req;
     c->rt = br__worker_runtime(w);
     br__runtime_ref(c->rt);
     req->user = c;
-    const char *key_id = NULL;
-    enum br_auth_result ar = br__auth_check(c->rt->cfg, req, false, &key_id);
+    enum br_auth_result ar = br__auth_check(c->rt->cfg, req, false, &c->key_id);
     if (ar != BR_AUTH_OK) {
         release(c);
         br__auth_fail(req, ar, false);
@@ -232,6 +292,7 @@ void br__completions_abort(br_http_request *req)
         struct br_provider_result partial;
         c->active = false;
         c->ops->call_cancel(&c->call, &partial);
+        log_request(c, 499, &partial, "client_closed");
     }
     release(c);
     /* The request still has to be finished (the bytes go nowhere). */

@@ -403,8 +403,15 @@ static void test_text_completions(void **state)
     assert_string_equal(json_string_value(json_object_get(ch, "finish_reason")), "length");
     assert_int_equal(usage_of(j, "prompt_tokens"), 5);
     assert_int_equal(usage_of(j, "completion_tokens"), 40);
+    char *cost = http_header(&r, "x-brigade-cost-usd");
+    expect_cost(cost, 850);
+    free(cost);
     json_decref(j);
     http_resp_free(&r);
+    assert_true(db_wait_rows(e, 1));
+    assert_int_equal(db_int(e, "SELECT cost_nano_usd FROM requests WHERE endpoint = "
+                               "'/v1/completions' AND completion_tokens = 40 AND status = 200"),
+                     850);
 
     /* The legacy default of 16 tokens. */
     j = completion(e,
