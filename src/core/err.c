@@ -3,6 +3,8 @@
 #include "core/err.h"
 
 #include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
 
 struct err_entry {
     const char *name;
@@ -79,4 +81,31 @@ int br_err_from_errno(int errnum)
     default:
         return BR_ERR_IO;
     }
+}
+
+static void err_vprintf(char *err, size_t cap, const char *fmt, va_list ap)
+{
+    if (!err || cap == 0) {
+        return;
+    }
+    /* clang 14's analyzer loses va_start when it inlines a variadic function. */
+    /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized) */
+    (void)vsnprintf(err, cap, fmt, ap);
+}
+
+void br_err_printf(char *err, size_t cap, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    err_vprintf(err, cap, fmt, ap);
+    va_end(ap);
+}
+
+int br_err_fail(char *err, size_t cap, int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    err_vprintf(err, cap, fmt, ap);
+    va_end(ap);
+    return rc;
 }

@@ -7,6 +7,8 @@
 #ifndef BR_CORE_ERR_H
 #define BR_CORE_ERR_H
 
+#include <stddef.h>
+
 /* X(name, message) */
 #define BR_ERR_MAP(X)                       \
     X(AGAIN, "need more input; call again") \
@@ -61,5 +63,17 @@ const char *br_strerror(int code);
 
 /** Maps an errno value to a BR_ERR_* code (BR_ERR_IO when there is no closer match). */
 int br_err_from_errno(int errnum);
+
+/**
+ * Writes a printf-formatted message into err (cap bytes, NUL-terminated, truncated when
+ * longer); does nothing when err is NULL or cap is 0. The one helper behind the err/errlen
+ * parameters of the loaders and parsers.
+ */
+void br_err_printf(char *err, size_t cap, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/** br_err_printf, then returns rc: `return br_err_fail(err, cap, BR_ERR_PARSE, "...", ...);`. */
+int br_err_fail(char *err, size_t cap, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -27,33 +27,19 @@ struct br_engine_model {
     bool add_bos;
 };
 
-static int fail(char *err, size_t cap, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int fail(char *err, size_t cap, int rc, const char *fmt, ...)
-{
-    if (err && cap > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        (void)vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* 1 when the file starts with "GGUF", 0 when not, an error when unreadable. */
 static int is_gguf(const char *path, char *err, size_t cap)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
         int rc = br_err_from_errno(errno);
-        return fail(err, cap, rc, "%s: cannot open: %s", path, br_strerror(rc));
+        return br_err_fail(err, cap, rc, "%s: cannot open: %s", path, br_strerror(rc));
     }
     char magic[4] = {0};
     size_t n = fread(magic, 1, sizeof magic, f);
     (void)fclose(f);
     if (n != sizeof magic) {
-        return fail(err, cap, BR_ERR_PARSE, "%s: file shorter than 4 bytes", path);
+        return br_err_fail(err, cap, BR_ERR_PARSE, "%s: file shorter than 4 bytes", path);
     }
     return memcmp(magic, "GGUF", 4) == 0 ? 1 : 0;
 }
@@ -68,7 +54,7 @@ static int vocab_id(const br_gguf *g, const char *key, int32_t *out, const char 
         return BR_OK;
     }
     if (rc != BR_OK) {
-        return fail(err, cap, BR_ERR_PARSE, "%s: %s is not an unsigned integer", path, key);
+        return br_err_fail(err, cap, BR_ERR_PARSE, "%s: %s is not an unsigned integer", path, key);
     }
     *out = v > (uint32_t)INT32_MAX ? -1 : (int32_t)v; /* UINT32_MAX means "none" */
     return BR_OK;
@@ -81,29 +67,30 @@ static int vocab_arrays(const br_gguf *g, size_t n, float *scores, int32_t *type
     struct br_gguf_array a;
     if (br_gguf_get_array(g, "tokenizer.ggml.scores", &a) == BR_OK) {
         if (a.len != n) {
-            return fail(err, cap, BR_ERR_PARSE,
-                        "%s: tokenizer.ggml.scores has %llu entries, %zu tokens", path,
-                        (unsigned long long)a.len, n);
+            return br_err_fail(err, cap, BR_ERR_PARSE,
+                               "%s: tokenizer.ggml.scores has %llu entries, %zu tokens", path,
+                               (unsigned long long)a.len, n);
         }
         for (size_t i = 0; i < n; i++) {
             if (br_gguf_array_f32(&a, i, &scores[i]) != BR_OK) {
-                return fail(err, cap, BR_ERR_PARSE,
-                            "%s: tokenizer.ggml.scores[%zu] is not a number", path, i);
+                return br_err_fail(err, cap, BR_ERR_PARSE,
+                                   "%s: tokenizer.ggml.scores[%zu] is not a number", path, i);
             }
         }
     }
     *has_types = false;
     if (br_gguf_get_array(g, "tokenizer.ggml.token_type", &a) == BR_OK) {
         if (a.len != n) {
-            return fail(err, cap, BR_ERR_PARSE,
-                        "%s: tokenizer.ggml.token_type has %llu entries, %zu tokens", path,
-                        (unsigned long long)a.len, n);
+            return br_err_fail(err, cap, BR_ERR_PARSE,
+                               "%s: tokenizer.ggml.token_type has %llu entries, %zu tokens", path,
+                               (unsigned long long)a.len, n);
         }
         for (size_t i = 0; i < n; i++) {
             int64_t t = 0;
             if (br_gguf_array_i64(&a, i, &t) != BR_OK || t < 0 || t > 255) {
-                return fail(err, cap, BR_ERR_PARSE,
-                            "%s: tokenizer.ggml.token_type[%zu] is not a token type", path, i);
+                return br_err_fail(err, cap, BR_ERR_PARSE,
+                                   "%s: tokenizer.ggml.token_type[%zu] is not a token type", path,
+                                   i);
             }
             types[i] = (int32_t)t;
         }
@@ -117,19 +104,19 @@ static int gguf_tokenizer(const br_gguf *g, const char *path, struct br_tokenize
 {
     struct br_slice model;
     if (br_gguf_get_str(g, "tokenizer.ggml.model", &model) != BR_OK) {
-        return fail(err, cap, BR_ERR_PARSE, "%s: no tokenizer.ggml.model string", path);
+        return br_err_fail(err, cap, BR_ERR_PARSE, "%s: no tokenizer.ggml.model string", path);
     }
     if (!br_slice_eq_cstr(model, "llama")) {
-        return fail(err, cap, BR_ERR_UNSUPPORTED,
-                    "%s: tokenizer.ggml.model \"%.*s\" is not supported (only \"llama\")", path,
-                    (int)(model.len > 40 ? 40 : model.len), model.ptr);
+        return br_err_fail(err, cap, BR_ERR_UNSUPPORTED,
+                           "%s: tokenizer.ggml.model \"%.*s\" is not supported (only \"llama\")",
+                           path, (int)(model.len > 40 ? 40 : model.len), model.ptr);
     }
     struct br_gguf_array toks;
     if (br_gguf_get_array(g, "tokenizer.ggml.tokens", &toks) != BR_OK ||
         toks.type != BR_GGUF_TYPE_STRING || toks.len == 0 || toks.len > BR_TOK_MAX_VOCAB) {
-        return fail(err, cap, BR_ERR_PARSE,
-                    "%s: tokenizer.ggml.tokens is not a string array of 1..%u", path,
-                    BR_TOK_MAX_VOCAB);
+        return br_err_fail(err, cap, BR_ERR_PARSE,
+                           "%s: tokenizer.ggml.tokens is not a string array of 1..%u", path,
+                           BR_TOK_MAX_VOCAB);
     }
     size_t n = (size_t)toks.len;
     struct br_slice *pieces = br_calloc(n, sizeof *pieces);
@@ -137,12 +124,13 @@ static int gguf_tokenizer(const br_gguf *g, const char *path, struct br_tokenize
     int32_t *types = br_calloc(n, sizeof *types);
     int rc = BR_ERR_NOMEM;
     if (!pieces || !scores || !types) {
-        (void)fail(err, cap, rc, "%s: out of memory for the vocabulary", path);
+        (void)br_err_fail(err, cap, rc, "%s: out of memory for the vocabulary", path);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         if (br_gguf_array_str(&toks, i, &pieces[i]) != BR_OK) {
-            rc = fail(err, cap, BR_ERR_PARSE, "%s: tokenizer.ggml.tokens[%zu] unreadable", path, i);
+            rc = br_err_fail(err, cap, BR_ERR_PARSE, "%s: tokenizer.ggml.tokens[%zu] unreadable",
+                             path, i);
             goto out;
         }
     }
@@ -166,14 +154,15 @@ static int gguf_tokenizer(const br_gguf *g, const char *path, struct br_tokenize
     int flag = 1;
     int brc = br_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &flag);
     if (brc != BR_OK && brc != BR_ERR_NOTFOUND) {
-        rc = fail(err, cap, BR_ERR_PARSE, "%s: tokenizer.ggml.add_bos_token is not a bool", path);
+        rc = br_err_fail(err, cap, BR_ERR_PARSE, "%s: tokenizer.ggml.add_bos_token is not a bool",
+                         path);
         goto out;
     }
     *add_bos = brc == BR_ERR_NOTFOUND || flag != 0;
     char terr[256];
     rc = br_tokenizer_from_vocab(&v, out, terr, sizeof terr);
     if (rc != BR_OK) {
-        (void)fail(err, cap, rc, "%s: vocabulary: %s", path, terr);
+        (void)br_err_fail(err, cap, rc, "%s: vocabulary: %s", path, terr);
     }
 out:
     br_free(pieces);
@@ -197,8 +186,9 @@ static int open_llama2c(br_engine_model *m, const char *path, const char *tok_pa
                         size_t cap)
 {
     if (!tok_path) {
-        return fail(err, cap, BR_ERR_INVAL,
-                    "%s: a llama2.c checkpoint needs a tokenizer file (tokenizer.bin)", path);
+        return br_err_fail(err, cap, BR_ERR_INVAL,
+                           "%s: a llama2.c checkpoint needs a tokenizer file (tokenizer.bin)",
+                           path);
     }
     int rc = br_llama2c_open(path, &m->l2c, err, cap);
     if (rc != BR_OK) {
@@ -223,14 +213,15 @@ int br_engine_model_open(const char *path, const char *tokenizer_path, br_engine
     }
     br_engine_model *m = br_calloc(1, sizeof *m);
     if (!m) {
-        return fail(err, err_cap, BR_ERR_NOMEM, "%s: out of memory", path);
+        return br_err_fail(err, err_cap, BR_ERR_NOMEM, "%s: out of memory", path);
     }
     m->format = kind ? BR_ENGINE_FORMAT_GGUF : BR_ENGINE_FORMAT_LLAMA2C;
     int rc = kind ? open_gguf(m, path, err, err_cap)
                   : open_llama2c(m, path, tokenizer_path, err, err_cap);
     if (rc == BR_OK && br_tokenizer_n_vocab(m->tok) != (size_t)m->config->vocab_size) {
-        rc = fail(err, err_cap, BR_ERR_INVAL, "%s: the vocabulary has %zu tokens, the model %d",
-                  path, br_tokenizer_n_vocab(m->tok), m->config->vocab_size);
+        rc = br_err_fail(err, err_cap, BR_ERR_INVAL,
+                         "%s: the vocabulary has %zu tokens, the model %d", path,
+                         br_tokenizer_n_vocab(m->tok), m->config->vocab_size);
     }
     if (rc != BR_OK) {
         br_engine_model_close(m);
@@ -405,8 +396,8 @@ static int check_params(struct gen *g, char *err, size_t cap)
 {
     const struct br_engine_gen_params *p = g->p;
     if (p->top_logprobs < 0 || p->top_logprobs > BR_ENGINE_MAX_TOP_LOGPROBS) {
-        return fail(err, cap, BR_ERR_INVAL, "top_logprobs %d is outside 0..%d", p->top_logprobs,
-                    BR_ENGINE_MAX_TOP_LOGPROBS);
+        return br_err_fail(err, cap, BR_ERR_INVAL, "top_logprobs %d is outside 0..%d",
+                           p->top_logprobs, BR_ENGINE_MAX_TOP_LOGPROBS);
     }
     for (int k = 0; k < BR_ENGINE_MAX_STOP; k++) {
         if (!p->stop[k]) {
@@ -414,8 +405,8 @@ static int check_params(struct gen *g, char *err, size_t cap)
         }
         size_t l = strlen(p->stop[k]);
         if (l == 0 || l > BR_ENGINE_MAX_STOP_LEN) {
-            return fail(err, cap, BR_ERR_INVAL, "stop string %d must be 1..%d bytes", k + 1,
-                        BR_ENGINE_MAX_STOP_LEN);
+            return br_err_fail(err, cap, BR_ERR_INVAL, "stop string %d must be 1..%d bytes", k + 1,
+                               BR_ENGINE_MAX_STOP_LEN);
         }
         g->stop_len[k] = l;
     }
@@ -428,8 +419,8 @@ static int run_prompt(struct gen *g, const int32_t *ids, size_t n, char *err, si
     for (size_t i = 0; i < n; i++) {
         int rc = br_llama_forward(g->state, ids[i], (int)i, g->logits);
         if (rc != BR_OK) {
-            return fail(err, cap, rc, "forward pass failed at prompt position %zu: %s", i,
-                        br_err_name(rc));
+            return br_err_fail(err, cap, rc, "forward pass failed at prompt position %zu: %s", i,
+                               br_err_name(rc));
         }
     }
     return BR_OK;
@@ -453,7 +444,7 @@ static int decode_loop(struct gen *g, int32_t prev, int pos, char *err, size_t c
             rc = br_sample_logprobs(g->logits, c->vocab_size, tok, g->top, n_top, &lp);
         }
         if (rc != BR_OK) {
-            return fail(err, cap, rc, "sampling failed: %s", br_err_name(rc));
+            return br_err_fail(err, cap, rc, "sampling failed: %s", br_err_name(rc));
         }
         if (tok == eos) {
             g->res->finish = BR_ENGINE_FINISH_STOP;
@@ -476,8 +467,8 @@ static int decode_loop(struct gen *g, int32_t prev, int pos, char *err, size_t c
         }
         rc = br_llama_forward(g->state, tok, pos, g->logits);
         if (rc != BR_OK) {
-            return fail(err, cap, rc, "forward pass failed at position %d: %s", pos,
-                        br_err_name(rc));
+            return br_err_fail(err, cap, rc, "forward pass failed at position %d: %s", pos,
+                               br_err_name(rc));
         }
         pos++;
     }
@@ -506,14 +497,15 @@ int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,
     }
     rc = br_tokenizer_encode(m->tok, prompt, len, m->add_bos, &ids, &n_ids);
     if (rc != BR_OK) {
-        (void)fail(err, err_cap, rc, "cannot tokenize the prompt: %s", br_err_name(rc));
+        (void)br_err_fail(err, err_cap, rc, "cannot tokenize the prompt: %s", br_err_name(rc));
         goto out;
     }
     res->prompt_tokens = n_ids;
     if (n_ids == 0 || n_ids >= (size_t)m->config->seq_len) {
-        rc = fail(err, err_cap, n_ids == 0 ? BR_ERR_INVAL : BR_ERR_LIMIT,
-                  "the prompt has %zu tokens; the context holds %d (at least one must be left)",
-                  n_ids, m->config->seq_len);
+        rc = br_err_fail(
+            err, err_cap, n_ids == 0 ? BR_ERR_INVAL : BR_ERR_LIMIT,
+            "the prompt has %zu tokens; the context holds %d (at least one must be left)", n_ids,
+            m->config->seq_len);
         goto out;
     }
     g.logits = br_malloc((size_t)m->config->vocab_size * sizeof *g.logits);
@@ -527,7 +519,7 @@ int br_engine_generate(const br_engine_model *m, const char *prompt, size_t len,
         rc = br_sampler_init(&g.sampler, m->config->vocab_size, &p->sampler);
     }
     if (rc != BR_OK) {
-        (void)fail(err, err_cap, rc, "cannot set up generation: %s", br_err_name(rc));
+        (void)br_err_fail(err, err_cap, rc, "cannot set up generation: %s", br_err_name(rc));
         goto out;
     }
     rc = run_prompt(&g, ids, n_ids, err, err_cap);

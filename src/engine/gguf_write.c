@@ -432,20 +432,6 @@ static int write_data(br_gguf_writer *w, FILE *f)
     return rc;
 }
 
-static int werr(char *err, size_t cap, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int werr(char *err, size_t cap, int rc, const char *fmt, ...)
-{
-    if (err && cap > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        (void)vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 int br_gguf_writer_write(br_gguf_writer *w, const char *path, char *err, size_t err_cap)
 {
     struct br_buf head;
@@ -455,18 +441,19 @@ int br_gguf_writer_write(br_gguf_writer *w, const char *path, char *err, size_t 
     FILE *f = NULL;
     int rc = br_buf_printf(&tmp, "%s.tmp", path);
     if (rc != BR_OK) {
-        rc = werr(err, err_cap, rc, "%s: path too long", path);
+        rc = br_err_fail(err, err_cap, rc, "%s: path too long", path);
         goto out;
     }
     rc = build_head(w, &head);
     if (rc != BR_OK) {
-        rc = werr(err, err_cap, rc, "%s: cannot build the header: %s", path, br_strerror(rc));
+        rc =
+            br_err_fail(err, err_cap, rc, "%s: cannot build the header: %s", path, br_strerror(rc));
         goto out;
     }
     f = fopen(tmp.ptr, "wb");
     if (!f) {
         int e = br_err_from_errno(errno);
-        rc = werr(err, err_cap, BR_ERR_IO, "%s: cannot create: %s", tmp.ptr, br_strerror(e));
+        rc = br_err_fail(err, err_cap, BR_ERR_IO, "%s: cannot create: %s", tmp.ptr, br_strerror(e));
         goto out;
     }
     rc = write_all(f, head.ptr, head.len);
@@ -483,7 +470,7 @@ int br_gguf_writer_write(br_gguf_writer *w, const char *path, char *err, size_t 
     }
     if (rc != BR_OK) {
         (void)remove(tmp.ptr);
-        rc = werr(err, err_cap, rc, "%s: cannot write: %s", path, br_strerror(rc));
+        rc = br_err_fail(err, err_cap, rc, "%s: cannot write: %s", path, br_strerror(rc));
     }
 out:
     br_buf_cleanup(&head);

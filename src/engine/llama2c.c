@@ -18,18 +18,6 @@
 #include "core/alloc.h"
 #include "core/err.h"
 
-__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t cap, const char *fmt,
-                                                          ...)
-{
-    if (!err || cap == 0) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-}
-
 /* Reads a little-endian int32 from 4 bytes. */
 static int32_t read_i32(const unsigned char *p)
 {
@@ -178,14 +166,14 @@ static int parse(struct br_llama2c *m, const char *name, char *err, size_t err_c
 {
     const unsigned char *b = m->base;
     if (m->len < BR_LLAMA2C_HEADER_BYTES) {
-        set_err(err, err_cap, "%s: truncated header: %zu bytes, need %d", name, m->len,
-                BR_LLAMA2C_HEADER_BYTES);
+        br_err_printf(err, err_cap, "%s: truncated header: %zu bytes, need %d", name, m->len,
+                      BR_LLAMA2C_HEADER_BYTES);
         return BR_ERR_PARSE;
     }
     int shared = 0;
     const char *what = NULL;
     if (parse_header(b, &m->config, &shared, &what) != BR_OK) {
-        set_err(err, err_cap, "%s: bad header (offset 0): %s", name, what);
+        br_err_printf(err, err_cap, "%s: bad header (offset 0): %s", name, what);
         return BR_ERR_PARSE;
     }
     /* first pass: sizes only, nothing dereferenced */
@@ -193,14 +181,14 @@ static int parse(struct br_llama2c *m, const char *name, char *err, size_t err_c
     struct br_llama_weights probe = {0};
     lay_out(&cur, &m->config, shared, &probe);
     if (cur.bad || cur.off != m->len) {
-        set_err(err, err_cap, "%s: file is %zu bytes but its header implies %s%zu bytes (%s)", name,
-                m->len, cur.bad ? "more than " : "", cur.bad ? SIZE_MAX : cur.off,
-                cur.off > m->len || cur.bad ? "truncated" : "trailing bytes");
+        br_err_printf(err, err_cap, "%s: file is %zu bytes but its header implies %s%zu bytes (%s)",
+                      name, m->len, cur.bad ? "more than " : "", cur.bad ? SIZE_MAX : cur.off,
+                      cur.off > m->len || cur.bad ? "truncated" : "trailing bytes");
         return BR_ERR_PARSE;
     }
     m->weights.layers = br_calloc((size_t)m->config.n_layers, sizeof(*m->weights.layers));
     if (!m->weights.layers) {
-        set_err(err, err_cap, "%s: out of memory", name);
+        br_err_printf(err, err_cap, "%s: out of memory", name);
         return BR_ERR_NOMEM;
     }
     cur = (struct cursor){.base = b, .len = m->len, .off = BR_LLAMA2C_HEADER_BYTES, .bad = 0};
@@ -214,12 +202,12 @@ int br_llama2c_load_memory(const void *data, size_t len, const char *name, struc
     *out = NULL;
     name = name ? name : "<memory>";
     if (!data || ((uintptr_t)data % 4) != 0) {
-        set_err(err, err_cap, "%s: buffer is NULL or not 4-byte aligned", name);
+        br_err_printf(err, err_cap, "%s: buffer is NULL or not 4-byte aligned", name);
         return BR_ERR_INVAL;
     }
     struct br_llama2c *m = br_calloc(1, sizeof(*m));
     if (!m) {
-        set_err(err, err_cap, "%s: out of memory", name);
+        br_err_printf(err, err_cap, "%s: out of memory", name);
         return BR_ERR_NOMEM;
     }
     m->base = data;
@@ -239,25 +227,25 @@ static int map_file(const char *path, void **base, size_t *len, char *err, size_
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         rc = br_err_from_errno(errno);
-        set_err(err, err_cap, "%s: open: %s", path, br_strerror(rc));
+        br_err_printf(err, err_cap, "%s: open: %s", path, br_strerror(rc));
         return rc;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = br_err_from_errno(errno);
-        set_err(err, err_cap, "%s: stat: %s", path, br_strerror(rc));
+        br_err_printf(err, err_cap, "%s: stat: %s", path, br_strerror(rc));
         goto out;
     }
     if (st.st_size < BR_LLAMA2C_HEADER_BYTES) {
-        set_err(err, err_cap, "%s: truncated header: %lld bytes, need %d", path,
-                (long long)st.st_size, BR_LLAMA2C_HEADER_BYTES);
+        br_err_printf(err, err_cap, "%s: truncated header: %lld bytes, need %d", path,
+                      (long long)st.st_size, BR_LLAMA2C_HEADER_BYTES);
         rc = BR_ERR_PARSE;
         goto out;
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
         rc = br_err_from_errno(errno);
-        set_err(err, err_cap, "%s: mmap: %s", path, br_strerror(rc));
+        br_err_printf(err, err_cap, "%s: mmap: %s", path, br_strerror(rc));
         goto out;
     }
     *base = p;

@@ -48,18 +48,6 @@ struct br_tokenizer {
     int32_t unk;
 };
 
-__attribute__((format(printf, 3, 4))) static void br__tok_err(char *err, size_t cap,
-                                                              const char *fmt, ...)
-{
-    va_list ap;
-    if (!err || cap == 0) {
-        return;
-    }
-    va_start(ap, fmt);
-    (void)vsnprintf(err, cap, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- validation helpers ---- */
 
 static int br__tok_hex(unsigned char c)
@@ -170,15 +158,15 @@ static bool br__tok_special_ok(int32_t id, size_t n)
 static int br__tok_check_header(const struct br_tok_vocab *v, char *err, size_t cap)
 {
     if (!v || !v->pieces || v->n == 0 || v->n > BR_TOK_MAX_VOCAB) {
-        br__tok_err(err, cap, "vocabulary: %zu tokens (need 1..%u)", v ? v->n : 0,
-                    BR_TOK_MAX_VOCAB);
+        br_err_printf(err, cap, "vocabulary: %zu tokens (need 1..%u)", v ? v->n : 0,
+                      BR_TOK_MAX_VOCAB);
         return BR_ERR_PARSE;
     }
     if (!br__tok_special_ok(v->bos, v->n) || !br__tok_special_ok(v->eos, v->n) ||
         !br__tok_special_ok(v->unk, v->n)) {
-        br__tok_err(err, cap,
-                    "vocabulary: special id out of range (bos %d eos %d unk %d, %zu tokens)",
-                    (int)v->bos, (int)v->eos, (int)v->unk, v->n);
+        br_err_printf(err, cap,
+                      "vocabulary: special id out of range (bos %d eos %d unk %d, %zu tokens)",
+                      (int)v->bos, (int)v->eos, (int)v->unk, v->n);
         return BR_ERR_PARSE;
     }
     return BR_OK;
@@ -192,25 +180,26 @@ static int br__tok_check_token(const struct br_tok_vocab *v, size_t i, int32_t *
     size_t bad;
     *type = v->types ? v->types[i] : br__tok_infer_type(v, i);
     if (p.len > BR_TOK_MAX_PIECE_LEN || (p.len > 0 && !p.ptr)) {
-        br__tok_err(err, cap, "vocabulary: token %zu: piece length %zu (max %u)", i, p.len,
-                    BR_TOK_MAX_PIECE_LEN);
+        br_err_printf(err, cap, "vocabulary: token %zu: piece length %zu (max %u)", i, p.len,
+                      BR_TOK_MAX_PIECE_LEN);
         return BR_ERR_PARSE;
     }
     if (*type < BR_TOK_UNDEFINED || *type > BR_TOK_BYTE) {
-        br__tok_err(err, cap, "vocabulary: token %zu: unknown token type %d", i, (int)*type);
+        br_err_printf(err, cap, "vocabulary: token %zu: unknown token type %d", i, (int)*type);
         return BR_ERR_PARSE;
     }
     if (v->scores && !isfinite(v->scores[i])) {
-        br__tok_err(err, cap, "vocabulary: token %zu: score is not finite", i);
+        br_err_printf(err, cap, "vocabulary: token %zu: score is not finite", i);
         return BR_ERR_PARSE;
     }
     if (*type == BR_TOK_BYTE && br__tok_byte_piece(p) < 0) {
-        br__tok_err(err, cap, "vocabulary: token %zu: byte token is not <0xXX>", i);
+        br_err_printf(err, cap, "vocabulary: token %zu: byte token is not <0xXX>", i);
         return BR_ERR_PARSE;
     }
     bad = br__tok_utf8_check(p);
     if (br__tok_mergeable(*type) && bad != p.len) {
-        br__tok_err(err, cap, "vocabulary: token %zu: piece is not valid UTF-8 (byte %zu)", i, bad);
+        br_err_printf(err, cap, "vocabulary: token %zu: piece is not valid UTF-8 (byte %zu)", i,
+                      bad);
         return BR_ERR_PARSE;
     }
     return BR_OK;
@@ -315,8 +304,8 @@ int br_tokenizer_from_vocab(const struct br_tok_vocab *v, struct br_tokenizer **
         total += v->pieces[i].len > BR_TOK_MAX_PIECE_LEN ? 0 : v->pieces[i].len;
     }
     if (total > BR__TOK_MAX_TEXT_BYTES) {
-        br__tok_err(err, err_cap, "vocabulary: %zu bytes of pieces (max %u)", total,
-                    BR__TOK_MAX_TEXT_BYTES);
+        br_err_printf(err, err_cap, "vocabulary: %zu bytes of pieces (max %u)", total,
+                      BR__TOK_MAX_TEXT_BYTES);
         return BR_ERR_PARSE;
     }
     t = br_calloc(1, sizeof(*t));
@@ -337,7 +326,7 @@ int br_tokenizer_from_vocab(const struct br_tok_vocab *v, struct br_tokenizer **
     }
     if (rc != BR_OK) {
         if (rc == BR_ERR_NOMEM) {
-            br__tok_err(err, err_cap, "vocabulary: out of memory");
+            br_err_printf(err, err_cap, "vocabulary: out of memory");
         }
         br_tokenizer_free(t);
         return rc;
@@ -372,7 +361,7 @@ struct br__tok_reader {
 static int br__tok_read_i32(struct br__tok_reader *r, const char *what, int32_t *v)
 {
     if (r->len - r->off < 4) {
-        br__tok_err(r->err, r->cap, "%s: truncated %s at offset %zu", r->name, what, r->off);
+        br_err_printf(r->err, r->cap, "%s: truncated %s at offset %zu", r->name, what, r->off);
         return BR_ERR_PARSE;
     }
     memcpy(v, r->p + r->off, 4);
@@ -387,8 +376,8 @@ static int br__tok_read_record(struct br__tok_reader *r, int32_t max_len, size_t
     int32_t len;
     size_t at;
     if (r->len - r->off < 4) {
-        br__tok_err(r->err, r->cap, "%s: token %zu: truncated score at offset %zu", r->name, idx,
-                    r->off);
+        br_err_printf(r->err, r->cap, "%s: token %zu: truncated score at offset %zu", r->name, idx,
+                      r->off);
         return BR_ERR_PARSE;
     }
     memcpy(score, r->p + r->off, 4);
@@ -398,13 +387,13 @@ static int br__tok_read_record(struct br__tok_reader *r, int32_t max_len, size_t
         return BR_ERR_PARSE;
     }
     if (len < 0 || len > max_len) {
-        br__tok_err(r->err, r->cap, "%s: token %zu: length %d at offset %zu outside 0..%d", r->name,
-                    idx, (int)len, at, (int)max_len);
+        br_err_printf(r->err, r->cap, "%s: token %zu: length %d at offset %zu outside 0..%d",
+                      r->name, idx, (int)len, at, (int)max_len);
         return BR_ERR_PARSE;
     }
     if (r->len - r->off < (size_t)len) {
-        br__tok_err(r->err, r->cap, "%s: token %zu: truncated piece at offset %zu (%d bytes)",
-                    r->name, idx, r->off, (int)len);
+        br_err_printf(r->err, r->cap, "%s: token %zu: truncated piece at offset %zu (%d bytes)",
+                      r->name, idx, r->off, (int)len);
         return BR_ERR_PARSE;
     }
     *piece = br_slice_make((const char *)r->p + r->off, (size_t)len);
@@ -421,7 +410,7 @@ static int br__tok_scan(struct br__tok_reader *r, int32_t max_len, size_t *n, si
         float score;
         struct br_slice piece;
         if (*n >= BR_TOK_MAX_VOCAB) {
-            br__tok_err(r->err, r->cap, "%s: more than %u tokens", r->name, BR_TOK_MAX_VOCAB);
+            br_err_printf(r->err, r->cap, "%s: more than %u tokens", r->name, BR_TOK_MAX_VOCAB);
             return BR_ERR_PARSE;
         }
         if (br__tok_read_record(r, max_len, *n, &score, &piece) != BR_OK) {
@@ -463,8 +452,8 @@ static int br__tok_llama2c_header(struct br__tok_reader *r, int32_t *max_len)
         return BR_ERR_PARSE;
     }
     if (*max_len <= 0 || *max_len > (int32_t)BR_TOK_MAX_PIECE_LEN) {
-        br__tok_err(r->err, r->cap, "%s: max_token_length %d at offset 0 outside 1..%u", r->name,
-                    (int)*max_len, BR_TOK_MAX_PIECE_LEN);
+        br_err_printf(r->err, r->cap, "%s: max_token_length %d at offset 0 outside 1..%u", r->name,
+                      (int)*max_len, BR_TOK_MAX_PIECE_LEN);
         return BR_ERR_PARSE;
     }
     return BR_OK;
@@ -473,11 +462,11 @@ static int br__tok_llama2c_header(struct br__tok_reader *r, int32_t *max_len)
 static int br__tok_check_count(struct br__tok_reader *r, size_t n, size_t n_vocab)
 {
     if (n_vocab != 0 && n != n_vocab) {
-        br__tok_err(r->err, r->cap, "%s: %zu tokens, expected %zu", r->name, n, n_vocab);
+        br_err_printf(r->err, r->cap, "%s: %zu tokens, expected %zu", r->name, n, n_vocab);
         return BR_ERR_PARSE;
     }
     if (n < 3) {
-        br__tok_err(r->err, r->cap, "%s: %zu tokens (need at least unk, bos, eos)", r->name, n);
+        br_err_printf(r->err, r->cap, "%s: %zu tokens (need at least unk, bos, eos)", r->name, n);
         return BR_ERR_PARSE;
     }
     return BR_OK;
@@ -514,7 +503,7 @@ int br_tokenizer_load_llama2c_mem(const void *data, size_t len, size_t n_vocab, 
     pieces = br_calloc(n, sizeof(*pieces));
     buf = br_malloc(bytes + 1);
     if (!scores || !pieces || !buf) {
-        br__tok_err(err, err_cap, "%s: out of memory", r.name);
+        br_err_printf(err, err_cap, "%s: out of memory", r.name);
         rc = BR_ERR_NOMEM;
         goto out;
     }
@@ -522,7 +511,7 @@ int br_tokenizer_load_llama2c_mem(const void *data, size_t len, size_t n_vocab, 
     v = (struct br_tok_vocab){pieces, scores, NULL, n, 1, 2, 0};
     rc = br_tokenizer_from_vocab(&v, out, sub, sizeof(sub));
     if (rc != BR_OK) {
-        br__tok_err(err, err_cap, "%s: %s", r.name, sub);
+        br_err_printf(err, err_cap, "%s: %s", r.name, sub);
     }
 out:
     br_free(scores);
@@ -535,16 +524,16 @@ static int br__tok_file_size(FILE *f, const char *path, size_t *size, char *err,
 {
     long end;
     if (fseek(f, 0, SEEK_END) != 0) {
-        br__tok_err(err, cap, "%s: cannot seek (errno %d)", path, errno);
+        br_err_printf(err, cap, "%s: cannot seek (errno %d)", path, errno);
         return BR_ERR_IO;
     }
     end = ftell(f);
     if (end < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        br__tok_err(err, cap, "%s: cannot seek (errno %d)", path, errno);
+        br_err_printf(err, cap, "%s: cannot seek (errno %d)", path, errno);
         return BR_ERR_IO;
     }
     if ((unsigned long)end > BR__TOK_MAX_FILE) {
-        br__tok_err(err, cap, "%s: %ld bytes, larger than %u", path, end, BR__TOK_MAX_FILE);
+        br_err_printf(err, cap, "%s: %ld bytes, larger than %u", path, end, BR__TOK_MAX_FILE);
         return BR_ERR_PARSE;
     }
     *size = (size_t)end;
@@ -559,7 +548,7 @@ static int br__tok_read_file(const char *path, unsigned char **data, size_t *len
     size_t size = 0;
     int rc;
     if (!f) {
-        br__tok_err(err, cap, "%s: cannot open (errno %d)", path, errno);
+        br_err_printf(err, cap, "%s: cannot open (errno %d)", path, errno);
         return BR_ERR_IO;
     }
     rc = br__tok_file_size(f, path, &size, err, cap);
@@ -568,12 +557,12 @@ static int br__tok_read_file(const char *path, unsigned char **data, size_t *len
     }
     buf = br_malloc(size + 1);
     if (!buf) {
-        br__tok_err(err, cap, "%s: out of memory", path);
+        br_err_printf(err, cap, "%s: out of memory", path);
         rc = BR_ERR_NOMEM;
         goto out;
     }
     if (fread(buf, 1, size, f) != size) {
-        br__tok_err(err, cap, "%s: short read", path);
+        br_err_printf(err, cap, "%s: short read", path);
         rc = BR_ERR_IO;
     }
 out:

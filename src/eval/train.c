@@ -57,20 +57,6 @@ const char *br_train_label_name(enum br_train_label l)
     return (size_t)l < sizeof(label_names) / sizeof(label_names[0]) ? label_names[l] : "?";
 }
 
-static void say(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void progress(const struct br_train_opts *o, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -213,12 +199,12 @@ int br_train_data_add(struct br_train_data *d, const struct br_dataset *ds,
     for (size_t m = 0; m < n_models; m++) {
         idx[m] = find_alias(ds, aliases[m]);
         if (idx[m] < 0) {
-            say(err, errlen, "%s: no model named %s", ds->name, aliases[m]);
+            br_err_printf(err, errlen, "%s: no model named %s", ds->name, aliases[m]);
             return BR_ERR_NOTFOUND;
         }
     }
     if (answer_model >= 0 && ((size_t)answer_model >= n_models || !ds->responses)) {
-        say(err, errlen, "%s: no recorded answers", ds->name);
+        br_err_printf(err, errlen, "%s: no recorded answers", ds->name);
         return BR_ERR_NOTFOUND;
     }
     int rc = add_source(d, ds->name, &src);
@@ -263,7 +249,7 @@ int br_train_data_add_task(struct br_train_data *d, const struct br_eval_task *t
         return BR_ERR_INVAL;
     }
     if (with_answers && !task->ds->responses) {
-        say(err, errlen, "%s: no recorded answers", task->ds->name);
+        br_err_printf(err, errlen, "%s: no recorded answers", task->ds->name);
         return BR_ERR_NOTFOUND;
     }
     int rc = add_source(d, task->ds->name, &src);
@@ -985,23 +971,23 @@ static int check_opts(const struct br_train_data *d, const struct br_train_opts 
                       size_t errlen)
 {
     if (br_features_config_check(&o->features) != BR_OK) {
-        say(err, errlen, "invalid feature configuration");
+        br_err_printf(err, errlen, "invalid feature configuration");
         return BR_ERR_INVAL;
     }
     if (o->kind != BR_TRAIN_NMODEL && d->n_models != 2) {
-        say(err, errlen, "binary and verifier training need exactly two models");
+        br_err_printf(err, errlen, "binary and verifier training need exactly two models");
         return BR_ERR_INVAL;
     }
     if (o->kind == BR_TRAIN_VERIFIER && o->label == BR_TRAIN_LABEL_DIFF) {
-        say(err, errlen, "verifiers are trained with the soft label");
+        br_err_printf(err, errlen, "verifiers are trained with the soft label");
         return BR_ERR_INVAL;
     }
     if (o->solver != L2R_LR && o->solver != L1R_LR && o->solver != L2R_LR_DUAL) {
-        say(err, errlen, "solver %d is not a logistic regression", o->solver);
+        br_err_printf(err, errlen, "solver %d is not a logistic regression", o->solver);
         return BR_ERR_INVAL;
     }
     if (d->n == 0) {
-        say(err, errlen, "no training rows");
+        br_err_printf(err, errlen, "no training rows");
         return BR_ERR_INVAL;
     }
     return BR_OK;
@@ -1025,7 +1011,7 @@ static int fit_rows(struct br_train_data *d, const size_t *rows, size_t n,
         rc = fit_sets(mx, d, rows, n, o, c, out);
     }
     if (rc != BR_OK) {
-        say(err, errlen, "training failed: %s", br_strerror(rc));
+        br_err_printf(err, errlen, "training failed: %s", br_strerror(rc));
         br_train_model_cleanup(out);
         return rc;
     }
@@ -1129,7 +1115,7 @@ int br_train_cv(struct br_train_data *d, const struct br_train_opts *opts, unsig
         return rc;
     }
     if (k < 2 || k > d->n) {
-        say(err, errlen, "cannot make %u folds of %zu rows", k, d->n);
+        br_err_printf(err, errlen, "cannot make %u folds of %zu rows", k, d->n);
         return BR_ERR_INVAL;
     }
     size_t *all = br_calloc(d->n, sizeof(size_t));
@@ -1151,7 +1137,7 @@ int br_train_cv(struct br_train_data *d, const struct br_train_opts *opts, unsig
     }
     rc = br_eval_folds(d->n, k, opts->seed, strata, fold_of);
     if (rc != BR_OK) {
-        say(err, errlen, "cannot make folds: %s", br_strerror(rc));
+        br_err_printf(err, errlen, "cannot make folds: %s", br_strerror(rc));
         goto out;
     }
     for (unsigned f = 0; f < k; f++) {
@@ -1191,7 +1177,7 @@ int br_train_cv_sources(struct br_train_data *d, const struct br_train_opts *opt
         return rc;
     }
     if (d->n_sources < 2) {
-        say(err, errlen, "leave-one-dataset-out needs at least two datasets");
+        br_err_printf(err, errlen, "leave-one-dataset-out needs at least two datasets");
         return BR_ERR_INVAL;
     }
     size_t *tr = br_calloc(d->n, sizeof(size_t));
@@ -1264,17 +1250,18 @@ static int router_load(struct router_state *st, const struct br_eval_router_cfg 
         st->strong_out = br_classifier_output_index(st->loaded, task->ds->models[task->strong]);
         st->weak_out = br_classifier_output_index(st->loaded, task->ds->models[task->weak]);
         if (st->strong_out < 0 || st->weak_out < 0) {
-            say(err, errlen, "%s: the N-model file predicts no quality for %s or %s",
-                cfg->model_path, task->ds->models[task->strong], task->ds->models[task->weak]);
+            br_err_printf(err, errlen, "%s: the N-model file predicts no quality for %s or %s",
+                          cfg->model_path, task->ds->models[task->strong],
+                          task->ds->models[task->weak]);
             return BR_ERR_NOTFOUND;
         }
         return BR_OK;
     case BR_CLASSIFIER_VERIFIER:
     default:
-        say(err, errlen,
-            "%s: a verifier judges the cheap model's answers; evaluate it with `brigade "
-            "train --verifier --folds K`",
-            cfg->model_path);
+        br_err_printf(err, errlen,
+                      "%s: a verifier judges the cheap model's answers; evaluate it with `brigade "
+                      "train --verifier --folds K`",
+                      cfg->model_path);
         return BR_ERR_UNSUPPORTED;
     }
 }

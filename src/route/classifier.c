@@ -92,20 +92,6 @@ static float get_f32(struct cursor *c)
     return f;
 }
 
-static void say(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 size_t br_classifier_dim(enum br_classifier_kind kind, const struct br_features_config *fc)
 {
     size_t d = br_features_dim(fc);
@@ -156,7 +142,7 @@ static int read_header(struct cursor *cur, struct br_classifier *c, struct heade
                        size_t errlen)
 {
     if (memcmp(cur->p, "BRRT", 4) != 0) {
-        say(err, errlen, "not a brigade router model (bad magic)");
+        br_err_printf(err, errlen, "not a brigade router model (bad magic)");
         return BR_ERR_PARSE;
     }
     cur->pos = 4;
@@ -178,30 +164,31 @@ static int read_header(struct cursor *cur, struct br_classifier *c, struct heade
     h->threshold = get_f32(cur);
     h->reserved = get_u32(cur);
     if (h->version != BR_CLASSIFIER_VERSION) {
-        say(err, errlen, "unsupported model version %u (this brigade reads %d)",
-            (unsigned)h->version, BR_CLASSIFIER_VERSION);
+        br_err_printf(err, errlen, "unsupported model version %u (this brigade reads %d)",
+                      (unsigned)h->version, BR_CLASSIFIER_VERSION);
         return BR_ERR_UNSUPPORTED;
     }
     if (h->fversion != BR_FEATURES_VERSION) {
-        say(err, errlen, "model uses feature version %u, this brigade computes %d",
-            (unsigned)h->fversion, BR_FEATURES_VERSION);
+        br_err_printf(err, errlen, "model uses feature version %u, this brigade computes %d",
+                      (unsigned)h->fversion, BR_FEATURES_VERSION);
         return BR_ERR_UNSUPPORTED;
     }
     if (br_features_config_check(&c->fc) != BR_OK) {
-        say(err, errlen, "invalid feature configuration (hash bits %u, flags 0x%x, n-grams %u-%u)",
-            (unsigned)c->fc.hash_bits, (unsigned)c->fc.flags, (unsigned)c->fc.char_min,
-            (unsigned)c->fc.char_max);
+        br_err_printf(err, errlen,
+                      "invalid feature configuration (hash bits %u, flags 0x%x, n-grams %u-%u)",
+                      (unsigned)c->fc.hash_bits, (unsigned)c->fc.flags, (unsigned)c->fc.char_min,
+                      (unsigned)c->fc.char_max);
         return BR_ERR_PARSE;
     }
     if (h->n_sets < 1 || h->n_sets > BR_CLASSIFIER_MAX_SETS) {
-        say(err, errlen, "invalid number of weight sets %zu (1..%d)", h->n_sets,
-            BR_CLASSIFIER_MAX_SETS);
+        br_err_printf(err, errlen, "invalid number of weight sets %zu (1..%d)", h->n_sets,
+                      BR_CLASSIFIER_MAX_SETS);
         return BR_ERR_PARSE;
     }
     c->n_outputs = outputs_for(h->kind, h->combine, h->n_sets);
     if (c->n_outputs == 0) {
-        say(err, errlen, "invalid kind %u / combine %u with %zu weight sets", (unsigned)h->kind,
-            (unsigned)h->combine, h->n_sets);
+        br_err_printf(err, errlen, "invalid kind %u / combine %u with %zu weight sets",
+                      (unsigned)h->kind, (unsigned)h->combine, h->n_sets);
         return BR_ERR_PARSE;
     }
     c->kind = (enum br_classifier_kind)h->kind;
@@ -209,17 +196,17 @@ static int read_header(struct cursor *cur, struct br_classifier *c, struct heade
     c->n_sets = h->n_sets;
     c->dim = br_classifier_dim(c->kind, &c->fc);
     if (h->dim != c->dim) {
-        say(err, errlen, "dimension %zu does not match the feature configuration (%zu)", h->dim,
-            c->dim);
+        br_err_printf(err, errlen, "dimension %zu does not match the feature configuration (%zu)",
+                      h->dim, c->dim);
         return BR_ERR_PARSE;
     }
     if (h->encoding > 1 || (h->encoding == 0 && h->n_rows != h->dim) || h->n_rows > h->dim) {
-        say(err, errlen, "invalid weight encoding %u with %u rows", (unsigned)h->encoding,
-            (unsigned)h->n_rows);
+        br_err_printf(err, errlen, "invalid weight encoding %u with %u rows", (unsigned)h->encoding,
+                      (unsigned)h->n_rows);
         return BR_ERR_PARSE;
     }
     if (h->reserved != 0) {
-        say(err, errlen, "reserved header field is not zero");
+        br_err_printf(err, errlen, "reserved header field is not zero");
         return BR_ERR_PARSE;
     }
     c->threshold = (double)h->threshold;
@@ -232,12 +219,12 @@ static int read_meta(struct cursor *cur, struct br_classifier *c, const struct h
     size_t end = cur->pos + h->meta_bytes;
     for (size_t s = 0; s < c->n_sets; s++) {
         if (cur->pos + 2 > end) {
-            say(err, errlen, "metadata truncated at weight set %zu", s);
+            br_err_printf(err, errlen, "metadata truncated at weight set %zu", s);
             return BR_ERR_PARSE;
         }
         size_t len = get_u16(cur);
         if (cur->pos + len + 12 > end || !valid_name(cur->p + cur->pos, len)) {
-            say(err, errlen, "invalid name of weight set %zu", s);
+            br_err_printf(err, errlen, "invalid name of weight set %zu", s);
             return BR_ERR_PARSE;
         }
         c->names[s] = br_strndup((const char *)cur->p + cur->pos, len);
@@ -250,7 +237,7 @@ static int read_meta(struct cursor *cur, struct br_classifier *c, const struct h
         float q = get_f32(cur);
         if (!isfinite(b) || fabsf(b) > MAX_WEIGHT || (!isnan(cost) && !isfinite(cost)) ||
             (!isnan(q) && !isfinite(q))) {
-            say(err, errlen, "invalid bias, cost or quality of weight set %zu", s);
+            br_err_printf(err, errlen, "invalid bias, cost or quality of weight set %zu", s);
             return BR_ERR_PARSE;
         }
         c->bias[s] = (double)b;
@@ -258,13 +245,13 @@ static int read_meta(struct cursor *cur, struct br_classifier *c, const struct h
         c->quality[s] = (double)q;
     }
     if (cur->pos + 4 > end) {
-        say(err, errlen, "metadata truncated before the notes");
+        br_err_printf(err, errlen, "metadata truncated before the notes");
         return BR_ERR_PARSE;
     }
     size_t nl = get_u32(cur);
     if (nl > BR_CLASSIFIER_MAX_NOTES || cur->pos + nl != end ||
         memchr(cur->p + cur->pos, 0, nl) != NULL) {
-        say(err, errlen, "invalid notes (%zu bytes)", nl);
+        br_err_printf(err, errlen, "invalid notes (%zu bytes)", nl);
         return BR_ERR_PARSE;
     }
     c->notes = br_strndup((const char *)cur->p + cur->pos, nl);
@@ -282,8 +269,8 @@ static int read_weights(struct cursor *cur, struct br_classifier *c, const struc
     size_t row_bytes = ns * 4 + (h->encoding == 1 ? 4 : 0);
     if ((cur->n - cur->pos - 4) / row_bytes < h->n_rows ||
         cur->pos + (size_t)h->n_rows * row_bytes + 4 != cur->n) {
-        say(err, errlen, "file size does not match %u weight rows of %zu bytes",
-            (unsigned)h->n_rows, row_bytes);
+        br_err_printf(err, errlen, "file size does not match %u weight rows of %zu bytes",
+                      (unsigned)h->n_rows, row_bytes);
         return BR_ERR_PARSE;
     }
     c->w = br_calloc(c->dim * ns, sizeof(float));
@@ -296,8 +283,9 @@ static int read_weights(struct cursor *cur, struct br_classifier *c, const struc
         if (h->encoding == 1) {
             row = get_u32(cur);
             if (row < next || row >= c->dim) {
-                say(err, errlen, "sparse weight row %zu: index %llu out of order or range", r,
-                    (unsigned long long)row);
+                br_err_printf(err, errlen,
+                              "sparse weight row %zu: index %llu out of order or range", r,
+                              (unsigned long long)row);
                 return BR_ERR_PARSE;
             }
             next = row + 1;
@@ -305,8 +293,9 @@ static int read_weights(struct cursor *cur, struct br_classifier *c, const struc
         for (size_t s = 0; s < ns; s++) {
             float v = get_f32(cur);
             if (!isfinite(v) || fabsf(v) > MAX_WEIGHT) {
-                say(err, errlen, "weight %llu of set %zu is not a finite number below 1e6",
-                    (unsigned long long)row, s);
+                br_err_printf(err, errlen,
+                              "weight %llu of set %zu is not a finite number below 1e6",
+                              (unsigned long long)row, s);
                 return BR_ERR_PARSE;
             }
             c->w[row * ns + s] = v;
@@ -323,11 +312,11 @@ static int parse(const unsigned char *p, size_t n, br_classifier **out, char *er
     struct br_classifier *c = NULL;
     *out = NULL;
     if (n < HEADER_BYTES + 8) {
-        say(err, errlen, "truncated model (%zu bytes)", n);
+        br_err_printf(err, errlen, "truncated model (%zu bytes)", n);
         return BR_ERR_PARSE;
     }
     if (n > BR_CLASSIFIER_MAX_FILE) {
-        say(err, errlen, "model too large (%zu bytes)", n);
+        br_err_printf(err, errlen, "model too large (%zu bytes)", n);
         return BR_ERR_LIMIT;
     }
     c = br_calloc(1, sizeof(*c));
@@ -342,13 +331,14 @@ static int parse(const unsigned char *p, size_t n, br_classifier **out, char *er
         struct cursor tail = {p, n, n - 4};
         uint32_t want = get_u32(&tail);
         if (crc32_ieee(p, n - 4) != want) {
-            say(err, errlen, "checksum mismatch (corrupted or truncated model)");
+            br_err_printf(err, errlen, "checksum mismatch (corrupted or truncated model)");
             rc = BR_ERR_PARSE;
             goto fail;
         }
     }
     if (h.meta_bytes > n - HEADER_BYTES - 4) {
-        say(err, errlen, "metadata length %u beyond the end of the file", (unsigned)h.meta_bytes);
+        br_err_printf(err, errlen, "metadata length %u beyond the end of the file",
+                      (unsigned)h.meta_bytes);
         rc = BR_ERR_PARSE;
         goto fail;
     }
@@ -368,7 +358,7 @@ static int parse(const unsigned char *p, size_t n, br_classifier **out, char *er
     return BR_OK;
 fail:
     if (rc == BR_ERR_NOMEM) {
-        say(err, errlen, "out of memory");
+        br_err_printf(err, errlen, "out of memory");
     }
     br_classifier_free(c);
     return rc;
@@ -395,33 +385,33 @@ int br_classifier_load(const char *path, br_classifier **out, char *err, size_t 
     f = fopen(path, "rb");
     if (!f) {
         rc = br_err_from_errno(errno);
-        say(err, errlen, "%s: %s", path, br_strerror(rc));
+        br_err_printf(err, errlen, "%s: %s", path, br_strerror(rc));
         return rc;
     }
     if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        say(err, errlen, "%s: cannot determine the file size", path);
+        br_err_printf(err, errlen, "%s: cannot determine the file size", path);
         rc = BR_ERR_IO;
         goto out;
     }
     if ((size_t)size > BR_CLASSIFIER_MAX_FILE) {
-        say(err, errlen, "%s: model too large (%ld bytes)", path, size);
+        br_err_printf(err, errlen, "%s: model too large (%ld bytes)", path, size);
         rc = BR_ERR_LIMIT;
         goto out;
     }
     buf = br_malloc(size ? (size_t)size : 1);
     if (!buf) {
-        say(err, errlen, "%s: out of memory", path);
+        br_err_printf(err, errlen, "%s: out of memory", path);
         rc = BR_ERR_NOMEM;
         goto out;
     }
     if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-        say(err, errlen, "%s: read error", path);
+        br_err_printf(err, errlen, "%s: read error", path);
         rc = BR_ERR_IO;
         goto out;
     }
     rc = parse(buf, (size_t)size, out, why, sizeof(why));
     if (rc != BR_OK) {
-        say(err, errlen, "%s: %s", path, why);
+        br_err_printf(err, errlen, "%s: %s", path, why);
     }
 out:
     br_free(buf);
@@ -756,18 +746,18 @@ int br_classifier_save(const struct br_classifier_spec *spec, const char *path, 
     char tmp[4096];
     int rc = br_classifier_write(spec, &data, &n);
     if (rc != BR_OK) {
-        say(err, errlen, "%s: cannot serialise the model: %s", path, br_strerror(rc));
+        br_err_printf(err, errlen, "%s: cannot serialise the model: %s", path, br_strerror(rc));
         return rc;
     }
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
         br_free(data);
-        say(err, errlen, "%s: path too long", path);
+        br_err_printf(err, errlen, "%s: path too long", path);
         return BR_ERR_INVAL;
     }
     FILE *f = fopen(tmp, "wb");
     if (!f) {
         rc = br_err_from_errno(errno);
-        say(err, errlen, "%s: %s", tmp, br_strerror(rc));
+        br_err_printf(err, errlen, "%s: %s", tmp, br_strerror(rc));
         br_free(data);
         return rc;
     }
@@ -776,7 +766,7 @@ int br_classifier_save(const struct br_classifier_spec *spec, const char *path, 
     br_free(data);
     if (!ok || rename(tmp, path) != 0) {
         rc = br_err_from_errno(errno);
-        say(err, errlen, "%s: write failed: %s", path, br_strerror(rc));
+        br_err_printf(err, errlen, "%s: write failed: %s", path, br_strerror(rc));
         (void)remove(tmp);
         return rc;
     }

@@ -26,22 +26,6 @@
 /* libcsv's parser state between records (ROW_NOT_BEGUN in csv.c); stable since libcsv 3.0. */
 #define CSV_PSTATE_ROW_NOT_BEGUN 0
 
-static void fmt_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void fmt_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || errlen == 0) {
-        return;
-    }
-    va_list ap;
-    va_start(ap, fmt);
-    /* clang 14's analyzer loses va_start when it inlines a variadic function. */
-    /* NOLINTNEXTLINE(clang-analyzer-valist.Uninitialized) */
-    (void)vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- text helpers ---- */
 
 static bool is_ws(unsigned char c)
@@ -252,12 +236,12 @@ static int add_record(struct loader *L, size_t line, const char *answer, size_t 
 {
     struct br__replay_model *m = L->m;
     if (L->key.len == 0) {
-        fmt_err(L->err, L->errlen, "%s:%zu: the prompt is empty", L->path, line);
+        br_err_printf(L->err, L->errlen, "%s:%zu: the prompt is empty", L->path, line);
         return BR_ERR_PARSE;
     }
     if (!br__replay_utf8_valid(L->key.ptr, L->key.len) ||
         !br__replay_utf8_valid(answer, answer_len)) {
-        fmt_err(L->err, L->errlen, "%s:%zu: text is not valid UTF-8", L->path, line);
+        br_err_printf(L->err, L->errlen, "%s:%zu: text is not valid UTF-8", L->path, line);
         return BR_ERR_PARSE;
     }
     struct br_slice key = br_slice_make(L->key.ptr, L->key.len);
@@ -269,7 +253,7 @@ static int add_record(struct loader *L, size_t line, const char *answer, size_t 
     char *k = e ? br_arena_strndup(m->arena, L->key.ptr, L->key.len) : NULL;
     char *a = k ? br_arena_strndup(m->arena, answer, answer_len) : NULL;
     if (!a) {
-        fmt_err(L->err, L->errlen, "%s:%zu: out of memory", L->path, line);
+        br_err_printf(L->err, L->errlen, "%s:%zu: out of memory", L->path, line);
         return BR_ERR_NOMEM;
     }
     e->prompt = k;
@@ -283,7 +267,7 @@ static int add_record(struct loader *L, size_t line, const char *answer, size_t 
     e->hash = br_hash_bytes(k, L->key.len);
     e->line = line;
     if (br_map_put(&m->map, br_slice_make(k, L->key.len), e) != BR_OK) {
-        fmt_err(L->err, L->errlen, "%s:%zu: out of memory", L->path, line);
+        br_err_printf(L->err, L->errlen, "%s:%zu: out of memory", L->path, line);
         return BR_ERR_NOMEM;
     }
     m->n_prompts++;
@@ -303,10 +287,11 @@ static int jsonl_usage(struct loader *L, size_t line, const json_t *usage, int64
     const json_t *ct = json_object_get(usage, "completion_tokens");
     if (!json_is_object(usage) || !json_is_integer(pt) || !json_is_integer(ct) ||
         json_integer_value(pt) < 0 || json_integer_value(ct) < 0) {
-        fmt_err(L->err, L->errlen,
-                "%s:%zu: \"usage\" must be {\"prompt_tokens\": n, \"completion_tokens\": n} with "
-                "non-negative integers",
-                L->path, line);
+        br_err_printf(
+            L->err, L->errlen,
+            "%s:%zu: \"usage\" must be {\"prompt_tokens\": n, \"completion_tokens\": n} with "
+            "non-negative integers",
+            L->path, line);
         return BR_ERR_PARSE;
     }
     *p = (int64_t)json_integer_value(pt);
@@ -320,25 +305,25 @@ static int jsonl_line(struct loader *L, size_t line, const char *s, size_t n)
     json_t *j = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
     int rc = BR_ERR_PARSE;
     if (!j) {
-        fmt_err(L->err, L->errlen, "%s:%zu: invalid JSON at column %d: %s", L->path, line,
-                je.column, je.text);
+        br_err_printf(L->err, L->errlen, "%s:%zu: invalid JSON at column %d: %s", L->path, line,
+                      je.column, je.text);
         goto out;
     }
     if (!json_is_object(j)) {
-        fmt_err(L->err, L->errlen, "%s:%zu: each line must be a JSON object", L->path, line);
+        br_err_printf(L->err, L->errlen, "%s:%zu: each line must be a JSON object", L->path, line);
         goto out;
     }
     const json_t *prompt = json_object_get(j, L->prompt_field);
     const json_t *answer = json_object_get(j, L->response_field);
     if (!json_is_string(prompt) && !json_is_array(prompt)) {
-        fmt_err(L->err, L->errlen,
-                "%s:%zu: field \"%s\" is missing or not a string (or messages array)", L->path,
-                line, L->prompt_field);
+        br_err_printf(L->err, L->errlen,
+                      "%s:%zu: field \"%s\" is missing or not a string (or messages array)",
+                      L->path, line, L->prompt_field);
         goto out;
     }
     if (!json_is_string(answer)) {
-        fmt_err(L->err, L->errlen, "%s:%zu: field \"%s\" is missing or not a string", L->path, line,
-                L->response_field);
+        br_err_printf(L->err, L->errlen, "%s:%zu: field \"%s\" is missing or not a string", L->path,
+                      line, L->response_field);
         goto out;
     }
     int64_t up;
@@ -353,14 +338,14 @@ static int jsonl_line(struct loader *L, size_t line, const char *s, size_t n)
     } else {
         rc = br__replay_request_key(prompt, &L->key);
         if (rc == BR_ERR_NOTFOUND) {
-            fmt_err(L->err, L->errlen, "%s:%zu: the messages in \"%s\" have no user text", L->path,
-                    line, L->prompt_field);
+            br_err_printf(L->err, L->errlen, "%s:%zu: the messages in \"%s\" have no user text",
+                          L->path, line, L->prompt_field);
             rc = BR_ERR_PARSE;
             goto out;
         }
     }
     if (rc != BR_OK) {
-        fmt_err(L->err, L->errlen, "%s:%zu: %s", L->path, line, br_strerror(rc));
+        br_err_printf(L->err, L->errlen, "%s:%zu: %s", L->path, line, br_strerror(rc));
         goto out;
     }
     rc = add_record(L, line, json_string_value(answer), json_string_length(answer), up, uc);
@@ -428,8 +413,8 @@ static void csv_on_field(void *p, size_t len, void *data)
         size_t cap = st->cap_fields ? st->cap_fields * 2 : 16;
         struct csv_field *f = cap <= 65536 ? br_realloc(st->fields, cap * sizeof(*f)) : NULL;
         if (!f) {
-            fmt_err(st->L->err, st->L->errlen, "%s:%zu: too many fields", st->L->path,
-                    st->record_line);
+            br_err_printf(st->L->err, st->L->errlen, "%s:%zu: too many fields", st->L->path,
+                          st->record_line);
             st->rc = cap <= 65536 ? BR_ERR_NOMEM : BR_ERR_PARSE;
             return;
         }
@@ -440,8 +425,8 @@ static void csv_on_field(void *p, size_t len, void *data)
     st->fields[st->n_fields].len = len;
     int rc = br_buf_append(&st->row, p ? p : "", len);
     if (rc != BR_OK) {
-        fmt_err(st->L->err, st->L->errlen, "%s:%zu: record too large", st->L->path,
-                st->record_line);
+        br_err_printf(st->L->err, st->L->errlen, "%s:%zu: record too large", st->L->path,
+                      st->record_line);
         st->rc = rc;
         return;
     }
@@ -462,8 +447,8 @@ static int csv_header(struct csv_state *st)
         struct br_slice f = field(st, i);
         for (size_t k = 0; k < i; k++) {
             if (br_slice_eq(f, field(st, k))) {
-                fmt_err(L->err, L->errlen, "%s:%zu: duplicate column \"%.*s\" in the header",
-                        L->path, st->record_line, (int)(f.len > 80 ? 80 : f.len), f.ptr);
+                br_err_printf(L->err, L->errlen, "%s:%zu: duplicate column \"%.*s\" in the header",
+                              L->path, st->record_line, (int)(f.len > 80 ? 80 : f.len), f.ptr);
                 return BR_ERR_PARSE;
             }
         }
@@ -477,8 +462,9 @@ static int csv_header(struct csv_state *st)
         }
     }
     if (!found_p || !found_r) {
-        fmt_err(L->err, L->errlen, "%s:%zu: the header has no column \"%s\" (%zu columns)", L->path,
-                st->record_line, found_p ? L->response_field : L->prompt_field, st->n_fields);
+        br_err_printf(L->err, L->errlen, "%s:%zu: the header has no column \"%s\" (%zu columns)",
+                      L->path, st->record_line, found_p ? L->response_field : L->prompt_field,
+                      st->n_fields);
         return BR_ERR_PARSE;
     }
     st->n_columns = st->n_fields;
@@ -497,8 +483,8 @@ static void csv_on_record(int c, void *data)
     if (!st->have_header) {
         st->rc = csv_header(st);
     } else if (st->n_fields != st->n_columns) {
-        fmt_err(L->err, L->errlen, "%s:%zu: the record has %zu fields, the header %zu", L->path,
-                st->record_line, st->n_fields, st->n_columns);
+        br_err_printf(L->err, L->errlen, "%s:%zu: the record has %zu fields, the header %zu",
+                      L->path, st->record_line, st->n_fields, st->n_columns);
         st->rc = BR_ERR_PARSE;
     } else {
         struct br_slice p = field(st, st->prompt_col);
@@ -528,7 +514,7 @@ static int load_csv(struct loader *L, const char *data, size_t len)
     st.rc = BR_OK;
     br_buf_init(&st.row, BR__REPLAY_MAX_FILE_BYTES);
     if (csv_init(&p, CSV_STRICT | CSV_STRICT_FINI) != 0) {
-        fmt_err(L->err, L->errlen, "%s: out of memory", L->path);
+        br_err_printf(L->err, L->errlen, "%s: out of memory", L->path);
         return BR_ERR_NOMEM;
     }
     csv_set_realloc_func(&p, br_realloc);
@@ -549,21 +535,21 @@ static int load_csv(struct loader *L, const char *data, size_t len)
         /* Fed one line at a time so that errors can name the line. */
         if (csv_parse(&p, data + pos, n, csv_on_field, csv_on_record, &st) != n) {
             if (st.rc == BR_OK) {
-                fmt_err(L->err, L->errlen, "%s:%zu: malformed CSV (%s)", L->path, st.line,
-                        csv_strerror(csv_error(&p)));
+                br_err_printf(L->err, L->errlen, "%s:%zu: malformed CSV (%s)", L->path, st.line,
+                              csv_strerror(csv_error(&p)));
                 st.rc = csv_error(&p) == CSV_ENOMEM ? BR_ERR_NOMEM : BR_ERR_PARSE;
             }
         }
         pos += n;
     }
     if (st.rc == BR_OK && csv_fini(&p, csv_on_field, csv_on_record, &st) != 0) {
-        fmt_err(L->err, L->errlen, "%s:%zu: malformed CSV at the end of the file (%s)", L->path,
-                st.record_line, csv_strerror(csv_error(&p)));
+        br_err_printf(L->err, L->errlen, "%s:%zu: malformed CSV at the end of the file (%s)",
+                      L->path, st.record_line, csv_strerror(csv_error(&p)));
         st.rc = BR_ERR_PARSE;
     }
     rc = st.rc;
     if (rc == BR_OK && !st.have_header) {
-        fmt_err(L->err, L->errlen, "%s: the file has no header row", L->path);
+        br_err_printf(L->err, L->errlen, "%s: the file has no header row", L->path);
         rc = BR_ERR_PARSE;
     }
     csv_free(&p);
@@ -605,28 +591,29 @@ static int read_file(const char *path, char **data_out, size_t *len_out, char *e
         if (strerror_r(e, why, sizeof(why)) != 0) {
             (void)snprintf(why, sizeof(why), "errno %d", e);
         }
-        fmt_err(err, errlen, "%s: cannot open: %s", path, why);
+        br_err_printf(err, errlen, "%s: cannot open: %s", path, why);
         return BR_ERR_IO;
     }
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
-        fmt_err(err, errlen, "%s: not a regular file", path);
+        br_err_printf(err, errlen, "%s: not a regular file", path);
         rc = BR_ERR_IO;
         goto out;
     }
     if ((unsigned long long)st.st_size > BR__REPLAY_MAX_FILE_BYTES) {
-        fmt_err(err, errlen, "%s: file larger than %zu bytes", path, BR__REPLAY_MAX_FILE_BYTES);
+        br_err_printf(err, errlen, "%s: file larger than %zu bytes", path,
+                      BR__REPLAY_MAX_FILE_BYTES);
         rc = BR_ERR_LIMIT;
         goto out;
     }
     size_t len = (size_t)st.st_size;
     data = br_malloc(len + 1);
     if (!data) {
-        fmt_err(err, errlen, "%s: out of memory", path);
+        br_err_printf(err, errlen, "%s: out of memory", path);
         rc = BR_ERR_NOMEM;
         goto out;
     }
     if (fread(data, 1, len, f) != len) {
-        fmt_err(err, errlen, "%s: read error", path);
+        br_err_printf(err, errlen, "%s: read error", path);
         rc = BR_ERR_IO;
         goto out;
     }
@@ -658,12 +645,13 @@ int br__replay_model_load(const char *path, const char *prompt_field, const char
     *out = NULL;
     br_buf_init(&L.key, BR__REPLAY_MAX_FILE_BYTES);
     if (!jsonl && !csv) {
-        fmt_err(err, errlen, "%s: unknown replay file type (expected .jsonl or .csv)", L.path);
+        br_err_printf(err, errlen, "%s: unknown replay file type (expected .jsonl or .csv)",
+                      L.path);
         return BR_ERR_INVAL;
     }
     if (strcmp(L.prompt_field, L.response_field) == 0) {
-        fmt_err(err, errlen, "%s: the prompt and response fields are both \"%s\"", L.path,
-                L.prompt_field);
+        br_err_printf(err, errlen, "%s: the prompt and response fields are both \"%s\"", L.path,
+                      L.prompt_field);
         return BR_ERR_INVAL;
     }
     rc = read_file(path, &data, &len, err, errlen);
@@ -671,20 +659,20 @@ int br__replay_model_load(const char *path, const char *prompt_field, const char
         return rc;
     }
     if (len == 0) {
-        fmt_err(err, errlen, "%s: the file is empty", L.path);
+        br_err_printf(err, errlen, "%s: the file is empty", L.path);
         rc = BR_ERR_PARSE;
         goto out;
     }
     L.m = br_calloc(1, sizeof(*L.m));
     if (!L.m || br_arena_create(0, &L.m->arena) != BR_OK) {
-        fmt_err(err, errlen, "%s: out of memory", L.path);
+        br_err_printf(err, errlen, "%s: out of memory", L.path);
         rc = BR_ERR_NOMEM;
         goto out;
     }
     br_map_init(&L.m->map);
     rc = jsonl ? load_jsonl(&L, data, len) : load_csv(&L, data, len);
     if (rc == BR_OK && L.m->n_prompts == 0) {
-        fmt_err(err, errlen, "%s: no records", L.path);
+        br_err_printf(err, errlen, "%s: no records", L.path);
         rc = BR_ERR_PARSE;
     }
 out:

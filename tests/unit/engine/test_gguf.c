@@ -515,6 +515,10 @@ static void test_absurd_counts_real_file(void **state)
     size_t n = 0;
     uint8_t *f = gw_read_file(MODELS "stories260K/stories260K-f32.gguf", &n);
     assert_non_null(f);
+    if (!f || n <= 64) { /* (cmocka's asserts are not noreturn: keeps gcc's bounds check quiet) */
+        fail();
+        return;
+    }
     char err[BR_GGUF_ERR_CAP];
     memset(f + 8, 0xff, 8); /* tensor count 2^64-1 */
     assert_int_equal(open_bytes(f, n, "tcount.gguf", err, sizeof(err)), BR_ERR_PARSE);
