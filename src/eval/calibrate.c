@@ -29,6 +29,7 @@
 #include "eval/calibrate_cli.h"
 #include "eval/dataset.h"
 #include "eval/eval.h"
+#include "eval/eval_int.h"
 #include "eval/eval_router.h"
 
 #define MAX_PRICES 64
@@ -118,27 +119,6 @@ static int usage_error(const char *msg, const char *arg)
     (void)fprintf(stderr, "brigade calibrate: %s%s%s (see 'brigade calibrate --help')\n", msg,
                   arg ? " " : "", arg ? arg : "");
     return 2;
-}
-
-static int opt(int argc, char **argv, int *i, const char *name, const char **out)
-{
-    const char *a = argv[*i];
-    size_t n = strlen(name);
-    if (strncmp(a, name, n) != 0) {
-        return 0;
-    }
-    if (a[n] == '=') {
-        *out = a + n + 1;
-        return 1;
-    }
-    if (a[n] != '\0') {
-        return 0;
-    }
-    if (*i + 1 >= argc) {
-        return -1;
-    }
-    *out = argv[++*i];
-    return 1;
 }
 
 static int parse_double(const char *s, double *out)
@@ -256,7 +236,7 @@ static int parse_valued_at(struct cli *c, int argc, char **argv, int *i, bool *m
     const char *a = argv[*i];
     for (size_t k = 0; k < sizeof(valued) / sizeof(valued[0]); k++) {
         const char *v = NULL;
-        int m = opt(argc, argv, i, valued[k], &v);
+        int m = br__eval_opt(argc, argv, i, valued[k], &v);
         if (m < 0) {
             return usage_error("missing value after", a);
         }

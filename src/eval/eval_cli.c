@@ -144,9 +144,7 @@ static void print_help(void)
     (void)fprintf(stdout, usage_text, routers);
 }
 
-/* "--name value" or "--name=value"; 1 = matched (value in *out), 0 = not this option,
- * -1 = missing value. */
-static int opt(int argc, char **argv, int *i, const char *name, const char **out)
+int br__eval_opt(int argc, char **argv, int *i, const char *name, const char **out)
 {
     const char *a = argv[*i];
     size_t n = strlen(name);
@@ -198,7 +196,7 @@ static int parse_valued(struct cli *c, int argc, char **argv, int *i)
     };
     size_t which = SIZE_MAX;
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]) && which == SIZE_MAX; k++) {
-        int m = opt(argc, argv, i, names[k], &v);
+        int m = br__eval_opt(argc, argv, i, names[k], &v);
         if (m < 0) {
             return usage_error("%s needs a value", a);
         }

@@ -192,4 +192,11 @@ int br__eval_write_json(FILE *f, const struct br__eval_report *r);
 int br__eval_write_csv(FILE *f, const struct br__eval_report *r, size_t router);
 int br__eval_write_svg(FILE *f, const struct br__eval_report *r);
 
+/*
+ * Command-line option "--name value" or "--name=value" at argv[*i] (the eval, calibrate CLIs):
+ * 1 = matched (value in *out, *i advanced past a separate value), 0 = not this option,
+ * -1 = missing value.
+ */
+int br__eval_opt(int argc, char **argv, int *i, const char *name, const char **out);
+
 #endif
