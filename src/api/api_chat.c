@@ -933,6 +933,7 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
     call->stream = c->call_streams;
     call->client_wants_usage = c->call_streams && c->wants_usage;
     call->request_id = c->req->id;
+    call->variant = kind == CALL_VERIFY ? NULL : c->plan.steps[step].variant;
     call->sink = &chat_sink;
     call->sink_user = c;
     c->state = CHAT_CALLING;
@@ -1074,6 +1075,16 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
                                      "to it. GET /v1/models lists the models and routes this "
                                      "gateway serves.",
                                      c->model_requested);
+        reject(c, 404, "invalid_request_error", "model_not_found", "model",
+               msg ? msg : "model not found");
+        return;
+    }
+    if (c->plan.steps[0].variant && !br__variant_exists(c->rt, &c->plan.steps[0])) {
+        char *msg = br_arena_sprintf(req->arena,
+                                     "The model `%.200s` does not exist: `%s` has no adapter "
+                                     "called `%s`. GET /admin/models/%s/adapters lists them.",
+                                     c->model_requested, c->plan.steps[0].model->name,
+                                     c->plan.steps[0].variant, c->plan.steps[0].model->name);
         reject(c, 404, "invalid_request_error", "model_not_found", "model",
                msg ? msg : "model not found");
         return;

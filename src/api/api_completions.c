@@ -32,6 +32,7 @@ struct completion {
     br_http_request *req;
     struct br_runtime *rt;
     const struct br_model_cfg *mc; /* the model called */
+    const char *variant;           /* "MODEL:ADAPTER": the adapter (arena), else NULL */
     const char *key_id;
     uint64_t t_first_token_ns;
     char cost[BR_COST_USD_STRLEN];
@@ -196,11 +197,24 @@ static const struct br_runtime_model *find_model(struct completion *c, const jso
              "model: a local model's name is required");
         return NULL;
     }
-    const struct br_model_cfg *mc =
-        br_config_model_find(c->rt->cfg, json_string_value(model), json_string_length(model));
+    const char *variant = NULL;
+    size_t variant_len = 0;
+    const struct br_model_cfg *mc = br_config_model_find_variant(
+        c->rt->cfg, json_string_value(model), json_string_length(model), &variant, &variant_len);
     if (!mc) {
         fail(c, 404, "model_not_found", "model", "model: no such model in the catalogue");
         return NULL;
+    }
+    const struct br_runtime_model *rm = br__runtime_model(c->rt, mc);
+    if (variant) {
+        c->variant = br_arena_strndup(c->req->arena, variant, variant_len);
+        if (!c->variant || !rm->ops->variant_exists ||
+            !rm->ops->variant_exists(rm->state, variant, variant_len)) {
+            fail(c, 404, "model_not_found", "model",
+                 "model: no such model in the catalogue, nor an adapter of one (GET "
+                 "/admin/models/MODEL/adapters lists a local model's adapters)");
+            return NULL;
+        }
     }
     if (strcmp(mc->provider, "local") != 0) {
         fail(c, 400, "unsupported_model", "model",
@@ -214,7 +228,7 @@ static const struct br_runtime_model *find_model(struct completion *c, const jso
         return NULL;
     }
     c->mc = mc;
-    return br__runtime_model(c->rt, mc);
+    return rm;
 }
 
 static void start(struct br_worker *w, struct completion *c)
@@ -245,6 +259,7 @@ static void start(struct br_worker *w, struct completion *c)
         call->stream &&
         json_is_true(json_object_get(json_object_get(body, "stream_options"), "include_usage"));
     call->request_id = req->id;
+    call->variant = c->variant;
     call->sink = &sink;
     call->sink_user = c;
     json_decref(body);

@@ -179,6 +179,10 @@ static void on_request(void *wctx, br_http_request *req)
             return;
         }
     }
+    if (br_slice_starts_with(req->path, "/admin/models/")) {
+        br__admin_adapters(w, req, br_slice_make(req->path.ptr + 14, req->path.len - 14));
+        return;
+    }
     if (br_slice_starts_with(req->path, "/v1/models/") && req->path.len > 11) {
         if (m != BR_HTTP_METHOD_GET && m != BR_HTTP_METHOD_HEAD) {
             method_not_allowed(req, "GET");

@@ -35,10 +35,11 @@ struct br_runtime {
     struct br_config *cfg;
     struct br_runtime_model *models; /* parallel to cfg->models */
     size_t n_models;
-    char *models_json; /* GET /v1/models body (models, then routes) */
+    char *models_json; /* GET /v1/models body (models, then routes), unless models_dynamic */
     size_t models_json_len;
-    int64_t created_s; /* load time, the "created" of every model */
-    br_router *router; /* routes: policies, classifiers, live statistics */
+    bool models_dynamic; /* some model has run-time variants: build the body per request */
+    int64_t created_s;   /* load time, the "created" of every model */
+    br_router *router;   /* routes: policies, classifiers, live statistics */
 };
 
 /* Metric family ids. */
@@ -132,6 +133,12 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
 void br__runtime_ref(struct br_runtime *rt);
 void br__runtime_unref(struct br_runtime *rt);
 struct br_runtime_model *br__runtime_model(struct br_runtime *rt, const struct br_model_cfg *m);
+
+/** The GET /v1/models document (models with their variants, then routes), or NULL. */
+json_t *br__models_json(const struct br_runtime *rt);
+
+/** True when the step's model serves its variant ("MODEL:ADAPTER" requests). */
+bool br__variant_exists(struct br_runtime *rt, const struct br_plan_step *step);
 /** The worker's current runtime, refreshed if a reload happened; borrowed. */
 struct br_runtime *br__worker_runtime(struct br_worker *w);
 
@@ -182,6 +189,9 @@ void br__health(struct br_worker *w, br_http_request *req);
 void br__metrics_scrape(struct br_worker *w, br_http_request *req);
 void br__admin_config(struct br_worker *w, br_http_request *req);
 void br__admin_reload(struct br_worker *w, br_http_request *req);
+
+/** /admin/models/... (rest: the path after that prefix): a local model's LoRA adapters. */
+void br__admin_adapters(struct br_worker *w, br_http_request *req, struct br_slice rest);
 void br__admin_routes(struct br_worker *w, br_http_request *req);
 int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids);
 

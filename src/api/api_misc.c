@@ -46,6 +46,16 @@ void br__models_list(struct br_worker *w, br_http_request *req)
     if (!authorized(rt, req, false)) {
         return;
     }
+    if (rt->models_dynamic) {
+        json_t *doc = br__models_json(rt);
+        if (!doc) {
+            br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL,
+                                  "The gateway is out of memory; retry later.");
+            return;
+        }
+        respond_json(req, 200, doc);
+        return;
+    }
     br_http_respond(req, 200, &json_ct, 1, br_slice_make(rt->models_json, rt->models_json_len));
 }
 
@@ -55,7 +65,16 @@ void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice i
     if (!authorized(rt, req, false)) {
         return;
     }
-    const struct br_model_cfg *mc = br_config_model_find(rt->cfg, id.ptr, id.len);
+    const char *variant = NULL;
+    size_t variant_len = 0;
+    const struct br_model_cfg *mc =
+        br_config_model_find_variant(rt->cfg, id.ptr, id.len, &variant, &variant_len);
+    if (mc && variant) {
+        const struct br_runtime_model *rm = br__runtime_model(rt, mc);
+        if (!rm->ops->variant_exists || !rm->ops->variant_exists(rm->state, variant, variant_len)) {
+            mc = NULL;
+        }
+    }
     const struct br_route_cfg *route = mc ? NULL : br_config_route_find(rt->cfg, id.ptr, id.len);
     if (route) {
         respond_json(req, 200,
@@ -71,8 +90,8 @@ void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice i
         return;
     }
     respond_json(req, 200,
-                 json_pack("{s:s, s:s, s:I, s:s}", "id", mc->name, "object", "model", "created",
-                           (json_int_t)rt->created_s, "owned_by", mc->provider));
+                 json_pack("{s:s%, s:s, s:I, s:s}", "id", id.ptr, id.len, "object", "model",
+                           "created", (json_int_t)rt->created_s, "owned_by", mc->provider));
 }
 
 void br__health(struct br_worker *w, br_http_request *req)

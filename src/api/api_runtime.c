@@ -33,42 +33,75 @@ static void runtime_free(struct br_runtime *rt)
     br_free(rt);
 }
 
-static int build_models_json(struct br_runtime *rt)
+static int append_model(json_t *data, const char *id, int64_t created, const char *owner)
+{
+    json_t *m = json_pack("{s:s, s:s, s:I, s:s}", "id", id, "object", "model", "created",
+                          (json_int_t)created, "owned_by", owner);
+    return m && json_array_append_new(data, m) == 0 ? BR_OK : BR_ERR_NOMEM;
+}
+
+/* "MODEL:ADAPTER" entries for the adapters model i serves now. */
+static int append_variants(const struct br_runtime *rt, size_t i, json_t *data)
+{
+    const struct br_runtime_model *rm = &rt->models[i];
+    json_t *list = json_array();
+    int rc = list ? rm->ops->variant_list(rm->state, list) : BR_ERR_NOMEM;
+    size_t k;
+    json_t *v;
+    json_array_foreach(list, k, v)
+    {
+        char id[512];
+        (void)snprintf(id, sizeof(id), "%s:%s", rm->cfg->name,
+                       json_string_value(json_object_get(v, "name")));
+        rc = rc == BR_OK ? append_model(data, id, rt->created_s, rm->cfg->provider) : rc;
+    }
+    json_decref(list);
+    return rc;
+}
+
+json_t *br__models_json(const struct br_runtime *rt)
 {
     json_t *root = json_object();
     json_t *data = json_array();
-    int rc = BR_ERR_NOMEM;
-    if (!root || !data) {
-        json_decref(data);
-        goto out;
-    }
-    json_object_set_new(root, "object", json_string("list"));
-    json_object_set(root, "data", data);
-    for (size_t i = 0; i < rt->n_models; i++) {
-        const struct br_model_cfg *mc = rt->models[i].cfg;
-        json_t *m = json_pack("{s:s, s:s, s:I, s:s}", "id", mc->name, "object", "model", "created",
-                              (json_int_t)rt->created_s, "owned_by", mc->provider);
-        if (!m || json_array_append_new(data, m) != 0) {
-            json_decref(data);
-            goto out;
+    int rc = root && data && json_object_set(root, "data", data) == 0 ? BR_OK : BR_ERR_NOMEM;
+    rc = rc == BR_OK && json_object_set_new(root, "object", json_string("list")) == 0
+             ? rc
+             : BR_ERR_NOMEM;
+    for (size_t i = 0; rc == BR_OK && i < rt->n_models; i++) {
+        const struct br_runtime_model *rm = &rt->models[i];
+        rc = append_model(data, rm->cfg->name, rt->created_s, rm->cfg->provider);
+        if (rc == BR_OK && rm->ops->variant_list) {
+            rc = append_variants(rt, i, data);
         }
     }
     /* Routes work wherever a model name does, so clients can discover them here too. */
-    for (size_t i = 0; i < rt->cfg->n_routes; i++) {
-        json_t *m =
-            json_pack("{s:s, s:s, s:I, s:s}", "id", rt->cfg->routes[i].name, "object", "model",
-                      "created", (json_int_t)rt->created_s, "owned_by", "brigade-route");
-        if (!m || json_array_append_new(data, m) != 0) {
-            json_decref(data);
-            goto out;
-        }
+    for (size_t i = 0; rc == BR_OK && i < rt->cfg->n_routes; i++) {
+        rc = append_model(data, rt->cfg->routes[i].name, rt->created_s, "brigade-route");
     }
     json_decref(data);
-    rt->models_json = br__json_dump_heap(root, &rt->models_json_len);
-    rc = rt->models_json ? BR_OK : BR_ERR_NOMEM;
-out:
+    if (rc != BR_OK) {
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+/*
+ * The GET /v1/models body, built once per snapshot, unless a model has variants (LoRA
+ * adapters the admin API may load and unload at any time): then every request builds it.
+ */
+static int build_models_json(struct br_runtime *rt)
+{
+    for (size_t i = 0; i < rt->n_models; i++) {
+        rt->models_dynamic |= rt->models[i].ops->variant_list != NULL;
+    }
+    if (rt->models_dynamic) {
+        return BR_OK;
+    }
+    json_t *root = br__models_json(rt);
+    rt->models_json = root ? br__json_dump_heap(root, &rt->models_json_len) : NULL;
     json_decref(root);
-    return rc;
+    return rt->models_json ? BR_OK : BR_ERR_NOMEM;
 }
 
 int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runtime **out,
@@ -119,6 +152,10 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
         t->local_queue = mc->local_queue;
         t->local_lora = mc->local_lora;
         t->local_lora_scale = mc->local_lora_scale;
+        t->local_adapter_names = mc->local_adapter_names;
+        t->local_adapter_paths = mc->local_adapter_paths;
+        t->local_adapter_scales = mc->local_adapter_scales;
+        t->n_local_adapters = mc->n_local_adapters;
         t->extra_headers = mc->extra_headers;
         t->n_extra_headers = mc->n_extra_headers;
         t->connect_timeout_ms = mc->connect_timeout_ms;
@@ -181,4 +218,11 @@ struct br_runtime *br__worker_runtime(struct br_worker *w)
         w->rt = rt;
     }
     return w->rt;
+}
+
+bool br__variant_exists(struct br_runtime *rt, const struct br_plan_step *step)
+{
+    const struct br_runtime_model *rm = br__runtime_model(rt, step->model);
+    return rm && rm->ops->variant_exists &&
+           rm->ops->variant_exists(rm->state, step->variant, strlen(step->variant));
 }

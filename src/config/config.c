@@ -892,10 +892,131 @@ static int local_int(struct br__config_loader *L, const struct br_ynode *v, cons
     return rc;
 }
 
+static int lora_scale(struct br__config_loader *L, const struct br_ynode *v, const char *what,
+                      double *out)
+{
+    const char *s;
+    int rc = nonempty(L, v, what, &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    char *end = NULL;
+    double scale = strtod(s, &end);
+    if (!end || *end || !(scale >= -16 && scale <= 16)) {
+        return errf(L, v->line, "%s: expected a number from -16 to 16, got '%.60s'", what, s);
+    }
+    *out = scale;
+    return BR_OK;
+}
+
+/* An adapter name: 1..64 of [A-Za-z0-9._-] (it becomes part of a model name and a URL path). */
+bool br_config_adapter_name_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > BR_CONFIG_ADAPTER_NAME_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* One `adapters:` entry: NAME: PATH or NAME: {path: PATH, scale: S}. */
+static int parse_adapter(struct br__config_loader *L, const struct br_ynode *k,
+                         const struct br_ynode *v, const char *what, const char **path,
+                         double *scale)
+{
+    if (!br_config_adapter_name_ok(k->value, strlen(k->value))) {
+        return errf(L, k->line,
+                    "%s.adapters: '%.60s' is not an adapter name (1-64 of A-Z a-z 0-9 . _ -)", what,
+                    k->value);
+    }
+    char sub[160];
+    (void)snprintf(sub, sizeof(sub), "%s.adapters.%s", what, k->value);
+    const char *s = NULL;
+    *scale = 1.0;
+    if (v->kind != BR_YNODE_MAP) {
+        int rc = nonempty(L, v, sub, &s);
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
+    for (size_t i = 0; v->kind == BR_YNODE_MAP && i < v->n; i += 2) {
+        const struct br_ynode *fk = v->items[i];
+        const struct br_ynode *fv = v->items[i + 1];
+        int rc;
+        if (strcmp(fk->value, "path") == 0) {
+            rc = nonempty(L, fv, sub, &s);
+        } else if (strcmp(fk->value, "scale") == 0) {
+            rc = lora_scale(L, fv, sub, scale);
+        } else {
+            rc = unknown_key(L, fk, sub, "path, scale");
+        }
+        if (rc != BR_OK) {
+            return rc;
+        }
+    }
+    if (!s) {
+        return errf(L, v->line, "%s: needs path (a LoRA adapter in llama.cpp's GGUF format)", sub);
+    }
+    *path = config_path(L, s);
+    return *path ? BR_OK : nomem(L);
+}
+
+static int parse_adapters(struct br__config_loader *L, const struct br_ynode *v, const char *what,
+                          struct br_model_cfg *mc)
+{
+    char sub[160];
+    (void)snprintf(sub, sizeof(sub), "%s.adapters", what);
+    int rc = want(L, v, BR_YNODE_MAP, sub);
+    size_t n = v->n / 2;
+    if (rc != BR_OK || n == 0) {
+        return rc;
+    }
+    if (n > BR_CONFIG_ADAPTERS_MAX) {
+        return errf(L, v->line, "%s.adapters: at most %d adapters per model", what,
+                    BR_CONFIG_ADAPTERS_MAX);
+    }
+    const char **names = br_arena_calloc(L->arena, n, sizeof(*names));
+    const char **paths = br_arena_calloc(L->arena, n, sizeof(*paths));
+    double *scales = br_arena_calloc(L->arena, n, sizeof(*scales));
+    if (!names || !paths || !scales) {
+        return nomem(L);
+    }
+    for (size_t i = 0; rc == BR_OK && i < n; i++) {
+        const struct br_ynode *k = v->items[2 * i];
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(names[j], k->value) == 0) {
+                return errf(L, k->line, "%s.adapters: '%.60s' is named twice", what, k->value);
+            }
+        }
+        names[i] = k->value;
+        rc = parse_adapter(L, k, v->items[2 * i + 1], what, &paths[i], &scales[i]);
+    }
+    mc->local_adapter_names = names;
+    mc->local_adapter_paths = paths;
+    mc->local_adapter_scales = scales;
+    mc->n_local_adapters = n;
+    return rc;
+}
+
 static int parse_local_field(struct br__config_loader *L, const struct br_ynode *k,
                              const struct br_ynode *v, const char *what, struct br_model_cfg *mc)
 {
     const char *s;
+    if (strcmp(k->value, "adapters") == 0) {
+        return parse_adapters(L, v, what, mc);
+    }
+    if (strcmp(k->value, "lora_scale") == 0) {
+        char sub[160];
+        (void)snprintf(sub, sizeof(sub), "%s.lora_scale", what);
+        return lora_scale(L, v, sub, &mc->local_lora_scale);
+    }
     if (strcmp(k->value, "threads") == 0) {
         return local_int(L, v, what, 1, 64, &mc->local_threads);
     }
@@ -921,16 +1042,6 @@ static int parse_local_field(struct br__config_loader *L, const struct br_ynode 
         mc->local_lora = config_path(L, s);
         return mc->local_lora ? BR_OK : nomem(L);
     }
-    if (strcmp(k->value, "lora_scale") == 0) {
-        char *end = NULL;
-        double scale = strtod(s, &end);
-        if (!end || *end || !(scale >= -16 && scale <= 16)) {
-            return errf(L, v->line, "%s.lora_scale: expected a number from -16 to 16, got '%.60s'",
-                        what, s);
-        }
-        mc->local_lora_scale = scale;
-        return BR_OK;
-    }
     if (strcmp(k->value, "template") == 0) {
         if (strcmp(s, "raw") != 0 && strcmp(s, "simple") != 0) {
             return errf(L, v->line, "%s.template: expected raw or simple, got '%.60s'", what, s);
@@ -938,7 +1049,8 @@ static int parse_local_field(struct br__config_loader *L, const struct br_ynode 
         return set_str(L, v, what, &mc->local_template);
     }
     return unknown_key(L, k, what,
-                       "model, tokenizer, threads, context, queue, template, lora, lora_scale");
+                       "model, tokenizer, threads, context, queue, template, lora, lora_scale, "
+                       "adapters");
 }
 
 static int parse_local(struct br__config_loader *L, const struct br_ynode *m, const char *what,
@@ -1350,6 +1462,31 @@ const struct br_model_cfg *br_config_model_find(const struct br_config *c, const
                                                 size_t n)
 {
     return br_map_get(&c->models_by_name, br_slice_make(name, n));
+}
+
+const struct br_model_cfg *br_config_model_find_variant(const struct br_config *c, const char *name,
+                                                        size_t n, const char **variant_out,
+                                                        size_t *variant_len_out)
+{
+    *variant_out = NULL;
+    *variant_len_out = 0;
+    const struct br_model_cfg *m = br_config_model_find(c, name, n);
+    if (m) {
+        return m;
+    }
+    size_t colon = n;
+    while (colon > 0 && name[colon - 1] != ':') {
+        colon--;
+    }
+    if (colon < 2 || colon == n) {
+        return NULL; /* no ':', or nothing before or after it */
+    }
+    m = br_config_model_find(c, name, colon - 1);
+    if (m) {
+        *variant_out = name + colon;
+        *variant_len_out = n - colon;
+    }
+    return m;
 }
 
 const struct br_route_cfg *br_config_route_find(const struct br_config *c, const char *name,

@@ -22,7 +22,9 @@
 #include "core/map.h"
 #include "cost/cost.h"
 
-#define BR_CONFIG_KEY_HASH_LEN 32 /* SHA-256 */
+#define BR_CONFIG_KEY_HASH_LEN     32 /* SHA-256 */
+#define BR_CONFIG_ADAPTER_NAME_MAX 64 /* a LoRA adapter's name: [A-Za-z0-9._-]{1,64} */
+#define BR_CONFIG_ADAPTERS_MAX     64 /* named adapters per local model, config and admin API */
 
 enum br_model_cap {
     BR_MODEL_CAP_TOOLS = 1u << 0,
@@ -50,7 +52,13 @@ struct br_model_cfg {
     int local_queue;                   /* local: waiting requests, default 16 */
     const char *local_lora;            /* local: LoRA adapter (GGUF) applied at run time, or NULL */
     double local_lora_scale;           /* local: the adapter's scale, default 1 */
-    const char *const *extra_headers;  /* "Name: value" lines */
+    /* local: named adapters a request picks with "model": "NAME:ADAPTER" (`adapters:` map);
+     * three parallel arrays of n_local_adapters entries */
+    const char *const *local_adapter_names;
+    const char *const *local_adapter_paths; /* absolute */
+    const double *local_adapter_scales;
+    size_t n_local_adapters;
+    const char *const *extra_headers; /* "Name: value" lines */
     size_t n_extra_headers;
     struct br_price price;          /* nano-USD per million tokens */
     int64_t context_window;         /* tokens; 0 = unknown */
@@ -285,6 +293,20 @@ void br_config_unref(struct br_config *c);
 /** The catalogue entry called name (n bytes), or NULL. */
 const struct br_model_cfg *br_config_model_find(const struct br_config *c, const char *name,
                                                 size_t n);
+
+/**
+ * The catalogue entry a request's "model" names: the entry called name exactly, or else, for
+ * "BASE:VARIANT" (split at the last ':'), the entry called BASE, with *variant_out pointing at
+ * VARIANT inside name (*variant_len_out bytes; 0 and NULL for an exact match). Whether BASE
+ * serves that variant (a LoRA adapter of a local model) is the provider's to say. NULL when
+ * neither matches.
+ */
+const struct br_model_cfg *br_config_model_find_variant(const struct br_config *c, const char *name,
+                                                        size_t n, const char **variant_out,
+                                                        size_t *variant_len_out);
+
+/** True when s (n bytes) is a valid adapter name: 1..64 of [A-Za-z0-9._-]. */
+bool br_config_adapter_name_ok(const char *s, size_t n);
 
 /** The route called name (n bytes), or NULL. */
 const struct br_route_cfg *br_config_route_find(const struct br_config *c, const char *name,

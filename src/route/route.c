@@ -74,13 +74,17 @@ int br_route_plan_direct(const struct br_config *cfg, const char *model, size_t 
     out->chosen = 0;
     out->n_steps = 0;
     out->decision = "model";
-    const struct br_model_cfg *m = br_config_model_find(cfg, model, n);
+    const char *variant = NULL;
+    size_t variant_len = 0;
+    const struct br_model_cfg *m =
+        br_config_model_find_variant(cfg, model, n, &variant, &variant_len);
     if (!m) {
         return BR_ERR_NOTFOUND;
     }
     out->policy = "direct";
     out->reason = "model named by the client";
     out->steps[0].model = m;
+    out->steps[0].variant = variant; /* the tail of model: NUL-terminated as model is */
     out->steps[0].kind = BR_PLAN_STEP_PRIMARY;
     out->steps[0].threshold = NAN;
     out->n_steps = 1;
@@ -529,6 +533,7 @@ static void add_steps(const struct br_route_cfg *route, const bool *ok,
                       const struct br__route_choice *ch, struct br_plan *out)
 {
     out->steps[0].model = route->models[ch->index];
+    out->steps[0].variant = NULL;
     out->steps[0].kind = BR_PLAN_STEP_PRIMARY;
     out->steps[0].threshold = NAN;
     out->n_steps = 1;
@@ -544,6 +549,7 @@ static void add_steps(const struct br_route_cfg *route, const bool *ok,
             }
             if (after && ok[idx] && out->n_steps < BR_PLAN_MAX_STEPS) {
                 out->steps[out->n_steps].model = route->models[idx];
+                out->steps[out->n_steps].variant = NULL;
                 out->steps[out->n_steps].kind = BR_PLAN_STEP_CASCADE;
                 out->steps[out->n_steps].threshold = ch->threshold;
                 out->n_steps++;
@@ -556,6 +562,7 @@ static void add_steps(const struct br_route_cfg *route, const bool *ok,
             continue;
         }
         out->steps[out->n_steps].model = m;
+        out->steps[out->n_steps].variant = NULL;
         out->steps[out->n_steps].kind = BR_PLAN_STEP_FALLBACK;
         out->steps[out->n_steps].threshold = NAN;
         out->n_steps++;

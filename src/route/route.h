@@ -49,6 +49,8 @@ enum br_plan_step_kind {
 
 struct br_plan_step {
     const struct br_model_cfg *model; /* borrowed from the config snapshot */
+    const char *variant;              /* "MODEL:VARIANT" requests: VARIANT (borrowed from the
+                                         request's model string), else NULL */
     enum br_plan_step_kind kind;
     double threshold; /* cascade: escalate below this confidence */
 };

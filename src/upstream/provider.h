@@ -39,14 +39,18 @@ struct br_provider_target {
                                           (default "response") */
     const char *const *extra_headers;  /* "Name: value" lines added to every upstream call */
     size_t n_extra_headers;
-    const char *local_model;        /* local: absolute path of the GGUF or llama2.c .bin file */
-    const char *local_tokenizer;    /* local: tokenizer.bin for a .bin model, else NULL */
-    const char *local_template;     /* local: "raw" or "simple" (NULL: "raw") */
-    int local_threads;              /* local: generation worker threads (<= 0: 1) */
-    int local_context;              /* local: cap on prompt + completion tokens (0: the model's) */
-    int local_queue;                /* local: requests waiting beyond the workers (< 0: 16) */
-    const char *local_lora;         /* local: absolute path of a LoRA adapter (GGUF), or NULL */
-    double local_lora_scale;        /* local: its scale (y = Wx + scale*alpha/rank*B(Ax)) */
+    const char *local_model;     /* local: absolute path of the GGUF or llama2.c .bin file */
+    const char *local_tokenizer; /* local: tokenizer.bin for a .bin model, else NULL */
+    const char *local_template;  /* local: "raw" or "simple" (NULL: "raw") */
+    int local_threads;           /* local: generation worker threads (<= 0: 1) */
+    int local_context;           /* local: cap on prompt + completion tokens (0: the model's) */
+    int local_queue;             /* local: requests waiting beyond the workers (< 0: 16) */
+    const char *local_lora;      /* local: absolute path of a LoRA adapter (GGUF), or NULL */
+    double local_lora_scale;     /* local: its scale (y = Wx + scale*alpha/rank*B(Ax)) */
+    const char *const *local_adapter_names; /* local: named adapters ("model": "NAME:ADAPTER") */
+    const char *const *local_adapter_paths; /* absolute paths, parallel to the names */
+    const double *local_adapter_scales;
+    size_t n_local_adapters;
     uint32_t connect_timeout_ms;    /* default 5000 */
     uint32_t first_byte_timeout_ms; /* default 60000 */
     uint32_t idle_timeout_ms;       /* between SSE events; default 120000 */
@@ -103,6 +107,8 @@ struct br_provider_call {
     bool stream;              /* the client asked for SSE */
     bool client_wants_usage;  /* stream_options.include_usage was true */
     const char *request_id;   /* for logs */
+    const char *variant;      /* "BASE:VARIANT" requests: VARIANT (NUL-terminated; a LoRA
+                                 adapter of a local model), else NULL */
     const struct br_provider_sink *sink;
     void *sink_user;
     /* provider-private */
@@ -130,6 +136,25 @@ struct br_provider_ops {
      * already produced and the prompt), timings, partial = true.
      */
     void (*call_cancel)(struct br_provider_call *call, struct br_provider_result *partial);
+
+    /*
+     * Optional: named variants of a model (the local provider's LoRA adapters), chosen per
+     * request as "BASE:VARIANT" and managed at run time through the admin API. Any thread;
+     * the provider locks. A call holds its variant until it ends, so unloading one that is in
+     * use takes effect for new requests at once and frees it after the last call.
+     */
+    /** True when state serves the variant called name (n bytes). */
+    bool (*variant_exists)(void *state, const char *name, size_t n);
+    /**
+     * Loads a variant from path with the given scale. BR_ERR_EXISTS when the name is taken,
+     * BR_ERR_LIMIT when the model has its maximum, other errors with a reason in err.
+     */
+    int (*variant_load)(void *state, const char *name, const char *path, double scale, char *err,
+                        size_t errlen);
+    /** Unloads the variant called name: BR_OK or BR_ERR_NOTFOUND. */
+    int (*variant_unload)(void *state, const char *name);
+    /** Appends one JSON object per variant (name, path, scale, source, in_use) to array. */
+    int (*variant_list)(void *state, json_t *array);
 };
 
 /**

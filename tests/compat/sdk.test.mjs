@@ -112,6 +112,8 @@ models:
     provider: local
     local:
       model: ${SRC}/models/stories260K/stories260K-f32.gguf
+      adapters:
+        lora-a: ${SRC}/models/stories260K/lora260K-r4.gguf
     price: {input: 0.01, output: 0.02}
 `;
   fs.writeFileSync(path.join(dir, 'brigade.yaml'), config);
@@ -241,6 +243,17 @@ test('local: stories260K generated in-process, streamed with logprobs and usage'
   let streamed = '';
   for await (const c of legacyStream) streamed += c.choices[0]?.text ?? '';
   assert.equal(streamed, text);
+  // A LoRA adapter picked per request by name: the merged-weights golden continuation.
+  const loraGolden = fs.readFileSync(
+    path.join(SRC, 'models/stories260K/golden/run_greedy_once_upon_lora_r4_merged.txt'), 'utf8');
+  const lora = await collect(await client().chat.completions.create({
+    model: 'stories260k:lora-a', stream: true, temperature: 0, max_tokens: 60,
+    messages: [{ role: 'user', content: 'Once upon a time' }],
+  }));
+  const loraText = lora.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+  assert.ok(lora.every((c) => c.model === 'stories260k:lora-a'));
+  assert.ok(loraText.length > 40 && loraGolden.startsWith('Once upon a time' + loraText), loraText);
+  assert.ok(!golden.startsWith('Once upon a time' + loraText)); // the adapter changes the story
 });
 
 test('replay: a real recorded GPT-4 answer to a GSM8K question', async () => {
@@ -259,8 +272,11 @@ test('replay: a real recorded GPT-4 answer to a GSM8K question', async () => {
 test('models.list', async () => {
   const page = await client().models.list();
   const ids = page.data.map((m) => m.id);
-  assert.deepEqual(ids, ['mock-gpt', 'mock-claude', 'gpt-4-1106-preview', 'stories260k']);
+  assert.deepEqual(ids, ['mock-gpt', 'mock-claude', 'gpt-4-1106-preview', 'stories260k',
+    'stories260k:lora-a']);
   checkModels({ object: 'list', data: page.data });
+  const adapter = await client().models.retrieve('stories260k:lora-a');
+  assert.equal(adapter.id, 'stories260k:lora-a');
   const one = await client().models.retrieve('mock-claude');
   assert.equal(one.id, 'mock-claude');
 });

@@ -27,37 +27,45 @@
 
 #define STORIES "{SRC}/models/stories260K"
 
-#define LOCAL_CONFIG                                         \
-    BASE_CONFIG                                              \
-    "  - name: stories260k\n"                                \
-    "    provider: local\n"                                  \
-    "    local:\n"                                           \
-    "      model: " STORIES "/stories260K-f32.gguf\n"        \
-    "      threads: 2\n"                                     \
-    "    price: {input: 0.01, output: 0.02}\n"               \
-    "  - name: stories-bin\n"                                \
-    "    provider: local\n"                                  \
-    "    local:\n"                                           \
-    "      model: " STORIES "/stories260K.bin\n"             \
-    "      tokenizer: " STORIES "/tok512.bin\n"              \
-    "      template: simple\n"                               \
-    "    price: {input: 0.01, output: 0.02}\n"               \
-    "  - name: stories-lora\n"                               \
-    "    provider: local\n"                                  \
-    "    local:\n"                                           \
-    "      model: " STORIES "/stories260K-f32.gguf\n"        \
-    "      lora: " STORIES "/lora260K-r4.gguf\n"             \
-    "    price: {input: 0.01, output: 0.02}\n"               \
-    "  - name: slow-q0\n"                                    \
-    "    provider: local\n"                                  \
-    "    local: {model: {DIR}/slow.bin, tokenizer: " STORIES \
-    "/tok512.bin, threads: 1, queue: 0}\n"                   \
-    "    price: {input: 0, output: 0}\n"                     \
-    "  - name: slow-q1\n"                                    \
-    "    provider: local\n"                                  \
-    "    local: {model: {DIR}/slow.bin, tokenizer: " STORIES \
-    "/tok512.bin, threads: 1, queue: 1}\n"                   \
+#define LOCAL_CONFIG                                                   \
+    BASE_CONFIG                                                        \
+    "  - name: stories260k\n"                                          \
+    "    provider: local\n"                                            \
+    "    local:\n"                                                     \
+    "      model: " STORIES "/stories260K-f32.gguf\n"                  \
+    "      threads: 2\n"                                               \
+    "      adapters:\n"                                                \
+    "        lora-a: " STORIES "/lora260K-r4.gguf\n"                   \
+    "        half: {path: " STORIES "/lora260K-r4.gguf, scale: 0.5}\n" \
+    "    price: {input: 0.01, output: 0.02}\n"                         \
+    "  - name: stories-bin\n"                                          \
+    "    provider: local\n"                                            \
+    "    local:\n"                                                     \
+    "      model: " STORIES "/stories260K.bin\n"                       \
+    "      tokenizer: " STORIES "/tok512.bin\n"                        \
+    "      template: simple\n"                                         \
+    "    price: {input: 0.01, output: 0.02}\n"                         \
+    "  - name: stories-lora\n"                                         \
+    "    provider: local\n"                                            \
+    "    local:\n"                                                     \
+    "      model: " STORIES "/stories260K-f32.gguf\n"                  \
+    "      lora: " STORIES "/lora260K-r4.gguf\n"                       \
+    "    price: {input: 0.01, output: 0.02}\n"                         \
+    "  - name: slow-q0\n"                                              \
+    "    provider: local\n"                                            \
+    "    local: {model: {DIR}/slow.bin, tokenizer: " STORIES           \
+    "/tok512.bin, threads: 1, queue: 0}\n"                             \
+    "    price: {input: 0, output: 0}\n"                               \
+    "  - name: slow-q1\n"                                              \
+    "    provider: local\n"                                            \
+    "    local: {model: {DIR}/slow.bin, tokenizer: " STORIES           \
+    "/tok512.bin, threads: 1, queue: 1}\n"                             \
     "    price: {input: 0, output: 0}\n"
+
+#define MASTER_KEY "br-master-key-local-4242"
+
+/* Headers every completion() sends: the master key in the admin test, else none. */
+static const char *const *client_headers;
 
 static char *golden; /* the continuation of "Once upon a time" in llama2.c's greedy run */
 
@@ -122,8 +130,27 @@ static int setup(void **state)
     return 0;
 }
 
+/* The same gateway with a master key, for the admin API. */
+static int setup_admin(void **state)
+{
+    static const char *const args[] = {"--require-key", PROVIDER_KEY, NULL};
+    struct env *e = calloc(1, sizeof(*e));
+    setenv("BR_IT_PROVIDER_KEY", PROVIDER_KEY, 1);
+    setenv("BR_IT_MASTER_KEY", MASTER_KEY, 1);
+    env_start_mock(e, args);
+    char path[320];
+    snprintf(path, sizeof(path), "%s/slow.bin", e->dir);
+    write_slow_model(path);
+    env_start_gateway(e, LOCAL_CONFIG "auth:\n  master_key: env:BR_IT_MASTER_KEY\n");
+    static const char *const with_key[] = {"Authorization: Bearer " MASTER_KEY, NULL};
+    client_headers = with_key;
+    *state = e;
+    return 0;
+}
+
 static int teardown(void **state)
 {
+    client_headers = NULL;
     env_stop(*state);
     free(*state);
     return 0;
@@ -380,7 +407,7 @@ static void test_logprobs(void **state)
 
 static json_t *completion(struct env *e, const char *body, long want_status, struct http_resp *r)
 {
-    http_request(e, "POST", "/v1/completions", NULL, body, r);
+    http_request(e, "POST", "/v1/completions", client_headers, body, r);
     if (r->status != want_status) {
         fail_msg("status %ld, want %ld: %s", r->status, want_status, r->body);
     }
@@ -487,6 +514,242 @@ static void test_lora_variant(void **state)
     free(g);
 }
 
+static int connect_gw(struct env *e);
+static void send_completion(int fd, const char *model, int max_tokens);
+static char *read_all(int fd, int timeout_ms);
+static char *read_until(int fd, const char *end, int timeout_ms);
+
+static char *completion_text(struct env *e, const char *model, int max_tokens)
+{
+    char body[256];
+    snprintf(body, sizeof(body),
+             "{\"model\":\"%s\",\"prompt\":\"Once upon a time\",\"temperature\":0,"
+             "\"max_tokens\":%d}",
+             model, max_tokens);
+    struct http_resp r;
+    json_t *j = completion(e, body, 200, &r);
+    assert_string_equal(json_string_value(json_object_get(j, "model")), model);
+    char *text = strdup(json_string_value(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "text")));
+    json_decref(j);
+    http_resp_free(&r);
+    return text;
+}
+
+/* "model": "NAME:ADAPTER" picks one of a local model's named adapters per request. */
+static void test_adapter_by_name(void **state)
+{
+    struct env *e = *state;
+    char *g = read_file(BR_SOURCE_DIR
+                        "/models/stories260K/golden/run_greedy_once_upon_lora_r4_merged.txt");
+    char *a = completion_text(e, "stories260k:lora-a", 60);
+    if (strlen(a) < 150 || strncmp(g + 16, a, strlen(a)) != 0) {
+        fail_msg("not the LoRA golden continuation: '%s'", a);
+    }
+    char *base = completion_text(e, "stories260k", 60);
+    assert_golden_prefix(base, 150); /* the base model is untouched by its adapters */
+    char *half = completion_text(e, "stories260k:half", 60);
+    assert_string_not_equal(half, a); /* scale 0.5 is neither the adapter nor the base */
+    assert_string_not_equal(half, base);
+    char *lora_entry = completion_text(e, "stories-lora", 60);
+    assert_string_equal(lora_entry, a); /* same adapter, same scale, as a catalogue entry */
+
+    /* Chat completions, streamed: the adapter's text, the requested name in every chunk. */
+    struct http_resp r;
+    chat(e, "stories260k:lora-a", true, "\"temperature\":0,\"max_tokens\":60", &r);
+    size_t n = 0;
+    char **ev = sse_payloads(r.body, &n);
+    char got[4096] = "";
+    for (size_t i = 0; i + 1 < n; i++) {
+        json_t *c = parse_json(ev[i]);
+        assert_string_equal(json_string_value(json_object_get(c, "model")), "stories260k:lora-a");
+        json_t *d = json_object_get(json_array_get(json_object_get(c, "choices"), 0), "delta");
+        if (json_string_value(json_object_get(d, "content"))) {
+            strncat(got, json_string_value(json_object_get(d, "content")),
+                    sizeof(got) - strlen(got) - 1);
+        }
+        json_decref(c);
+    }
+    assert_string_equal(got, a);
+    sse_free(ev);
+    http_resp_free(&r);
+
+    /* Unknown adapters, adapters of models that take none: 404 model_not_found. */
+    static const char *const missing[] = {"stories260k:nope", "mock-gpt:lora-a",
+                                          "stories260k:", ":lora-a"};
+    for (size_t i = 0; i < sizeof(missing) / sizeof(missing[0]); i++) {
+        char *body = chat_body(missing[i], "hi", false, NULL);
+        http_request(e, "POST", "/v1/chat/completions", NULL, body, &r);
+        free(body);
+        assert_int_equal(r.status, 404);
+        assert_non_null(strstr(r.body, "\"code\":\"model_not_found\""));
+        http_resp_free(&r);
+        char cbody[160];
+        snprintf(cbody, sizeof(cbody), "{\"model\":\"%s\",\"prompt\":\"x\"}", missing[i]);
+        completion(e, cbody, 404, &r);
+        http_resp_free(&r);
+    }
+
+    /* Discovery: /v1/models lists the adapters; /v1/models/NAME:ADAPTER answers. */
+    http_request(e, "GET", "/v1/models", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"id\":\"stories260k:lora-a\""));
+    assert_non_null(strstr(r.body, "\"id\":\"stories260k:half\""));
+    http_resp_free(&r);
+    http_request(e, "GET", "/v1/models/stories260k:half", NULL, NULL, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"id\":\"stories260k:half\""));
+    http_resp_free(&r);
+    http_request(e, "GET", "/v1/models/stories260k:nope", NULL, NULL, &r);
+    assert_int_equal(r.status, 404);
+    http_resp_free(&r);
+
+    /* The request log names the adapter's model. */
+    assert_true(db_wait_rows(e, 5));
+    assert_true(db_int(e, "SELECT count(*) FROM requests WHERE status = 200") >= 5);
+    free(g);
+    free(a);
+    free(base);
+    free(half);
+    free(lora_entry);
+}
+
+static void admin(struct env *e, const char *method, const char *path, const char *body, long want,
+                  struct http_resp *r)
+{
+    const char *h[] = {"Authorization: Bearer " MASTER_KEY, NULL};
+    http_request(e, method, path, h, body, r);
+    if (r->status != want) {
+        fail_msg("%s %s: status %ld, want %ld: %s", method, path, r->status, want, r->body);
+    }
+}
+
+/* Load and unload adapters through the admin API, without a restart. */
+static void test_adapter_admin(void **state)
+{
+    struct env *e = *state;
+    struct http_resp r;
+    const char *path = "/admin/models/stories260k/adapters";
+    admin(e, "GET", path, NULL, 200, &r);
+    json_t *j = parse_json(r.body);
+    assert_int_equal(json_array_size(json_object_get(j, "data")), 2);
+    json_t *first = json_array_get(json_object_get(j, "data"), 0);
+    assert_string_equal(json_string_value(json_object_get(first, "id")), "stories260k:lora-a");
+    assert_string_equal(json_string_value(json_object_get(first, "source")), "config");
+    json_decref(j);
+    http_resp_free(&r);
+
+    /* Not before it is loaded. */
+    completion(e, "{\"model\":\"stories260k:b\",\"prompt\":\"x\"}", 404, &r);
+    http_resp_free(&r);
+
+    /* Load: 201, then served at once (a relative path resolves against the config's folder). */
+    char link[320];
+    snprintf(link, sizeof(link), "%s/adapter-b.gguf", e->dir);
+    assert_int_equal(symlink(BR_SOURCE_DIR "/models/stories260K/lora260K-r4-b.gguf", link), 0);
+    admin(e, "POST", path, "{\"name\":\"b\",\"path\":\"adapter-b.gguf\",\"scale\":1}", 201, &r);
+    j = parse_json(r.body);
+    assert_string_equal(json_string_value(json_object_get(j, "id")), "stories260k:b");
+    json_decref(j);
+    http_resp_free(&r);
+    char *b = completion_text(e, "stories260k:b", 60);
+    char *a = completion_text(e, "stories260k:lora-a", 60);
+    char *base = completion_text(e, "stories260k", 60);
+    assert_string_not_equal(b, a);
+    assert_string_not_equal(b, base);
+    admin(e, "GET", path, NULL, 200, &r);
+    assert_non_null(strstr(r.body, "\"source\":\"admin\""));
+    http_resp_free(&r);
+    http_request(e, "GET", "/v1/models", client_headers, NULL, &r);
+    assert_non_null(strstr(r.body, "\"id\":\"stories260k:b\""));
+    http_resp_free(&r);
+
+    /* Refused: a taken name (409), bad names, scales and files (400), a model that takes no
+     * adapters or does not exist (404), no master key (401), a wrong method (405). */
+    admin(e, "POST", path, "{\"name\":\"b\",\"path\":\"adapter-b.gguf\"}", 409, &r);
+    assert_non_null(strstr(r.body, "adapter_exists"));
+    http_resp_free(&r);
+    static const char *const bad[] = {
+        "{\"name\":\"has space\",\"path\":\"adapter-b.gguf\"}",
+        "{\"name\":\"c\"}",
+        "{\"name\":\"c\",\"path\":\"adapter-b.gguf\",\"scale\":100}",
+        "{\"name\":\"c\",\"path\":\"/nonexistent/x.gguf\"}",
+        "{\"name\":\"c\",\"path\":\"slow.bin\"}",
+        "{\"name\":\"c\",\"path\":\"" BR_SOURCE_DIR "/models/stories260K/stories260K-f32.gguf\"}",
+        "[1,2]",
+        "not json",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        admin(e, "POST", path, bad[i], 400, &r);
+        assert_non_null(strstr(r.body, "\"error\""));
+        http_resp_free(&r);
+    }
+    admin(e, "POST", "/admin/models/mock-gpt/adapters", "{\"name\":\"c\",\"path\":\"x\"}", 404, &r);
+    http_resp_free(&r);
+    admin(e, "GET", "/admin/models/nope/adapters", NULL, 404, &r);
+    http_resp_free(&r);
+    admin(e, "GET", "/admin/models/stories260k", NULL, 404, &r);
+    http_resp_free(&r);
+    admin(e, "PUT", path, "{}", 405, &r);
+    http_resp_free(&r);
+    http_request(e, "GET", path, NULL, NULL, &r);
+    assert_int_equal(r.status, 401);
+    http_resp_free(&r);
+    http_request(e, "DELETE", "/admin/models/stories260k/adapters/b", NULL, NULL, &r);
+    assert_int_equal(r.status, 401);
+    http_resp_free(&r);
+
+    /* Unload: 200, then gone (404 for requests and for a second delete); config ones too. */
+    admin(e, "DELETE", "/admin/models/stories260k/adapters/b", NULL, 200, &r);
+    assert_non_null(strstr(r.body, "\"deleted\":true"));
+    http_resp_free(&r);
+    completion(e, "{\"model\":\"stories260k:b\",\"prompt\":\"x\"}", 404, &r);
+    http_resp_free(&r);
+    admin(e, "DELETE", "/admin/models/stories260k/adapters/b", NULL, 404, &r);
+    http_resp_free(&r);
+    admin(e, "DELETE", "/admin/models/stories260k/adapters/half", NULL, 200, &r);
+    http_resp_free(&r);
+    admin(e, "GET", path, NULL, 200, &r);
+    assert_null(strstr(r.body, "half"));
+    http_resp_free(&r);
+
+    /* Unloading an adapter while a request uses it: the request finishes with it. */
+    for (int round = 0; round < 5; round++) {
+        int fd = connect_gw(e);
+        send_completion(fd, "stories260k:lora-a", 400);
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        assert_int_equal(poll(&p, 1, 5000), 1); /* the stream has begun: the job holds it */
+        admin(e, "DELETE", "/admin/models/stories260k/adapters/lora-a", NULL, 200, &r);
+        http_resp_free(&r);
+        char *all = read_until(fd, "data: [DONE]", 10000);
+        close(fd);
+        assert_non_null(strstr(all, "HTTP/1.1 200"));
+        assert_non_null(strstr(all, "\"finish_reason\":\"length\""));
+        free(all);
+        completion(e, "{\"model\":\"stories260k:lora-a\",\"prompt\":\"x\"}", 404, &r);
+        http_resp_free(&r);
+        admin(e, "POST", path,
+              "{\"name\":\"lora-a\",\"path\":\"" BR_SOURCE_DIR
+              "/models/stories260K/lora260K-r4.gguf\"}",
+              201, &r);
+        http_resp_free(&r);
+    }
+    char *again = completion_text(e, "stories260k:lora-a", 60);
+    assert_string_equal(again, a);
+
+    /* A reload serves the config's adapters again (admin loads live in the snapshot). */
+    admin(e, "POST", "/admin/reload", NULL, 200, &r);
+    http_resp_free(&r);
+    admin(e, "GET", path, NULL, 200, &r);
+    assert_non_null(strstr(r.body, "\"half\""));
+    assert_null(strstr(r.body, "\"source\":\"admin\""));
+    http_resp_free(&r);
+    free(again);
+    free(a);
+    free(b);
+    free(base);
+}
+
 static int connect_gw(struct env *e)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -520,11 +783,11 @@ static void send_completion(int fd, const char *model, int max_tokens)
              "\"prompt\":\"Once upon a time\"}",
              model, max_tokens);
     char req[1024];
-    int n =
-        snprintf(req, sizeof(req),
-                 "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n\r\n%s",
-                 strlen(body), body);
+    int n = snprintf(
+        req, sizeof(req),
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "%sContent-Length: %zu\r\n\r\n%s",
+        client_headers ? "Authorization: Bearer " MASTER_KEY "\r\n" : "", strlen(body), body);
     assert_int_equal(send(fd, req, (size_t)n, 0), n);
 }
 
@@ -546,6 +809,27 @@ static char *read_all(int fd, int timeout_ms)
         }
     }
     buf[got] = '\0';
+    return buf;
+}
+
+/* Reads until the text contains end, the peer closes, or timeout; malloc'd text. */
+static char *read_until(int fd, const char *end, int timeout_ms)
+{
+    size_t cap = 1 << 20;
+    size_t got = 0;
+    char *buf = calloc(1, cap);
+    long long deadline = now_ms() + timeout_ms;
+    while (now_ms() < deadline && got + 1 < cap && !strstr(buf, end)) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0) {
+            ssize_t k = recv(fd, buf + got, cap - got - 1, 0);
+            if (k <= 0) {
+                break;
+            }
+            got += (size_t)k;
+            buf[got] = '\0';
+        }
+    }
     return buf;
 }
 
@@ -771,6 +1055,47 @@ static void test_config_errors(void **state)
         assert_non_null(strstr(out, "check.yaml:"));
         free(out);
     }
+    /* Named adapters: each refusal names the problem and the line. */
+    static const struct {
+        const char *adapters;
+        const char *says;
+    } bad_adapters[] = {
+        {"{\"bad name\": a.gguf}", "not an adapter name"},
+        {"{a: {scale: 1}}", "needs path"},
+        {"{a: {path: a.gguf, scale: 99}}", "from -16 to 16"},
+        {"{a: {path: a.gguf, rank: 4}}", "unknown key"},
+        {"{a: nope.gguf}", "nope.gguf"},
+        {NULL, "adapter a"}, /* a model file, not an adapter */
+        {"[a.gguf]", "adapters"},
+    };
+    for (size_t i = 0; i < sizeof(bad_adapters) / sizeof(bad_adapters[0]); i++) {
+        char ad[512];
+        if (bad_adapters[i].adapters) {
+            snprintf(ad, sizeof(ad), "%s", bad_adapters[i].adapters);
+        } else {
+            snprintf(ad, sizeof(ad), "{a: %s/models/stories260K/stories260K-f32.gguf}",
+                     BR_SOURCE_DIR);
+        }
+        snprintf(cfg, sizeof(cfg),
+                 "models:\n  - name: m\n    provider: local\n    local:\n      model: "
+                 "%s/models/stories260K/stories260K-f32.gguf\n      adapters: %s\n"
+                 "    price: {input: 0, output: 0}\n",
+                 BR_SOURCE_DIR, ad);
+        int st = config_check(e, cfg, &out);
+        if (st == 0 || !strstr(out, bad_adapters[i].says) || !strstr(out, "check.yaml:")) {
+            fail_msg("adapters %s: status %d, output: %s", ad, st, out);
+        }
+        free(out);
+    }
+    snprintf(cfg, sizeof(cfg),
+             "models:\n  - name: m\n    provider: local\n    local:\n      model: "
+             "%s/models/stories260K/stories260K-f32.gguf\n      adapters:\n        a: "
+             "%s/models/stories260K/lora260K-r4.gguf\n        a: x.gguf\n"
+             "    price: {input: 0, output: 0}\n",
+             BR_SOURCE_DIR, BR_SOURCE_DIR);
+    assert_int_not_equal(config_check(e, cfg, &out), 0);
+    free(out);
+
     /* provider local without local: */
     assert_int_not_equal(config_check(e,
                                       "models:\n  - name: m\n    provider: local\n"
@@ -790,6 +1115,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_logprobs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_text_completions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lora_variant, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adapter_by_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adapter_admin, setup_admin, teardown),
         cmocka_unit_test_setup_teardown(test_queue_full, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_frees_slot, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),

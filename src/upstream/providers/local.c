@@ -43,15 +43,36 @@
 #include "upstream/provider.h"
 #include "upstream/providers/providers_int.h"
 
-#define LOCAL_OUT_MAX    ((size_t)64 << 20)
-#define LOCAL_PROMPT_MAX ((size_t)1 << 20)
+#define LOCAL_OUT_MAX      ((size_t)64 << 20)
+#define LOCAL_PROMPT_MAX   ((size_t)1 << 20)
+/* Named adapters per model (the config's own cap, BR_CONFIG_ADAPTERS_MAX, is the same). */
+#define LOCAL_ADAPTERS_MAX 64
 
 struct local_job;
+
+/*
+ * A named adapter ("model": "NAME:ADAPTER"). Reference-counted: the model's list holds one
+ * reference, every job using it another, so an adapter unloaded while requests use it is
+ * closed after the last of them.
+ */
+struct local_adapter {
+    atomic_int refs;
+    atomic_int in_use; /* jobs holding it */
+    char *name;
+    char *path;
+    float scale;
+    bool from_config;
+    br_lora *lora;
+    struct local_adapter *next; /* the model's list (adapters_mu) */
+};
 
 struct local_model {
     br_engine_model *engine;
     br_lora *lora; /* adapter applied to every generation, or NULL */
     struct br_lora_use lora_use;
+    pthread_mutex_t adapters_mu; /* the adapters list */
+    struct local_adapter *adapters;
+    size_t n_adapters;
     bool simple_template;
     int context;   /* 0: the model's */
     int queue_cap; /* waiting jobs */
@@ -87,6 +108,8 @@ struct local_job {
     char id[48];
     const char *model; /* name in the output */
     int64_t created;
+    struct local_adapter *adapter; /* "NAME:ADAPTER" requests: one reference, else NULL */
+    char *model_owned;             /* "NAME:ADAPTER" requests: the name in the output */
 
     /* pool thread only */
     struct br_buf chunk;   /* the chunk being built */
@@ -114,6 +137,150 @@ struct local_job {
     int64_t prompt_estimate;
 };
 
+/* ------------------------------------------------------------------ adapters */
+
+static void adapter_unref(struct local_adapter *a)
+{
+    if (!a || atomic_fetch_sub(&a->refs, 1) != 1) {
+        return;
+    }
+    br_lora_close(a->lora);
+    br_free(a->name);
+    br_free(a->path);
+    br_free(a);
+}
+
+/* The adapter called name (n bytes), or NULL. Caller holds adapters_mu. */
+static struct local_adapter *adapter_find_locked(struct local_model *lm, const char *name, size_t n)
+{
+    for (struct local_adapter *a = lm->adapters; a; a = a->next) {
+        if (strlen(a->name) == n && memcmp(a->name, name, n) == 0) {
+            return a;
+        }
+    }
+    return NULL;
+}
+
+/* A new reference to the adapter called name, or NULL. */
+static struct local_adapter *adapter_get(struct local_model *lm, const char *name)
+{
+    pthread_mutex_lock(&lm->adapters_mu);
+    struct local_adapter *a = adapter_find_locked(lm, name, strlen(name));
+    if (a) {
+        atomic_fetch_add(&a->refs, 1);
+        atomic_fetch_add(&a->in_use, 1);
+    }
+    pthread_mutex_unlock(&lm->adapters_mu);
+    return a;
+}
+
+static void adapter_put(struct local_adapter *a)
+{
+    if (a) {
+        atomic_fetch_sub(&a->in_use, 1);
+        adapter_unref(a);
+    }
+}
+
+/*
+ * Opens path against the model and adds it as name. The file is opened before the lock is
+ * taken (it reads and checks the whole adapter), so generations never wait for it.
+ */
+static int adapter_add(struct local_model *lm, const char *name, const char *path, double scale,
+                       bool from_config, char *err, size_t errlen)
+{
+    if (!*name) {
+        return br_err_fail(err, errlen, BR_ERR_INVAL, "an adapter needs a name");
+    }
+    if (!(scale >= -16 && scale <= 16)) {
+        return br_err_fail(err, errlen, BR_ERR_INVAL, "scale: expected a number from -16 to 16");
+    }
+    struct local_adapter *a = br_calloc(1, sizeof(*a));
+    if (!a) {
+        return BR_ERR_NOMEM;
+    }
+    atomic_init(&a->refs, 1);
+    atomic_init(&a->in_use, 0);
+    a->name = br_strdup(name);
+    a->path = br_strdup(path);
+    a->scale = (float)scale;
+    a->from_config = from_config;
+    char eerr[BR_ENGINE_ERR_CAP] = "";
+    int rc = a->name && a->path ? BR_OK : BR_ERR_NOMEM;
+    if (rc == BR_OK) {
+        rc = br_lora_open(path, br_engine_model_config(lm->engine), &a->lora, eerr, sizeof(eerr));
+        if (rc != BR_OK) {
+            (void)snprintf(err, errlen, "%s", eerr[0] ? eerr : br_strerror(rc));
+        }
+    }
+    if (rc == BR_OK) {
+        pthread_mutex_lock(&lm->adapters_mu);
+        if (adapter_find_locked(lm, name, strlen(name))) {
+            rc = br_err_fail(err, errlen, BR_ERR_EXISTS, "an adapter called '%s' is loaded", name);
+        } else if (lm->n_adapters >= LOCAL_ADAPTERS_MAX) {
+            rc = br_err_fail(err, errlen, BR_ERR_LIMIT,
+                             "the model has %d adapters, the most it may", LOCAL_ADAPTERS_MAX);
+        } else {
+            a->next = lm->adapters;
+            lm->adapters = a;
+            lm->n_adapters++;
+            a = NULL;
+        }
+        pthread_mutex_unlock(&lm->adapters_mu);
+    }
+    adapter_unref(a);
+    return rc;
+}
+
+static bool local_variant_exists(void *state, const char *name, size_t n)
+{
+    struct local_model *lm = state;
+    pthread_mutex_lock(&lm->adapters_mu);
+    bool found = adapter_find_locked(lm, name, n) != NULL;
+    pthread_mutex_unlock(&lm->adapters_mu);
+    return found;
+}
+
+static int local_variant_load(void *state, const char *name, const char *path, double scale,
+                              char *err, size_t errlen)
+{
+    return adapter_add(state, name, path, scale, false, err, errlen);
+}
+
+static int local_variant_unload(void *state, const char *name)
+{
+    struct local_model *lm = state;
+    struct local_adapter *gone = NULL;
+    pthread_mutex_lock(&lm->adapters_mu);
+    for (struct local_adapter **pp = &lm->adapters; *pp; pp = &(*pp)->next) {
+        if (strcmp((*pp)->name, name) == 0) {
+            gone = *pp;
+            *pp = gone->next;
+            lm->n_adapters--;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lm->adapters_mu);
+    adapter_unref(gone); /* jobs that hold it keep it open until they end */
+    return gone ? BR_OK : BR_ERR_NOTFOUND;
+}
+
+static int local_variant_list(void *state, json_t *array)
+{
+    struct local_model *lm = state;
+    int rc = BR_OK;
+    pthread_mutex_lock(&lm->adapters_mu);
+    for (struct local_adapter *a = lm->adapters; a && rc == BR_OK; a = a->next) {
+        json_t *o =
+            json_pack("{s:s, s:s, s:f, s:s, s:i}", "name", a->name, "path", a->path, "scale",
+                      (double)a->scale, "source", a->from_config ? "config" : "admin", "in_use",
+                      atomic_load(&a->in_use));
+        rc = o && json_array_append_new(array, o) == 0 ? BR_OK : BR_ERR_NOMEM;
+    }
+    pthread_mutex_unlock(&lm->adapters_mu);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ jobs */
 
 static void job_unref(struct local_job *j)
@@ -121,6 +288,8 @@ static void job_unref(struct local_job *j)
     if (atomic_fetch_sub(&j->refs, 1) != 1) {
         return;
     }
+    adapter_put(j->adapter);
+    br_free(j->model_owned);
     br_buf_cleanup(&j->head);
     br_buf_cleanup(&j->chunk);
     br_buf_cleanup(&j->content);
@@ -423,9 +592,18 @@ static void run_job(struct local_job *j)
     struct br_engine_gen_params p = j->params;
     p.on_token = on_token;
     p.user = j;
+    struct br_lora_use use[2];
+    int n_use = 0;
     if (j->lm->lora && j->lm->lora_use.scale != 0.0F) {
-        p.lora = &j->lm->lora_use;
-        p.n_lora = 1;
+        use[n_use++] = j->lm->lora_use;
+    }
+    if (j->adapter && j->adapter->scale != 0.0F) {
+        use[n_use].adapter = j->adapter->lora;
+        use[n_use++].scale = j->adapter->scale;
+    }
+    if (n_use) {
+        p.lora = use;
+        p.n_lora = n_use;
     }
     if (!atomic_load(&j->canceled)) {
         rc = apply_context_cap(j, &p, err, sizeof(err));
@@ -498,6 +676,12 @@ static void local_model_destroy(void *state)
         job_unref(j);
     }
     br_free(lm->threads);
+    while (lm->adapters) {
+        struct local_adapter *a = lm->adapters;
+        lm->adapters = a->next;
+        adapter_unref(a);
+    }
+    pthread_mutex_destroy(&lm->adapters_mu);
     br_lora_close(lm->lora);
     br_engine_model_close(lm->engine);
     pthread_cond_destroy(&lm->cv);
@@ -518,6 +702,7 @@ static int local_model_create(const struct br_provider_target *t, void **state_o
         return BR_ERR_NOMEM;
     }
     pthread_mutex_init(&lm->mu, NULL);
+    pthread_mutex_init(&lm->adapters_mu, NULL);
     pthread_cond_init(&lm->cv, NULL);
     lm->simple_template = t->local_template && strcmp(t->local_template, "simple") == 0;
     lm->context = t->local_context > 0 ? t->local_context : 0;
@@ -539,6 +724,15 @@ static int local_model_create(const struct br_provider_target *t, void **state_o
         }
         lm->lora_use.adapter = lm->lora;
         lm->lora_use.scale = (float)t->local_lora_scale;
+    }
+    /* Named adapters, in the config's order (the list is built newest first). */
+    for (size_t i = t->n_local_adapters; i-- > 0;) {
+        rc = adapter_add(lm, t->local_adapter_names[i], t->local_adapter_paths[i],
+                         t->local_adapter_scales[i], true, eerr, sizeof(eerr));
+        if (rc != BR_OK) {
+            (void)snprintf(err, errlen, "adapter %s: %s", t->local_adapter_names[i], eerr);
+            goto fail;
+        }
     }
     lm->threads = br_calloc((size_t)lm->n_threads, sizeof(*lm->threads));
     if (!lm->threads) {
@@ -821,6 +1015,10 @@ static void finish_stream(struct local_job *j, const struct br_engine_gen_result
 static void finish_generation(struct local_job *j)
 {
     struct br_engine_gen_result *g = &j->res;
+    if (j->gen_rc == BR_ERR_NOTFOUND) {
+        fail_call(j, j->gen_rc, 404, j->gen_err, "invalid_request_error", "model_not_found");
+        return;
+    }
     if (j->gen_rc == BR_ERR_LIMIT || j->gen_rc == BR_ERR_INVAL) {
         fail_call(j, j->gen_rc, 400, j->gen_err[0] ? j->gen_err : "the prompt is too long",
                   "invalid_request_error",
@@ -1014,10 +1212,27 @@ static int local_call_start(struct br_provider_call *call)
         return BR_ERR_NOMEM;
     }
     const char *why = NULL;
-    int r = prepare(j, call, &why);
+    int why_rc = BR_ERR_INVAL;
+    int r = BR_OK;
+    if (call->variant) {
+        j->adapter = adapter_get(lm, call->variant);
+        j->model_owned = br_malloc(strlen(j->model) + strlen(call->variant) + 2);
+        if (!j->model_owned) {
+            job_unref(j);
+            return BR_ERR_NOMEM;
+        }
+        (void)sprintf(j->model_owned, "%s:%s", j->model, call->variant);
+        j->model = j->model_owned;
+    }
+    r = prepare(j, call, &why);
     if (r != BR_OK && !why) {
         job_unref(j);
         return r;
+    }
+    if (call->variant && !j->adapter) {
+        why = "model: this local model has no adapter by that name (GET "
+              "/admin/models/MODEL/adapters lists them)";
+        why_rc = BR_ERR_NOTFOUND;
     }
     if (uv_async_init(call->loop, &j->async, on_async) != 0) {
         job_unref(j);
@@ -1026,7 +1241,7 @@ static int local_call_start(struct br_provider_call *call)
     call->priv = j;
     if (why) {
         /* Answered from the loop on the next iteration, with the reason. */
-        j->gen_rc = BR_ERR_INVAL;
+        j->gen_rc = why_rc;
         (void)snprintf(j->gen_err, sizeof(j->gen_err), "%s", why);
         pthread_mutex_lock(&j->mu);
         j->done = true;
@@ -1092,4 +1307,8 @@ const struct br_provider_ops br_provider_local = {
     .model_destroy = local_model_destroy,
     .call_start = local_call_start,
     .call_cancel = local_call_cancel,
+    .variant_exists = local_variant_exists,
+    .variant_load = local_variant_load,
+    .variant_unload = local_variant_unload,
+    .variant_list = local_variant_list,
 };
