@@ -48,6 +48,7 @@ static const char usage_main[] =
     "  generate  generate text with the embedded engine from a GGUF or llama2.c model\n"
     "  quantize  rewrite a model as a self-contained GGUF in q8_0, q4_0, f16 or f32\n"
     "  lora      LoRA adapters: `lora merge BASE ADAPTER[:SCALE]... -o OUT`\n"
+    "  quality   a model variant's quality cost against a reference (top-1, KL, perplexity)\n"
     "  routes    report each route: decisions, cost, feedback, threshold history\n"
     "  export    write logged strong-model answers as fine-tuning JSONL (log.bodies)\n"
     "  config    check a configuration file (brigade config check -c FILE)\n"
@@ -557,6 +558,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "lora") == 0) {
         return br_lora_cli(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "quality") == 0) {
+        return br_quality_cli(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "routes") == 0) {
         return br_cli_routes(argc - 2, argv + 2);

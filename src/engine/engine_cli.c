@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * `brigade generate` and `brigade quantize`: argument parsing and printing around engine.h and
- * gguf_write.h. See engine_cli.h.
+ * `brigade generate`, `brigade quantize`, `brigade lora merge` and `brigade quality`: argument
+ * parsing and printing around engine.h, gguf_write.h and quality.h. See engine_cli.h.
  */
 #include "engine/engine_cli.h"
 
@@ -11,14 +11,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "engine/engine.h"
 #include "engine/forward.h"
+#include "engine/gguf.h"
 #include "engine/gguf_write.h"
 #include "engine/lora.h"
+#include "engine/quality.h"
 #include "engine/quant.h"
 #include "engine/tokenizer.h"
 
@@ -900,4 +904,540 @@ int br_lora_cli(int argc, char **argv)
         return rc == 1 ? 0 : rc;
     }
     return merge_run(&c);
+}
+
+/* ---- brigade quality ------------------------------------------------------------------------ */
+
+static const char usage_quality[] =
+    "usage: brigade quality -m REFERENCE [--tokenizer FILE] -q CANDIDATE [-q CANDIDATE]...\n"
+    "                       (--text FILE | --prompt TEXT)... [--lora ADAPTER[:SCALE]]...\n"
+    "                       [--threads N] [--ctx N] [--json]\n"
+    "\n"
+    "Reports what a model variant (a quantized file, typically) costs in quality against a\n"
+    "reference (typically F32) on the same tokens. The text is encoded with the reference's\n"
+    "tokenizer and run teacher-forced through the reference and every candidate in lockstep;\n"
+    "at every position both predict the next token of the text, and the table gives per\n"
+    "candidate: top-1 agreement (same argmax), mean and max KL(P_ref || P_cand) in nats, the\n"
+    "perplexity exp(mean negative log-likelihood of the actual next token) of the reference\n"
+    "and of the candidate, and the candidate's perplexity change in percent.\n"
+    "\n"
+    "Long texts are cut into windows of N tokens (--ctx; default the smallest context length\n"
+    "of the models): each window restarts the KV cache at position 0 with BOS followed by the\n"
+    "next N - 1 tokens of the text, so every token is scored once (for a model that adds no\n"
+    "BOS the leading token is the previous token instead, and the text's first token is not\n"
+    "scored). Every --prompt is a sequence of its own; --text and --prompt may be combined.\n"
+    "There is no built-in text: give at least one (models/stories260K/eval.txt suits\n"
+    "stories260K).\n"
+    "\n"
+    "options:\n"
+    "  -m, --model REFERENCE  the reference: a GGUF file, or a llama2.c .bin with --tokenizer\n"
+    "  --tokenizer FILE       llama2.c tokenizer.bin for .bin models (reference and candidates)\n"
+    "  -q, --candidate FILE   a model to compare (GGUF or .bin), same shape and vocabulary as\n"
+    "                         the reference; up to 16\n"
+    "  --text FILE            score the text of FILE\n"
+    "  --prompt TEXT          score TEXT (repeatable, up to 64)\n"
+    "  --lora ADAPTER[:SCALE] apply a LoRA adapter at run time to the reference and to every\n"
+    "                         candidate alike (repeatable, up to 8)\n"
+    "  --threads N            forward-pass threads per model, 1..256 (default 1)\n"
+    "  --ctx N                window length in tokens, 2..1048576 (may exceed what a file\n"
+    "                         declares, e.g. 512 for the stories260K GGUFs that say 128)\n"
+    "  --json                 one JSON object on stdout instead of the table\n"
+    "  -h, --help             this text\n"
+    "\n"
+    "exit status: 0 done, 2 usage error, 1 a model or the text cannot be read, the models\n"
+    "differ in shape or vocabulary, or the text gives no token to score\n";
+
+#define QUAL_MAX_PROMPTS 64
+
+struct qual_cli {
+    const char *model;
+    const char *tokenizer;
+    const char *cand[BR_QUALITY_MAX_CANDIDATES];
+    int n_cand;
+    const char *text;
+    const char *prompt[QUAL_MAX_PROMPTS];
+    int n_prompt;
+    int threads;
+    int ctx;
+    bool json;
+    struct adapters ad;
+};
+
+static const struct {
+    const char *name;
+    const char *alias;
+} qual_opts[] = {
+    {"--model", "-m"},  {"--tokenizer", NULL}, {"--candidate", "-q"}, {"--text", NULL},
+    {"--prompt", NULL}, {"--threads", NULL},   {"--ctx", NULL},       {"--lora", NULL},
+};
+
+static int qual_option(struct qual_cli *c, const char *name, const char *v)
+{
+    if (strcmp(name, "--model") == 0) {
+        c->model = v;
+    } else if (strcmp(name, "--tokenizer") == 0) {
+        c->tokenizer = v;
+    } else if (strcmp(name, "--candidate") == 0) {
+        if (c->n_cand >= BR_QUALITY_MAX_CANDIDATES) {
+            return usage_error("quality", "at most %d candidates", BR_QUALITY_MAX_CANDIDATES);
+        }
+        c->cand[c->n_cand++] = v;
+    } else if (strcmp(name, "--text") == 0) {
+        if (c->text) {
+            return usage_error("quality", "--text may be given once");
+        }
+        c->text = v;
+    } else if (strcmp(name, "--prompt") == 0) {
+        if (c->n_prompt >= QUAL_MAX_PROMPTS || v[0] == '\0') {
+            return usage_error("quality", "up to %d non-empty --prompt texts", QUAL_MAX_PROMPTS);
+        }
+        c->prompt[c->n_prompt++] = v;
+    } else if (strcmp(name, "--threads") == 0) {
+        if (parse_int(v, 256, &c->threads) != 0 || c->threads < 1) {
+            return usage_error("quality", "invalid value for --threads: '%s'", v);
+        }
+    } else if (strcmp(name, "--ctx") == 0) {
+        if (parse_int(v, 1 << 20, &c->ctx) != 0 || c->ctx < 2) {
+            return usage_error("quality", "invalid value for --ctx: '%s' (2..1048576)", v);
+        }
+    } else {
+        return adapters_add(&c->ad, "quality", v);
+    }
+    return 0;
+}
+
+/* 0 parsed, 1 help printed, 2 usage error. */
+static int qual_parse(struct qual_cli *c, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+            (void)fputs(usage_quality, stdout);
+            return 1;
+        }
+        if (strcmp(a, "--json") == 0) {
+            c->json = true;
+            continue;
+        }
+        int matched = 0;
+        for (size_t k = 0; k < sizeof qual_opts / sizeof qual_opts[0] && !matched; k++) {
+            const char *v = NULL;
+            matched = opt_value(argc, argv, &i, qual_opts[k].name, qual_opts[k].alias, &v);
+            if (matched < 0) {
+                return usage_error("quality", "%s needs a value", a);
+            }
+            if (matched > 0 && qual_option(c, qual_opts[k].name, v) != 0) {
+                return 2;
+            }
+        }
+        if (!matched) {
+            return usage_error("quality", "unknown argument '%s'", a);
+        }
+    }
+    if (!c->model) {
+        return usage_error("quality", "-m REFERENCE is required");
+    }
+    if (c->n_cand == 0) {
+        return usage_error("quality", "at least one -q CANDIDATE is required");
+    }
+    if (!c->text && c->n_prompt == 0) {
+        return usage_error("quality", "give a text to score: --text FILE or --prompt TEXT");
+    }
+    return 0;
+}
+
+/* A model of the comparison and what the report says about it. */
+struct qual_model {
+    const char *path;
+    br_engine_model *m;
+    char type[24];
+    long long size_bytes;
+};
+
+/* llama.cpp's general.file_type values (enum llama_ftype) that name a whole-file mix. */
+static const char *ftype_name(uint32_t ft)
+{
+    static const char *const names[] = {"F32",    "F16",    "Q4_0",   "Q4_1",   "",
+                                        "",       "",       "Q8_0",   "Q5_0",   "Q5_1",
+                                        "Q2_K",   "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+                                        "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K"};
+    return ft < sizeof names / sizeof names[0] ? names[ft] : "";
+}
+
+/* The type holding most of the matrices' elements, uppercase ("F32", "Q8_0"). */
+static void dominant_type(const struct br_llama_weights *w, char *out, size_t cap)
+{
+    size_t elems[BR_TENSOR_Q6_K + 1] = {0};
+    elems[w->token_embedding.type] += w->token_embedding.rows * w->token_embedding.cols;
+    if (w->output.data != w->token_embedding.data) {
+        elems[w->output.type] += w->output.rows * w->output.cols;
+    }
+    for (int l = 0; l < w->n_layers; l++) {
+        const struct br_llama_layer *y = &w->layers[l];
+        const struct br_tensor *m[] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w1, &y->w2, &y->w3};
+        for (size_t k = 0; k < sizeof m / sizeof m[0]; k++) {
+            elems[m[k]->type] += m[k]->rows * m[k]->cols;
+        }
+    }
+    int best = 0;
+    for (int t = 1; t <= BR_TENSOR_Q6_K; t++) {
+        best = elems[t] > elems[best] ? t : best;
+    }
+    const char *name = br_tensor_type_name((enum br_tensor_type)best);
+    size_t i = 0;
+    for (; name[i] != '\0' && i + 1 < cap; i++) {
+        out[i] = (char)(name[i] >= 'a' && name[i] <= 'z' ? name[i] - 'a' + 'A' : name[i]);
+    }
+    out[i] = '\0';
+}
+
+/* type: the GGUF's general.file_type when it names one, else the dominant matrix type. */
+static void describe_model(struct qual_model *q)
+{
+    struct stat st;
+    q->size_bytes = stat(q->path, &st) == 0 ? (long long)st.st_size : -1;
+    if (br_engine_model_format(q->m) == BR_ENGINE_FORMAT_GGUF) {
+        br_gguf *g = NULL;
+        uint32_t ft = 0;
+        if (br_gguf_open(q->path, &g, NULL, 0) == BR_OK &&
+            br_gguf_get_u32(g, "general.file_type", &ft) == BR_OK && ftype_name(ft)[0] != '\0') {
+            (void)snprintf(q->type, sizeof q->type, "%s", ftype_name(ft));
+            br_gguf_close(g);
+            return;
+        }
+        br_gguf_close(g);
+    }
+    dominant_type(br_engine_model_weights(q->m), q->type, sizeof q->type);
+}
+
+/* Opens a model; candidates must have the reference's vocabulary. 0 or 1 (message printed). */
+static int qual_open(struct qual_model *q, const char *tokenizer, const br_engine_model *ref)
+{
+    char err[BR_ENGINE_ERR_CAP];
+    if (br_engine_model_open(q->path, tokenizer, &q->m, err, sizeof err) != BR_OK) {
+        (void)fprintf(stderr, "brigade quality: %s\n", err);
+        return 1;
+    }
+    if (ref &&
+        br_quality_check_vocab(br_engine_model_tokenizer(ref), br_engine_model_tokenizer(q->m),
+                               q->path, err, sizeof err) != BR_OK) {
+        (void)fprintf(stderr, "brigade quality: %s\n", err);
+        return 1;
+    }
+    describe_model(q);
+    return 0;
+}
+
+/* A token sequence to score: a --text file or a --prompt. */
+struct qual_seq {
+    int32_t *ids;
+    size_t n;
+};
+
+/* Reads the whole file (at most BR_TOK_MAX_TEXT bytes) into *out (br_free it). 0 or 1. */
+static int read_text(const char *path, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    size_t n = 0;
+    size_t cap = 0;
+    int status = 1;
+    if (!f) {
+        char why[128] = "cannot open";
+        (void)strerror_r(errno, why, sizeof why);
+        (void)fprintf(stderr, "brigade quality: %s: %s\n", path, why);
+        return 1;
+    }
+    for (;;) {
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 65536;
+            char *nb = ncap <= (size_t)BR_TOK_MAX_TEXT + 1 ? br_realloc(buf, ncap) : NULL;
+            if (!nb) {
+                (void)fprintf(stderr, "brigade quality: %s: longer than %u bytes\n", path,
+                              (unsigned)BR_TOK_MAX_TEXT);
+                goto out;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) {
+            break;
+        }
+    }
+    if (ferror(f)) {
+        (void)fprintf(stderr, "brigade quality: %s: read error\n", path);
+        goto out;
+    }
+    *out = buf;
+    *len = n;
+    buf = NULL;
+    status = 0;
+out:
+    br_free(buf);
+    (void)fclose(f);
+    return status;
+}
+
+static int encode(const br_engine_model *m, const char *text, size_t len, struct qual_seq *s)
+{
+    int rc = br_tokenizer_encode(br_engine_model_tokenizer(m), text, len, false, &s->ids, &s->n);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "brigade quality: cannot encode the text: %s\n", br_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
+/* seq[0] the --text (may be empty), then the prompts. 0 or 1. */
+static int qual_encode(const struct qual_cli *c, const br_engine_model *ref, struct qual_seq *seq)
+{
+    if (c->text) {
+        char *text = NULL;
+        size_t len = 0;
+        if (read_text(c->text, &text, &len) != 0) {
+            return 1;
+        }
+        int status = encode(ref, text, len, &seq[0]);
+        br_free(text);
+        if (status != 0) {
+            return 1;
+        }
+    }
+    for (int i = 0; i < c->n_prompt; i++) {
+        if (encode(ref, c->prompt[i], strlen(c->prompt[i]), &seq[i + 1]) != 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+struct qual_progress {
+    bool on;
+    bool tty;
+    size_t base;  /* tokens of the sequences before this one */
+    size_t total; /* tokens of all sequences */
+    int last_pct;
+};
+
+static void on_progress(void *user, size_t done, size_t total)
+{
+    struct qual_progress *p = user;
+    (void)total;
+    if (!p->on || p->total == 0) {
+        return;
+    }
+    size_t all = p->base + done;
+    int pct = (int)(100.0 * (double)all / (double)p->total);
+    if (p->tty) {
+        (void)fprintf(stderr, "\rbrigade quality: %zu/%zu tokens", all, p->total);
+    } else if (pct / 10 > p->last_pct / 10 || all == p->total) {
+        (void)fprintf(stderr, "brigade quality: %zu/%zu tokens (%d%%)\n", all, p->total, pct);
+    }
+    p->last_pct = pct;
+}
+
+/* Writes s as a JSON string. */
+static void json_str(const char *s)
+{
+    (void)fputc('"', stdout);
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            (void)printf("\\%c", *p);
+        } else if (*p < 0x20) {
+            (void)printf("\\u%04x", *p);
+        } else {
+            (void)fputc(*p, stdout);
+        }
+    }
+    (void)fputc('"', stdout);
+}
+
+/* A finite number, or null. */
+static void json_num(const char *key, double v, const char *sep)
+{
+    if (isfinite(v)) {
+        (void)printf("\"%s\": %.9g%s", key, v, sep);
+    } else {
+        (void)printf("\"%s\": null%s", key, sep);
+    }
+}
+
+static double delta_pct(const struct br_quality_stats *s)
+{
+    return s->ppl_ref > 0 ? 100.0 * (s->ppl_cand - s->ppl_ref) / s->ppl_ref : 0.0;
+}
+
+struct qual_report {
+    const struct qual_model *ref;
+    const struct qual_model *cand;
+    int n_cand;
+    const br_quality *q;
+    size_t tokens;
+};
+
+static void print_json(const struct qual_report *r)
+{
+    struct br_quality_stats s0;
+    br_quality_stats(r->q, 0, &s0);
+    (void)printf("{\"reference\": {\"file\": ");
+    json_str(r->ref->path);
+    (void)printf(", \"type\": ");
+    json_str(r->ref->type);
+    (void)printf(", \"size_bytes\": %lld, ", r->ref->size_bytes);
+    json_num("ppl", s0.ppl_ref, "}, ");
+    (void)printf("\"window\": %d, \"windows\": %zu, \"tokens\": %zu, \"positions\": %zu, "
+                 "\"candidates\": [",
+                 br_quality_window(r->q), br_quality_windows(r->q), r->tokens, s0.n_positions);
+    for (int i = 0; i < r->n_cand; i++) {
+        struct br_quality_stats s;
+        br_quality_stats(r->q, i, &s);
+        (void)printf("%s{\"file\": ", i ? ", " : "");
+        json_str(r->cand[i].path);
+        (void)printf(", \"type\": ");
+        json_str(r->cand[i].type);
+        (void)printf(", \"size_bytes\": %lld, \"positions\": %zu, \"top1_agree\": %zu, ",
+                     r->cand[i].size_bytes, s.n_positions, s.n_top1);
+        json_num("top1", s.top1, ", ");
+        json_num("mean_kl", s.mean_kl, ", ");
+        json_num("max_kl", s.max_kl, ", ");
+        json_num("ppl_ref", s.ppl_ref, ", ");
+        json_num("ppl_cand", s.ppl_cand, ", ");
+        json_num("delta_ppl_pct", delta_pct(&s), "}");
+    }
+    (void)printf("]}\n");
+}
+
+static double size_mb(long long bytes)
+{
+    return bytes < 0 ? 0.0 : (double)bytes / 1e6;
+}
+
+static void print_table(const struct qual_report *r)
+{
+    struct br_quality_stats s0;
+    br_quality_stats(r->q, 0, &s0);
+    (void)printf("reference %s (%s, %.3f MB): %zu tokens, %zu positions scored in %zu windows "
+                 "of <= %d tokens\n",
+                 r->ref->path, r->ref->type, size_mb(r->ref->size_bytes), r->tokens, s0.n_positions,
+                 br_quality_windows(r->q), br_quality_window(r->q));
+    int w = 4;
+    for (int i = 0; i < r->n_cand; i++) {
+        int l = r->cand[i].path ? (int)strlen(r->cand[i].path) : 0;
+        w = l > w ? l : w;
+    }
+    /* "ΔPPL %" is 7 bytes for 6 columns: %8s right-aligns it in 7 */
+    (void)printf("%-*s  %-6s  %8s  %7s  %9s  %9s  %9s  %9s  %8s\n", w, "file", "type", "size MB",
+                 "top-1 %", "mean KL", "max KL", "PPL ref", "PPL cand", "\xce\x94PPL %");
+    for (int i = 0; i < r->n_cand; i++) {
+        struct br_quality_stats s;
+        br_quality_stats(r->q, i, &s);
+        (void)printf("%-*s  %-6s  %8.3f  %7.2f  %9.6f  %9.6f  %9.4f  %9.4f  %+7.2f\n", w,
+                     r->cand[i].path, r->cand[i].type, size_mb(r->cand[i].size_bytes),
+                     100.0 * s.top1, s.mean_kl, s.max_kl, s.ppl_ref, s.ppl_cand, delta_pct(&s));
+    }
+}
+
+/* Feeds every sequence. 0 or 1. */
+static int qual_score(br_quality *q, const br_engine_model *ref, const struct qual_seq *seq,
+                      int n_seq, struct qual_progress *pg)
+{
+    const struct br_tokenizer *t = br_engine_model_tokenizer(ref);
+    int32_t bos = br_engine_model_add_bos(ref) ? br_tokenizer_bos(t) : -1;
+    char err[BR_QUALITY_ERR_CAP];
+    for (int i = 0; i < n_seq; i++) {
+        if (br_quality_feed(q, seq[i].ids, seq[i].n, bos, err, sizeof err) != BR_OK) {
+            (void)fprintf(stderr, "brigade quality: %s\n", err);
+            return 1;
+        }
+        pg->base += seq[i].n - (seq[i].n > 0 && bos < 0);
+    }
+    if (pg->on && pg->tty) {
+        (void)fputc('\n', stderr);
+    }
+    struct br_quality_stats s;
+    br_quality_stats(q, 0, &s);
+    if (s.n_positions == 0) {
+        (void)fprintf(stderr, "brigade quality: the text gives no token to score\n");
+        return 1;
+    }
+    return 0;
+}
+
+/* Opened models and sequences: compare and print. 0 or 1. */
+static int qual_compare(const struct qual_cli *c, const struct qual_model *ref,
+                        const struct qual_model *cand, const struct qual_seq *seq)
+{
+    struct br_quality_model qm[BR_QUALITY_MAX_CANDIDATES + 1];
+    for (int i = 0; i <= c->n_cand; i++) {
+        const struct qual_model *m = i == 0 ? ref : &cand[i - 1];
+        qm[i].name = m->path;
+        qm[i].config = br_engine_model_config(m->m);
+        qm[i].weights = br_engine_model_weights(m->m);
+    }
+    struct qual_progress pg = {.tty = isatty(2) != 0, .last_pct = -1};
+    int32_t bos = br_engine_model_add_bos(ref->m) ? 0 : -1;
+    size_t tokens = 0;
+    for (int i = 0; i <= c->n_prompt; i++) {
+        tokens += seq[i].n;
+        pg.total += seq[i].n - (seq[i].n > 0 && bos < 0);
+    }
+    pg.on = pg.tty || pg.total >= 16384;
+    struct br_quality_params p = {.ctx = c->ctx,
+                                  .n_threads = c->threads,
+                                  .lora = c->ad.use,
+                                  .n_lora = c->ad.n,
+                                  .progress = on_progress,
+                                  .user = &pg};
+    br_quality *q = NULL;
+    char err[BR_QUALITY_ERR_CAP];
+    if (br_quality_create(&qm[0], &qm[1], c->n_cand, &p, &q, err, sizeof err) != BR_OK) {
+        (void)fprintf(stderr, "brigade quality: %s\n", err);
+        return 1;
+    }
+    int status = qual_score(q, ref->m, seq, c->n_prompt + 1, &pg);
+    if (status == 0) {
+        struct qual_report r = {ref, cand, c->n_cand, q, tokens};
+        if (c->json) {
+            print_json(&r);
+        } else {
+            print_table(&r);
+        }
+    }
+    br_quality_destroy(q);
+    return status;
+}
+
+int br_quality_cli(int argc, char **argv)
+{
+    struct qual_cli c;
+    memset(&c, 0, sizeof c);
+    c.threads = 1;
+    int rc = qual_parse(&c, argc, argv);
+    if (rc != 0) {
+        return rc == 1 ? 0 : rc;
+    }
+    struct qual_model ref = {.path = c.model};
+    struct qual_model cand[BR_QUALITY_MAX_CANDIDATES];
+    struct qual_seq seq[QUAL_MAX_PROMPTS + 1];
+    memset(cand, 0, sizeof cand);
+    memset(seq, 0, sizeof seq);
+    int status = qual_open(&ref, c.tokenizer, NULL);
+    for (int i = 0; i < c.n_cand && status == 0; i++) {
+        cand[i].path = c.cand[i];
+        status = qual_open(&cand[i], c.tokenizer, ref.m);
+    }
+    status = status == 0 ? adapters_open(&c.ad, "quality", ref.m) : status;
+    status = status == 0 ? qual_encode(&c, ref.m, seq) : status;
+    status = status == 0 ? qual_compare(&c, &ref, cand, seq) : status;
+    for (int i = 0; i <= QUAL_MAX_PROMPTS; i++) {
+        br_free(seq[i].ids);
+    }
+    adapters_close(&c.ad);
+    for (int i = 0; i < c.n_cand; i++) {
+        br_engine_model_close(cand[i].m);
+    }
+    br_engine_model_close(ref.m);
+    return status;
 }

@@ -2,8 +2,10 @@
 /*
  * `brigade generate` (text generation with the embedded engine, streamed to stdout, optionally
  * with LoRA adapters applied at run time), `brigade quantize` (rewrite a GGUF or llama2.c model
- * as a self-contained GGUF in another tensor type) and `brigade lora merge` (write a model with
- * LoRA adapters merged into its weights). The option lists are in the --help texts of engine_cli.c.
+ * as a self-contained GGUF in another tensor type), `brigade lora merge` (write a model with
+ * LoRA adapters merged into its weights) and `brigade quality` (the quality cost of model
+ * variants against a reference on a text: top-1 agreement, KL divergence, perplexity). The
+ * option lists are in the --help texts of engine_cli.c.
  */
 #ifndef BR_ENGINE_ENGINE_CLI_H
 #define BR_ENGINE_ENGINE_CLI_H
@@ -26,5 +28,12 @@ int br_quantize_cli(int argc, char **argv);
  * does not fit the model, cannot write the output).
  */
 int br_lora_cli(int argc, char **argv);
+
+/**
+ * Runs `brigade quality` with its arguments (after "quality"). Returns 0 done, 2 usage error,
+ * 1 other failures (a model or the text cannot be read, models of another shape or vocabulary,
+ * nothing to score).
+ */
+int br_quality_cli(int argc, char **argv);
 
 #endif
