@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "api/api_int.h"
+#include "core/alloc.h"
 #include "core/clock.h"
 #include "core/err.h"
 #include "core/json.h"
@@ -75,9 +76,21 @@ struct chat {
     uint64_t t_call_start;
     uint64_t t_call_end;
     uint64_t t_first_token; /* first content written to the client */
+    /* Resilience: the current call's deployment, retries and fallbacks. */
+    struct br_resil_lease lease; /* valid while lease_held */
+    bool lease_held;
+    uint64_t tried;                    /* deployments of the current model tried (bit i) */
+    struct br_resil_retry_state retry; /* retries of the current model, total wait */
+    bool retry_token;                  /* holds a token of the runtime's retry budget */
+    bool budget_entered;               /* counted in the retry budget's requests */
+    uv_timer_t *backoff;               /* heap (outlives the arena until closed), or NULL */
+    unsigned attempts;                 /* answer attempts: first, retries and fallbacks */
+    const char *first_attempt;         /* deployment of the first attempt (for the chain) */
+    uint64_t unavailable_until_ms;     /* every deployment unavailable: when one may be back */
 };
 
 static int start_step(struct chat *c, size_t step, enum call_kind kind);
+static int start_answer(struct chat *c, size_t step);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -348,9 +361,54 @@ static const char *error_kind_of(const struct br_provider_result *res, char *buf
 
 /* ------------------------------------------------------------------ finishing */
 
+static void backoff_closed(uv_handle_t *h)
+{
+    br_free(h);
+}
+
+/* Ends the current deployment lease with the attempt's health. */
+static void lease_end(struct chat *c, enum br_resil_health health,
+                      const struct br_provider_result *res)
+{
+    if (!c->lease_held) {
+        return;
+    }
+    c->lease_held = false;
+    uint64_t first = res && res->t_first_byte_ns ? res->t_first_byte_ns : 0;
+    struct br_resil_lb_result r = {
+        .health = health,
+        .ttfb_ns = first > c->t_call_start && c->t_call_start ? first - c->t_call_start : 0,
+        .tokens_known = res && res->usage.reported,
+        .tokens = res ? (uint64_t)(res->usage.prompt_tokens + res->usage.completion_tokens) : 0,
+        .retry_after_ms = res ? res->retry_after_ms : 0,
+    };
+    br_resil_lb_release(c->rm->lb, &c->lease, &r, br_clock_now_ns() / 1000000);
+}
+
+/* Everything the request holds of the resilience machinery. */
+static void resil_release(struct chat *c)
+{
+    lease_end(c, BR_RESIL_HEALTH_NEUTRAL, NULL);
+    if (c->backoff) {
+        c->backoff->data = NULL;
+        uv_timer_stop(c->backoff);
+        uv_close((uv_handle_t *)c->backoff, backoff_closed);
+        c->backoff = NULL;
+    }
+    if (c->retry_token) {
+        br_resil_budget_release(c->rt->retry_budget);
+        c->retry_token = false;
+    }
+    if (c->budget_entered) {
+        br_resil_budget_request_end(c->rt->retry_budget);
+        c->budget_entered = false;
+    }
+}
+
 static void release(struct chat *c)
 {
     struct br_gateway *g = c->w->g;
+    resil_release(c);
     br_metrics_add(g->metrics, c->w->index, g->m.inflight, NULL, -1);
     br_buf_cleanup(&c->frame);
     br_buf_cleanup(&c->text);
@@ -417,6 +475,12 @@ static size_t head_headers(struct chat *c, struct br_http_header *h, size_t max)
                                      br_slice_from_cstr(c->rm->cfg->name)};
     h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-provider"),
                                      br_slice_from_cstr(c->rm->cfg->provider)};
+    const char *attempts =
+        c->attempts > 1 ? br_arena_sprintf(c->req->arena, "%u", c->attempts) : "1";
+    if (attempts && n + 3 <= max) {
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("x-brigade-attempts"),
+                                         br_slice_from_cstr(attempts)};
+    }
     if (c->plan.route && c->plan.n_steps) {
         char *route = route_header(c);
         char *why = c->detail[0]
@@ -754,7 +818,9 @@ static void escalate(struct chat *c, size_t next, const struct br_provider_resul
     c->plan.decision = "escalated";
     c->answer = NULL;
     c->answer_len = 0;
-    int rc = start_step(c, next, CALL_ANSWER);
+    c->tried = 0;
+    br_resil_retry_state_next_model(&c->retry);
+    int rc = start_answer(c, next);
     if (rc != BR_OK) {
         struct br_provider_result r = *res;
         r.rc = rc;
@@ -843,6 +909,164 @@ static void verify_answered(struct chat *c, const struct br_provider_result *res
     judge(c, c->judged, c->judged_answer, c->judged_len, p, "P(yes)", res);
 }
 
+/* The first fallback step after step, or SIZE_MAX. */
+static size_t next_fallback_step(const struct chat *c, size_t step)
+{
+    for (size_t i = step + 1; i < c->plan.n_steps; i++) {
+        if (c->plan.steps[i].kind == BR_PLAN_STEP_FALLBACK) {
+            return i;
+        }
+    }
+    return SIZE_MAX;
+}
+
+/*
+ * Starts the answering call of step; when every deployment of its model is unavailable
+ * (breakers open, rate limits) moves on to the next fallback step. BR_ERR_BUSY when none is
+ * left (c->unavailable_until_ms says when one may be back).
+ */
+static int start_answer(struct chat *c, size_t step)
+{
+    for (;;) {
+        int rc = start_step(c, step, CALL_ANSWER);
+        if (rc != BR_ERR_BUSY) {
+            return rc;
+        }
+        size_t next = next_fallback_step(c, step);
+        detail_add(c, "%s unavailable", c->plan.steps[step].model->name);
+        if (next == SIZE_MAX) {
+            return BR_ERR_BUSY;
+        }
+        step = next;
+        c->tried = 0;
+        br_resil_retry_state_next_model(&c->retry);
+    }
+}
+
+static void backoff_fire(uv_timer_t *t)
+{
+    struct chat *c = t->data;
+    uv_close((uv_handle_t *)t, backoff_closed);
+    if (!c) {
+        return; /* the request ended meanwhile */
+    }
+    c->backoff = NULL;
+    int rc = start_answer(c, c->step);
+    if (rc != BR_OK) {
+        struct br_provider_result r;
+        memset(&r, 0, sizeof(r));
+        r.rc = rc;
+        r.status = 503;
+        r.retry_after_ms = 1000;
+        r.error_body = BR_SLICE_LIT(
+            "{\"error\":{\"message\":\"Every deployment of the model and its fallbacks is "
+            "unavailable (failing, ejected or at its rate limit); retry later.\",\"type\":"
+            "\"server_error\",\"param\":null,\"code\":\"model_unavailable\"}}");
+        finish(c, &r, false);
+    }
+}
+
+/* Waits delay_ms, then tries the current step again (another deployment when one is left). */
+static bool schedule_retry(struct chat *c, uint64_t delay_ms)
+{
+    uv_timer_t *t = br_malloc(sizeof(*t));
+    if (!t) {
+        return false;
+    }
+    if (uv_timer_init(c->w->loop, t) != 0) {
+        br_free(t);
+        return false;
+    }
+    t->data = c;
+    c->backoff = t;
+    (void)uv_timer_start(t, backoff_fire, delay_ms, 0);
+    return true;
+}
+
+/* A retry of the current model, when the policy, the wait cap and the budget allow one. */
+static bool try_retry(struct chat *c, const struct br_provider_result *res)
+{
+    const struct br_runtime_model *rm = c->rm;
+    uint64_t all = rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << rm->n_deploys) - 1;
+    bool elsewhere = (c->tried & all) != all; /* an untried deployment is left */
+    uint64_t delay = 0;
+    struct br_resil_retry_state saved = c->retry;
+    if (br_resil_retry_next(&rm->retry, &c->retry, elsewhere ? 0 : res->retry_after_ms, &c->w->rng,
+                            &delay) != BR_OK) {
+        return false;
+    }
+    if (!br_resil_budget_acquire(c->rt->retry_budget)) {
+        c->retry = saved;
+        detail_add(c, "retry budget exhausted");
+        br_log(BR_LOG_WARN, c->req->id, "event=retry_budget_exhausted model=%s", rm->cfg->name);
+        return false;
+    }
+    c->retry_token = true;
+    if (!schedule_retry(c, delay)) {
+        br_resil_budget_release(c->rt->retry_budget);
+        c->retry_token = false;
+        return false;
+    }
+    br_log(BR_LOG_INFO, c->req->id, "event=retry model=%s attempt=%u delay_ms=%llu", rm->cfg->name,
+           c->attempts + 1, (unsigned long long)delay);
+    return true;
+}
+
+/*
+ * After a failed answer that sent nothing to the client: retry the model, or fall back to the
+ * next model of the chain. True when another attempt is under way.
+ */
+static bool recover(struct chat *c, const struct br_provider_result *res,
+                    const struct br_resil_verdict *v)
+{
+    if (v->action == BR_RESIL_ACTION_RETRY && try_retry(c, res)) {
+        return true;
+    }
+    bool fall = v->action == BR_RESIL_ACTION_FALLBACK ||
+                (v->action == BR_RESIL_ACTION_RETRY && v->fallback_ok);
+    size_t next = fall ? next_fallback_step(c, c->step) : SIZE_MAX;
+    if (next == SIZE_MAX) {
+        return false;
+    }
+    detail_add(c, "%s failed (%s): fell back", c->rm->cfg->name,
+               br_upstream_error_name(res->error_kind));
+    br_log(BR_LOG_INFO, c->req->id, "event=fallback from=%s to=%s kind=%s status=%d",
+           c->rm->cfg->name, c->plan.steps[next].model->name,
+           br_upstream_error_name(res->error_kind), res->status);
+    c->tried = 0;
+    br_resil_retry_state_next_model(&c->retry);
+    c->answer = NULL;
+    c->answer_len = 0;
+    return start_answer(c, next) == BR_OK;
+}
+
+/* Classifies the attempt that just ended and ends its lease with the verdict's health. */
+static void judge_attempt(struct chat *c, const struct br_provider_result *res,
+                          struct br_resil_verdict *v)
+{
+    struct br_resil_outcome o = {
+        .error_kind = res->rc == BR_OK ? BR_UPSTREAM_ERROR_NONE : res->error_kind,
+        .status = res->rc == BR_OK ? 200 : res->status,
+        .context_overflow =
+            res->rc != BR_OK && br_resil_is_context_overflow(res->status, res->error_body),
+        .client_bytes_sent = c->state == CHAT_STREAMING,
+        .retry_after_ms = res->retry_after_ms,
+    };
+    if (res->rc != BR_OK && res->error_kind == BR_UPSTREAM_ERROR_NONE) {
+        o.error_kind = BR_UPSTREAM_ERROR_HTTP_STATUS; /* a provider's own error status */
+    }
+    if (res->rc == BR_ERR_CANCELED) {
+        o.error_kind = BR_UPSTREAM_ERROR_CANCELED;
+    }
+    br_resil_classify(&c->rm->triggers, &o, v);
+    lease_end(c, v->health, res);
+    if (c->retry_token) {
+        /* The retry that held the token has ended. */
+        br_resil_budget_release(c->rt->retry_budget);
+        c->retry_token = false;
+    }
+}
+
 static void sink_done(void *user, const struct br_provider_result *res)
 {
     struct chat *c = user;
@@ -852,11 +1076,14 @@ static void sink_done(void *user, const struct br_provider_result *res)
         return;
     }
     add_call(c, res, c->t_call_end);
+    struct br_resil_verdict v;
+    judge_attempt(c, res, &v);
     if (res->rc != BR_OK) {
         br_log(BR_LOG_WARN, c->req->id,
-               "event=upstream_error model=%s provider=%s status=%d kind=%s partial=%d",
+               "event=upstream_error model=%s provider=%s status=%d kind=%s partial=%d action=%s",
                c->rm->cfg->name, c->rm->cfg->provider, res->status,
-               br_upstream_error_name(res->error_kind), res->partial);
+               br_upstream_error_name(res->error_kind), res->partial,
+               br_resil_action_name(v.action));
     }
     if (c->call_kind == CALL_VERIFY) {
         verify_answered(c, res);
@@ -864,6 +1091,9 @@ static void sink_done(void *user, const struct br_provider_result *res)
     }
     if (next_cascade_step(c, c->step) != SIZE_MAX) {
         step_answered(c, res);
+        return;
+    }
+    if (res->rc != BR_OK && recover(c, res, &v)) {
         return;
     }
     if (!c->answer && res->rc == BR_OK && !c->call_streams) {
@@ -903,6 +1133,24 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
         return BR_ERR_NOMEM;
     }
     c->rm = br__runtime_model(c->rt, mc);
+    /* A deployment: not one this request already tried on this model while others are left. */
+    uint64_t all = c->rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << c->rm->n_deploys) - 1;
+    uint64_t exclude = kind == CALL_ANSWER && (c->tried & all) != all ? c->tried : 0;
+    uint64_t est = c->req->body.len / 4 + 256;
+    uint64_t retry_at = 0;
+    if (br_resil_lb_acquire(c->rm->lb, exclude, est, br_clock_now_ns() / 1000000, &c->w->rng,
+                            &c->lease, &retry_at) != BR_OK) {
+        if (!c->unavailable_until_ms || (retry_at && retry_at < c->unavailable_until_ms)) {
+            c->unavailable_until_ms = retry_at;
+        }
+        return BR_ERR_BUSY;
+    }
+    c->lease_held = true;
+    const struct br_runtime_deploy *dep = &c->rm->deploys[c->lease.index];
+    if (kind == CALL_ANSWER) {
+        c->tried |= UINT64_C(1) << c->lease.index;
+        c->attempts++;
+    }
     c->step = step;
     c->call_kind = kind;
     c->call = call;
@@ -922,9 +1170,16 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
     }
     if (c->plan.cascade && kind == CALL_ANSWER) {
         chain_add(c, mc->name);
+    } else if (kind == CALL_ANSWER && c->attempts == 1) {
+        c->first_attempt = dep->cfg->name;
+    } else if (kind == CALL_ANSWER) {
+        if (c->attempts == 2) {
+            chain_add(c, c->first_attempt); /* the chain shows every attempt from the second */
+        }
+        chain_add(c, dep->cfg->name);
     }
-    call->target = &c->rm->target;
-    call->model_state = c->rm->state;
+    call->target = &dep->target;
+    call->model_state = dep->state;
     call->loop = c->w->loop;
     call->upstream = c->w->upstream;
     call->arena = a;
@@ -1090,7 +1345,25 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
         return;
     }
 
-    int rc = start_step(c, 0, CALL_ANSWER);
+    br_resil_budget_request_begin(c->rt->retry_budget);
+    c->budget_entered = true;
+    int rc = start_answer(c, 0);
+    if (rc == BR_ERR_BUSY) {
+        uint64_t now = br_clock_now_ns() / 1000000;
+        uint64_t wait_s =
+            c->unavailable_until_ms > now ? (c->unavailable_until_ms - now + 999) / 1000 : 1;
+        char *ra = br_arena_sprintf(req->arena, "%llu", (unsigned long long)wait_s);
+        struct br_http_header h[] = {{BR_SLICE_LIT("retry-after"), br_slice_from_cstr(ra)}};
+        c->state = CHAT_FINISHED;
+        account(c, 503, NULL, "model_unavailable");
+        release(c);
+        respond_error(req, 503, "server_error", "model_unavailable", "model",
+                      "Every deployment of the model (and of its fallbacks) is unavailable: "
+                      "failing and ejected, or at its rate limit. Retry after the time in "
+                      "Retry-After.",
+                      h, ra ? 1 : 0);
+        return;
+    }
     if (rc == BR_ERR_PARSE) {
         /* The provider's strict body scanner refused bytes jansson tolerated (raw NULs). */
         reject(c, 400, "invalid_request_error", "invalid_json", NULL,

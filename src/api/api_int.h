@@ -14,16 +14,29 @@
 #include "core/rand.h"
 #include "http/http.h"
 #include "metrics/metrics.h"
+#include "resil/resil.h"
 #include "route/route.h"
 #include "store/store.h"
 #include "upstream/provider.h"
 
-/* A catalogue model joined with its provider. */
+/* One deployment of a model: an endpoint (or key) with its provider state. */
+struct br_runtime_deploy {
+    const struct br_deployment_cfg *cfg;
+    struct br_provider_target target; /* what the provider sees */
+    void *state;                      /* ops->model_create result */
+};
+
+/* A catalogue model joined with its provider, its deployments and their balancer. */
 struct br_runtime_model {
     const struct br_model_cfg *cfg;
     const struct br_provider_ops *ops;
-    void *state;                      /* ops->model_create result */
-    struct br_provider_target target; /* what the provider sees */
+    void *state;                       /* deployment 0's state (local models have one) */
+    struct br_provider_target target;  /* deployment 0's target */
+    struct br_runtime_deploy *deploys; /* cfg->n_deployments; [0] mirrors state/target */
+    size_t n_deploys;
+    br_resil_lb *lb;                   /* balancer and breakers over the deployments */
+    struct br_resil_triggers triggers; /* what retries, what falls back */
+    struct br_resil_retry_opts retry;
 };
 
 /*
@@ -40,6 +53,7 @@ struct br_runtime {
     bool models_dynamic; /* some model has run-time variants: build the body per request */
     int64_t created_s;   /* load time, the "created" of every model */
     br_router *router;   /* routes: policies, classifiers, live statistics */
+    br_resil_budget *retry_budget; /* retries in flight vs requests in flight */
 };
 
 /* Metric family ids. */

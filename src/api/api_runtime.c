@@ -22,10 +22,15 @@ static void runtime_free(struct br_runtime *rt)
     }
     for (size_t i = 0; i < rt->n_models; i++) {
         struct br_runtime_model *m = &rt->models[i];
-        if (m->ops && m->state) {
-            m->ops->model_destroy(m->state);
+        for (size_t d = 0; m->deploys && d < m->n_deploys; d++) {
+            if (m->ops && m->deploys[d].state) {
+                m->ops->model_destroy(m->deploys[d].state);
+            }
         }
+        br_free(m->deploys);
+        br_resil_lb_destroy(m->lb);
     }
+    br_resil_budget_destroy(rt->retry_budget);
     br_router_destroy(rt->router);
     br_free(rt->models);
     br_free(rt->models_json);
@@ -104,6 +109,117 @@ static int build_models_json(struct br_runtime *rt)
     return rt->models_json ? BR_OK : BR_ERR_NOMEM;
 }
 
+/* What the provider sees for deployment d of mc. */
+static void fill_target(const struct br_model_cfg *mc, const struct br_deployment_cfg *d,
+                        struct br_provider_target *t)
+{
+    t->name = mc->name;
+    t->upstream_model = d->upstream_model;
+    t->base_url = d->base_url;
+    t->api_key = d->api_key;
+    t->replay_file = mc->replay_file;
+    t->replay_prompt_field = mc->replay_prompt_field;
+    t->replay_response_field = mc->replay_response_field;
+    t->local_model = mc->local_model;
+    t->local_tokenizer = mc->local_tokenizer;
+    t->local_template = mc->local_template;
+    t->local_threads = mc->local_threads;
+    t->local_context = mc->local_context;
+    t->local_queue = mc->local_queue;
+    t->local_lora = mc->local_lora;
+    t->local_lora_scale = mc->local_lora_scale;
+    t->local_adapter_names = mc->local_adapter_names;
+    t->local_adapter_paths = mc->local_adapter_paths;
+    t->local_adapter_scales = mc->local_adapter_scales;
+    t->n_local_adapters = mc->n_local_adapters;
+    t->extra_headers = mc->extra_headers;
+    t->n_extra_headers = mc->n_extra_headers;
+    t->connect_timeout_ms = mc->connect_timeout_ms;
+    t->first_byte_timeout_ms = mc->first_byte_timeout_ms;
+    t->idle_timeout_ms = mc->idle_timeout_ms;
+    t->default_max_tokens = mc->default_max_tokens;
+}
+
+/* The config's trigger bits as the resilience library's triggers. */
+static void fill_triggers(unsigned retry_on, unsigned fallback_on, struct br_resil_triggers *t)
+{
+    static const struct {
+        unsigned bit;
+        uint32_t kinds;
+    } kinds[] = {
+        {BR_RESIL_ON_CONNECT, BR_RESIL_TRIGGER_CONNECT | BR_RESIL_TRIGGER_BROKEN},
+        {BR_RESIL_ON_TIMEOUT, BR_RESIL_TRIGGER_FIRST_BYTE_TIMEOUT | BR_RESIL_TRIGGER_IDLE_TIMEOUT},
+        {BR_RESIL_ON_CONTEXT_LENGTH, BR_RESIL_TRIGGER_CONTEXT_LENGTH},
+    };
+    br_resil_triggers_clear(t);
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        t->retry_kinds |= (retry_on & kinds[i].bit) ? kinds[i].kinds : 0;
+        t->fallback_kinds |= (fallback_on & kinds[i].bit) ? kinds[i].kinds : 0;
+    }
+    t->retry_kinds &= ~BR_RESIL_TRIGGER_CONTEXT_LENGTH;
+    (void)br_resil_triggers_set_status(t, 429, (retry_on & BR_RESIL_ON_429) != 0,
+                                       (fallback_on & BR_RESIL_ON_429) != 0);
+    for (int s = 500; s <= 599; s++) {
+        (void)br_resil_triggers_set_status(t, s, (retry_on & BR_RESIL_ON_5XX) != 0,
+                                           (fallback_on & BR_RESIL_ON_5XX) != 0);
+    }
+}
+
+static void balancer_opts(const struct br_model_cfg *mc, struct br_resil_lb_opts *lo)
+{
+    br_resil_lb_opts_default(lo);
+    lo->policy = mc->balance == BR_BALANCE_LEAST_OUTSTANDING ? BR_RESIL_LB_POLICY_LEAST_OUTSTANDING
+                 : mc->balance == BR_BALANCE_LATENCY         ? BR_RESIL_LB_POLICY_LATENCY
+                                                             : BR_RESIL_LB_POLICY_WEIGHTED;
+    /* A disabled breaker never reaches its threshold. */
+    lo->breaker.failure_threshold = mc->breaker.enabled ? mc->breaker.failures : UINT32_MAX;
+    lo->breaker.eject_ms = mc->breaker.eject_ms;
+    lo->breaker.eject_max_ms = mc->breaker.max_eject_ms;
+}
+
+/* Opens every deployment of mc and builds its balancer. */
+static int model_deploys(const struct br_config *cfg, const struct br_model_cfg *mc,
+                         struct br_runtime_model *m, char *err, size_t errlen)
+{
+    m->deploys = br_calloc(mc->n_deployments, sizeof(*m->deploys));
+    if (!m->deploys) {
+        return br_err_fail(err, errlen, BR_ERR_NOMEM, "out of memory");
+    }
+    m->n_deploys = mc->n_deployments;
+    struct br_resil_deployment_opts dopts[BR_MODEL_MAX_DEPLOYMENTS];
+    for (size_t d = 0; d < mc->n_deployments; d++) {
+        const struct br_deployment_cfg *dc = &mc->deployments[d];
+        struct br_runtime_deploy *rd = &m->deploys[d];
+        rd->cfg = dc;
+        fill_target(mc, dc, &rd->target);
+        char perr[512] = "";
+        int rc = m->ops->model_create(&rd->target, &rd->state, perr, sizeof(perr));
+        if (rc != BR_OK) {
+            rd->state = NULL;
+            return br_err_fail(err, errlen, rc, "%s:%d: model '%s' (%s): %s", cfg->path, dc->line,
+                               dc->name, mc->provider, perr[0] ? perr : br_strerror(rc));
+        }
+        dopts[d] = (struct br_resil_deployment_opts){
+            .weight = dc->weight, .rpm = (uint32_t)dc->rpm, .tpm = (uint64_t)dc->tpm};
+    }
+    m->target = m->deploys[0].target;
+    m->state = m->deploys[0].state;
+    struct br_resil_lb_opts lo;
+    balancer_opts(mc, &lo);
+    if (br_resil_lb_create(&lo, dopts, mc->n_deployments, &m->lb) != BR_OK) {
+        return br_err_fail(err, errlen, BR_ERR_NOMEM, "out of memory");
+    }
+    fill_triggers(mc->retry.on, cfg->resil.fallback_on, &m->triggers);
+    m->retry = (struct br_resil_retry_opts){.max_retries = mc->retry.attempts,
+                                            .base_ms = mc->retry.base_ms,
+                                            .cap_ms = mc->retry.max_backoff_ms,
+                                            .total_wait_ms = mc->retry.max_wait_ms};
+    if (m->retry.cap_ms < m->retry.base_ms) {
+        m->retry.cap_ms = m->retry.base_ms;
+    }
+    return BR_OK;
+}
+
 int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runtime **out,
                       char *err, size_t errlen)
 {
@@ -136,40 +252,17 @@ int br__runtime_build(struct br_config *cfg, br_route_live *live, struct br_runt
             rc = BR_ERR_INVAL;
             goto fail;
         }
-        struct br_provider_target *t = &m->target;
-        t->name = mc->name;
-        t->upstream_model = mc->upstream_model;
-        t->base_url = mc->base_url;
-        t->api_key = mc->api_key;
-        t->replay_file = mc->replay_file;
-        t->replay_prompt_field = mc->replay_prompt_field;
-        t->replay_response_field = mc->replay_response_field;
-        t->local_model = mc->local_model;
-        t->local_tokenizer = mc->local_tokenizer;
-        t->local_template = mc->local_template;
-        t->local_threads = mc->local_threads;
-        t->local_context = mc->local_context;
-        t->local_queue = mc->local_queue;
-        t->local_lora = mc->local_lora;
-        t->local_lora_scale = mc->local_lora_scale;
-        t->local_adapter_names = mc->local_adapter_names;
-        t->local_adapter_paths = mc->local_adapter_paths;
-        t->local_adapter_scales = mc->local_adapter_scales;
-        t->n_local_adapters = mc->n_local_adapters;
-        t->extra_headers = mc->extra_headers;
-        t->n_extra_headers = mc->n_extra_headers;
-        t->connect_timeout_ms = mc->connect_timeout_ms;
-        t->first_byte_timeout_ms = mc->first_byte_timeout_ms;
-        t->idle_timeout_ms = mc->idle_timeout_ms;
-        t->default_max_tokens = mc->default_max_tokens;
-        char perr[512] = "";
-        rc = m->ops->model_create(t, &m->state, perr, sizeof(perr));
+        rc = model_deploys(cfg, mc, m, err, errlen);
         if (rc != BR_OK) {
-            (void)snprintf(err, errlen, "%s:%d: model '%s' (%s): %s", cfg->path, mc->line, mc->name,
-                           mc->provider, perr[0] ? perr : br_strerror(rc));
-            m->state = NULL;
             goto fail;
         }
+    }
+    struct br_resil_budget_opts bo = {.min_retries = cfg->resil.retry_budget_min,
+                                      .ratio = cfg->resil.retry_budget_ratio};
+    if (br_resil_budget_create(&bo, &rt->retry_budget) != BR_OK) {
+        (void)snprintf(err, errlen, "out of memory");
+        rc = BR_ERR_NOMEM;
+        goto fail;
     }
     rc = br_router_create(cfg, live, &rt->router, err, errlen);
     if (rc != BR_OK) {

@@ -1102,8 +1102,42 @@ static int parse_api_key(struct br__config_loader *L, const struct br_ynode *v, 
     return mc->api_key_ref ? BR_OK : nomem(L);
 }
 
+int br__config_model_base_url(struct br__config_loader *L, const struct br_ynode *v,
+                              const char *what, struct br_model_cfg *mc)
+{
+    return parse_base_url(L, v, what, mc);
+}
+
+int br__config_model_api_key(struct br__config_loader *L, const struct br_ynode *v,
+                             const char *what, struct br_model_cfg *mc)
+{
+    return parse_api_key(L, v, what, mc);
+}
+
+void *br__config_alloc(struct br__config_loader *L, size_t n)
+{
+    return br_arena_calloc(L->arena, 1, n);
+}
+
+char *br__config_sprintf(struct br__config_loader *L, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char buf[512];
+    int n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    return n < 0 ? NULL : br_arena_strndup(L->arena, buf, strlen(buf));
+}
+
+/* Where a model's deployments: and fallbacks: nodes wait until they can be parsed. */
+struct model_later {
+    const struct br_ynode *deployments;
+    const struct br_ynode *fallbacks;
+};
+
 static int parse_model_field(struct br__config_loader *L, const struct br_ynode *k,
-                             const struct br_ynode *v, const char *what, struct br_model_cfg *mc)
+                             const struct br_ynode *v, const char *what, struct br_model_cfg *mc,
+                             struct model_later *later)
 {
     char sub[96];
     /* A label for messages; a long unknown key is cut, which is fine. */
@@ -1147,13 +1181,18 @@ static int parse_model_field(struct br__config_loader *L, const struct br_ynode 
     if (strcmp(k->value, "headers") == 0) {
         return parse_headers(L, v, sub, mc);
     }
+    int rc = br__config_model_resil_field(L, k, v, sub, mc, &later->deployments, &later->fallbacks);
+    if (rc != BR_ERR_NOTFOUND) {
+        return rc;
+    }
     return unknown_key(L, k, what,
                        "name, provider, model, base_url, api_key, replay, local, price, "
-                       "context_window, max_tokens, capabilities, timeouts, headers");
+                       "context_window, max_tokens, capabilities, timeouts, headers, "
+                       "deployments, balance, fallbacks, retry, breaker");
 }
 
 static int parse_model(struct br__config_loader *L, const struct br_ynode *m, size_t idx,
-                       struct br_model_cfg *mc)
+                       struct br_model_cfg *mc, struct model_later *later)
 {
     char what[48];
     (void)snprintf(what, sizeof(what), "models[%zu]", idx); /* fits: 8 + 20 digits */
@@ -1167,9 +1206,11 @@ static int parse_model(struct br__config_loader *L, const struct br_ynode *m, si
     mc->local_threads = 1;
     mc->local_queue = 16;
     mc->local_lora_scale = 1.0;
+    mc->retry = L->cfg->resil.retry; /* resilience: was parsed first */
+    mc->breaker = L->cfg->resil.breaker;
     bool have_price = false;
     for (size_t i = 0; rc == BR_OK && i < m->n; i += 2) {
-        rc = parse_model_field(L, m->items[i], m->items[i + 1], what, mc);
+        rc = parse_model_field(L, m->items[i], m->items[i + 1], what, mc, later);
         have_price |= strcmp(m->items[i]->value, "price") == 0;
     }
     if (rc != BR_OK) {
@@ -1209,7 +1250,7 @@ static int parse_model(struct br__config_loader *L, const struct br_ynode *m, si
     if (!mc->replay_response_field) {
         mc->replay_response_field = "response";
     }
-    return BR_OK;
+    return br__config_model_finish_resil(L, mc, later->deployments, what);
 }
 
 static int parse_models(struct br__config_loader *L, const struct br_ynode *s)
@@ -1219,11 +1260,12 @@ static int parse_models(struct br__config_loader *L, const struct br_ynode *s)
         return rc;
     }
     struct br_model_cfg *models = br_arena_calloc(L->arena, s->n + 1, sizeof(*models));
-    if (!models) {
+    struct model_later *later = br_arena_calloc(L->arena, s->n + 1, sizeof(*later));
+    if (!models || !later) {
         return nomem(L);
     }
     for (size_t i = 0; rc == BR_OK && i < s->n; i++) {
-        rc = parse_model(L, s->items[i], i, &models[i]);
+        rc = parse_model(L, s->items[i], i, &models[i], &later[i]);
         if (rc == BR_OK &&
             br_map_get(&L->cfg->models_by_name, br_slice_from_cstr(models[i].name))) {
             return errf(L, s->items[i]->line, "models[%zu]: duplicate model name '%s'", i,
@@ -1232,6 +1274,12 @@ static int parse_models(struct br__config_loader *L, const struct br_ynode *s)
         if (rc == BR_OK && br_map_put(&L->cfg->models_by_name, br_slice_from_cstr(models[i].name),
                                       &models[i]) != BR_OK) {
             return nomem(L);
+        }
+    }
+    /* Fallbacks name other models: resolved once every name is known. */
+    for (size_t i = 0; rc == BR_OK && i < s->n; i++) {
+        if (later[i].fallbacks) {
+            rc = br__config_model_fallbacks(L, &models[i], later[i].fallbacks);
         }
     }
     L->cfg->models = models;
@@ -1244,9 +1292,18 @@ static int parse_root(struct br__config_loader *L, const struct br_ynode *root)
     int rc = want(L, root, BR_YNODE_MAP, "configuration");
     bool have_models = false;
     const struct br_ynode *routes = NULL;
+    /* resilience: first, wherever it is written: the models' retry:/breaker: start from it. */
+    for (size_t i = 0; rc == BR_OK && i < root->n; i += 2) {
+        if (strcmp(root->items[i]->value, "resilience") == 0) {
+            rc = br__config_parse_resilience(L, root->items[i + 1]);
+        }
+    }
     for (size_t i = 0; rc == BR_OK && i < root->n; i += 2) {
         const struct br_ynode *k = root->items[i];
         const struct br_ynode *v = root->items[i + 1];
+        if (strcmp(k->value, "resilience") == 0) {
+            continue; /* parsed above */
+        }
         if (strcmp(k->value, "server") == 0) {
             rc = parse_server(L, v);
         } else if (strcmp(k->value, "auth") == 0) {
@@ -1264,7 +1321,7 @@ static int parse_root(struct br__config_loader *L, const struct br_ynode *root)
             routes = v; /* parsed once the catalogue is known: routes name its models */
         } else {
             rc = unknown_key(L, k, "configuration",
-                             "server, auth, log, metrics, upstream, models, routes");
+                             "server, auth, log, metrics, upstream, resilience, models, routes");
         }
     }
     if (rc == BR_OK && (!have_models || L->cfg->n_models == 0)) {
@@ -1278,6 +1335,7 @@ static int parse_root(struct br__config_loader *L, const struct br_ynode *root)
 
 static void set_defaults(struct br_config *c)
 {
+    br__config_resil_defaults(&c->resil);
     c->listen_host = "127.0.0.1";
     c->listen_port = 8080;
     c->workers = 0;

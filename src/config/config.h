@@ -33,6 +33,60 @@ enum br_model_cap {
 };
 
 /* One catalogue entry. All strings are owned by the snapshot. */
+/* ---- resilience: deployments, balancing, retries, breakers, fallbacks (issue 5) ---- */
+
+#define BR_MODEL_MAX_DEPLOYMENTS 16 /* endpoints or keys behind one model name */
+
+/* What makes a failed attempt try again (the same model) or fall back (the next one). */
+enum br_resil_trigger {
+    BR_RESIL_ON_CONNECT = 1u << 0,        /* connection refused, reset, DNS, TLS */
+    BR_RESIL_ON_TIMEOUT = 1u << 1,        /* no answer before the first-byte timeout */
+    BR_RESIL_ON_429 = 1u << 2,            /* rate limited upstream */
+    BR_RESIL_ON_5XX = 1u << 3,            /* 500-599 */
+    BR_RESIL_ON_CONTEXT_LENGTH = 1u << 4, /* the prompt does not fit: fallback only */
+};
+
+enum br_balance_policy {
+    BR_BALANCE_WEIGHTED,          /* default: by weight */
+    BR_BALANCE_LEAST_OUTSTANDING, /* fewest requests in flight */
+    BR_BALANCE_LATENCY,           /* lowest EWMA of time to first byte */
+};
+
+struct br_deployment_cfg {
+    const char *name;           /* for metrics and logs: given, else "MODEL#N" */
+    const char *base_url;       /* the entry's when not given */
+    const char *api_key;        /* secret (never logged); the entry's when not given */
+    const char *api_key_ref;    /* as written (safe to show) */
+    const char *upstream_model; /* the entry's `model` when not given */
+    uint32_t weight;            /* default 1 */
+    int64_t rpm;                /* requests per minute, 0 = no limit */
+    int64_t tpm;                /* tokens per minute (estimated at start, real at end), 0 = none */
+    int line;
+};
+
+struct br_retry_cfg {
+    uint32_t attempts;       /* retries of the same model after the first try (default 2) */
+    uint64_t base_ms;        /* backoff base (default 200 ms): wait random(0, base * 2^n) */
+    uint64_t max_backoff_ms; /* one wait at most (default 10 s) */
+    uint64_t max_wait_ms;    /* all waits of a request together at most (default 60 s) */
+    unsigned on;             /* enum br_resil_trigger bits (default connect|timeout|429|5xx) */
+};
+
+struct br_breaker_cfg {
+    bool enabled;          /* default true */
+    uint32_t failures;     /* consecutive failures that eject a deployment (default 5) */
+    uint64_t eject_ms;     /* first ejection (default 30 s); the n-th lasts n times as long */
+    uint64_t max_eject_ms; /* cap (default 300 s) */
+};
+
+struct br_resil_cfg {
+    struct br_retry_cfg retry;
+    struct br_breaker_cfg breaker;
+    unsigned fallback_on;      /* enum br_resil_trigger bits (default all) */
+    double retry_budget_ratio; /* retries in flight <= ratio x requests in flight (0.2) ... */
+    uint32_t retry_budget_min; /* ... or this many (3), whichever is larger */
+};
+
 struct br_model_cfg {
     const char *name;                  /* what clients put in "model" */
     const char *provider;              /* "openai", "anthropic", "replay", ... */
@@ -67,7 +121,15 @@ struct br_model_cfg {
     uint32_t first_byte_timeout_ms; /* default 60000 */
     uint32_t idle_timeout_ms;       /* default 120000 */
     int64_t default_max_tokens;     /* used when a provider needs max_tokens; default 4096 */
-    int line;                       /* line of the entry in the file, for messages */
+    /* resilience: at least one deployment (the entry itself when `deployments:` is absent) */
+    const struct br_deployment_cfg *deployments;
+    size_t n_deployments;
+    enum br_balance_policy balance;
+    const struct br_model_cfg *fallbacks[BR_MODEL_MAX_DEPLOYMENTS]; /* tried in order */
+    size_t n_fallbacks;
+    struct br_retry_cfg retry;     /* the `resilience:` defaults, overridden per model */
+    struct br_breaker_cfg breaker; /* idem */
+    int line;                      /* line of the entry in the file, for messages */
 };
 
 struct br_api_key_cfg {
@@ -262,6 +324,9 @@ struct br_config {
     const struct br_model_cfg *models;
     size_t n_models;
     struct br_map models_by_name; /* name -> const struct br_model_cfg * */
+
+    /* resilience defaults (`resilience:`), fallback triggers and the global retry budget */
+    struct br_resil_cfg resil;
 
     /* routes */
     const struct br_route_cfg *routes;

@@ -67,6 +67,36 @@ int br__config_caps(struct br__config_loader *L, const struct br_ynode *n, const
                     unsigned *out);
 int br__config_nomem(struct br__config_loader *L);
 
+/* Model-entry helpers of config.c for the other section parsers. */
+int br__config_model_base_url(struct br__config_loader *L, const struct br_ynode *v,
+                              const char *what, struct br_model_cfg *mc);
+int br__config_model_api_key(struct br__config_loader *L, const struct br_ynode *v,
+                             const char *what, struct br_model_cfg *mc);
+/** Zeroed arena memory owned by the snapshot, or NULL. */
+void *br__config_alloc(struct br__config_loader *L, size_t n);
+/** printf into the snapshot's arena (at most 511 bytes), or NULL. */
+char *br__config_sprintf(struct br__config_loader *L, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* config_resil.c: the `resilience:` section and the per-model resilience keys. */
+void br__config_resil_defaults(struct br_resil_cfg *r);
+int br__config_parse_resilience(struct br__config_loader *L, const struct br_ynode *n);
+/**
+ * A model key that belongs to resilience (deployments, fallbacks, retry, breaker, balance):
+ * parsed, or its node kept in *deployments / *fallbacks for later. BR_ERR_NOTFOUND when the key
+ * is none of them.
+ */
+int br__config_model_resil_field(struct br__config_loader *L, const struct br_ynode *k,
+                                 const struct br_ynode *v, const char *what,
+                                 struct br_model_cfg *mc, const struct br_ynode **deployments,
+                                 const struct br_ynode **fallbacks);
+/** After the entry's own fields: its deployments (or the implicit one), names filled in. */
+int br__config_model_finish_resil(struct br__config_loader *L, struct br_model_cfg *mc,
+                                  const struct br_ynode *deployments, const char *what);
+/** Resolves a model's fallbacks: once every model is in the catalogue. */
+int br__config_model_fallbacks(struct br__config_loader *L, struct br_model_cfg *mc,
+                               const struct br_ynode *n);
+
 /** Parses the `routes:` list (config_route.c); runs after the catalogue is known. */
 int br__config_parse_routes(struct br__config_loader *L, const struct br_ynode *seq);
 

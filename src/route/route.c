@@ -62,6 +62,25 @@ size_t br_route_fmt3(double v, char out[BR_ROUTE_FMT3_LEN])
 
 /* ---------------------------------------------------------------- direct */
 
+/* Appends fallback steps (not repeating a model already in the plan). */
+static void add_fallbacks(struct br_plan *out, const struct br_model_cfg *const *models, size_t n)
+{
+    for (size_t i = 0; i < n && out->n_steps < BR_PLAN_MAX_STEPS; i++) {
+        bool seen = false;
+        for (size_t j = 0; j < out->n_steps; j++) {
+            seen |= out->steps[j].model == models[i];
+        }
+        if (seen) {
+            continue;
+        }
+        out->steps[out->n_steps].model = models[i];
+        out->steps[out->n_steps].variant = NULL;
+        out->steps[out->n_steps].kind = BR_PLAN_STEP_FALLBACK;
+        out->steps[out->n_steps].threshold = NAN;
+        out->n_steps++;
+    }
+}
+
 int br_route_plan_direct(const struct br_config *cfg, const char *model, size_t n,
                          struct br_plan *out)
 {
@@ -88,6 +107,9 @@ int br_route_plan_direct(const struct br_config *cfg, const char *model, size_t 
     out->steps[0].kind = BR_PLAN_STEP_PRIMARY;
     out->steps[0].threshold = NAN;
     out->n_steps = 1;
+    if (!variant) {
+        add_fallbacks(out, m->fallbacks, m->n_fallbacks); /* an adapter has no fallbacks */
+    }
     return BR_OK;
 }
 
@@ -556,16 +578,11 @@ static void add_steps(const struct br_route_cfg *route, const bool *ok,
             }
         }
     }
-    for (size_t i = 0; i < route->n_fallbacks && out->n_steps < BR_PLAN_MAX_STEPS; i++) {
-        const struct br_model_cfg *m = route->fallbacks[i];
-        if (m == out->steps[0].model) {
-            continue;
-        }
-        out->steps[out->n_steps].model = m;
-        out->steps[out->n_steps].variant = NULL;
-        out->steps[out->n_steps].kind = BR_PLAN_STEP_FALLBACK;
-        out->steps[out->n_steps].threshold = NAN;
-        out->n_steps++;
+    /* The route's fallbacks; without any, the chosen model's own. */
+    if (route->n_fallbacks) {
+        add_fallbacks(out, route->fallbacks, route->n_fallbacks);
+    } else {
+        add_fallbacks(out, out->steps[0].model->fallbacks, out->steps[0].model->n_fallbacks);
     }
 }
 

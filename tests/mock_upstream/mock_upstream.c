@@ -54,6 +54,7 @@ enum fault_bit {
     F_CLOSE_MID_BODY = 1u << 5,
     F_TRICKLE = 1u << 6,
     F_STREAM_ERROR = 1u << 7,
+    F_CONTEXT_LENGTH = 1u << 8,
 };
 
 static const struct {
@@ -68,6 +69,7 @@ static const struct {
     {"close_mid_body", F_CLOSE_MID_BODY},
     {"trickle", F_TRICKLE},
     {"stream_error", F_STREAM_ERROR},
+    {"context_length", F_CONTEXT_LENGTH},
 };
 
 /* Shared state; every field but the immutable options is guarded by lock. */
@@ -1618,6 +1620,19 @@ static int pre_answer_faults(struct out *o, enum provider prov, const struct dir
     if (d->faults & F_NO_ANSWER) {
         drain_until_close(o->fd);
         return 0;
+    }
+    if (d->faults & F_CONTEXT_LENGTH) {
+        /* The providers' own words for a prompt longer than the model's context window. */
+        json_t *e =
+            prov == P_ANTHROPIC
+                ? anthropic_error("invalid_request_error",
+                                  "prompt is too long: 210000 tokens > 200000 maximum")
+                : openai_error("This model's maximum context length is 8192 tokens. "
+                               "However, your messages resulted in 9000 tokens. Please "
+                               "reduce the length of the messages.",
+                               "invalid_request_error", "messages", "context_length_exceeded");
+        send_provider_error(o, prov, 400, e, keep_alive);
+        return o->failed ? 0 : keep_alive;
     }
     if (d->status >= 400) {
         send_provider_error(o, prov, d->status, status_error_body(prov, d->status, model),
