@@ -1059,6 +1059,17 @@ static void judge_attempt(struct chat *c, const struct br_provider_result *res,
         o.error_kind = BR_UPSTREAM_ERROR_CANCELED;
     }
     br_resil_classify(&c->rm->triggers, &o, v);
+    if (!c->rm->cfg->breaker.enabled) {
+        v->health = BR_RESIL_HEALTH_NEUTRAL; /* `breaker: off`: no ejection, no 429 cool-down */
+    }
+    if (strcmp(c->rm->cfg->provider, "local") == 0) {
+        /* In-process: one deployment, and a full queue is load, not ill health. Never eject
+         * it; fall back (when configured) rather than retry into the same queue. */
+        v->health = BR_RESIL_HEALTH_NEUTRAL;
+        if (v->action == BR_RESIL_ACTION_RETRY) {
+            v->action = v->fallback_ok ? BR_RESIL_ACTION_FALLBACK : BR_RESIL_ACTION_FAIL;
+        }
+    }
     lease_end(c, v->health, res);
     if (c->retry_token) {
         /* The retry that held the token has ended. */
@@ -1224,6 +1235,48 @@ static void reject(struct chat *c, int status, const char *type, const char *cod
     respond_error(req, status, type, code, param, message, h, n);
 }
 
+/* True when no deployment of rm is ejected: only rate limits (its own or the upstream's 429
+ * cool-down) hold it back. */
+static bool only_rate_limited(const struct br_runtime_model *rm)
+{
+    uint64_t now = br_clock_now_ns() / 1000000;
+    for (size_t i = 0; i < rm->n_deploys; i++) {
+        struct br_resil_deployment_info d;
+        if (br_resil_lb_info(rm->lb, i, now, &d) != BR_OK ||
+            d.breaker.state != BR_RESIL_BREAKER_STATE_CLOSED) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Nothing to call: every deployment of the model and of its fallbacks is ejected or at a rate
+ * limit. Answered at once with Retry-After: 429 when rate limits alone are the reason, else 503.
+ */
+static void unavailable(struct chat *c)
+{
+    br_http_request *req = c->req;
+    uint64_t now = br_clock_now_ns() / 1000000;
+    uint64_t wait_s =
+        c->unavailable_until_ms > now ? (c->unavailable_until_ms - now + 999) / 1000 : 1;
+    char *ra = br_arena_sprintf(req->arena, "%llu", (unsigned long long)wait_s);
+    struct br_http_header h[] = {{BR_SLICE_LIT("retry-after"), br_slice_from_cstr(ra)}};
+    bool rate = only_rate_limited(br__runtime_model(c->rt, c->plan.steps[0].model));
+    int status = rate ? 429 : 503;
+    c->state = CHAT_FINISHED;
+    account(c, status, NULL, rate ? "rate_limited" : "model_unavailable");
+    release(c);
+    respond_error(req, status, rate ? "rate_limit_error" : "server_error",
+                  rate ? "rate_limit_exceeded" : "model_unavailable", "model",
+                  rate ? "Every deployment of the model is at its rate limit (or cooling down "
+                         "after the upstream's 429). Retry after the time in Retry-After."
+                       : "Every deployment of the model (and of its fallbacks) is unavailable: "
+                         "failing and ejected, or at its rate limit. Retry after the time in "
+                         "Retry-After.",
+                  h, ra ? 1 : 0);
+}
+
 /* Reads the routing signals and hints (headers win over metadata) and decides the route. */
 static int plan_route(struct chat *c, const struct br_route_cfg *route)
 {
@@ -1349,19 +1402,7 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     c->budget_entered = true;
     int rc = start_answer(c, 0);
     if (rc == BR_ERR_BUSY) {
-        uint64_t now = br_clock_now_ns() / 1000000;
-        uint64_t wait_s =
-            c->unavailable_until_ms > now ? (c->unavailable_until_ms - now + 999) / 1000 : 1;
-        char *ra = br_arena_sprintf(req->arena, "%llu", (unsigned long long)wait_s);
-        struct br_http_header h[] = {{BR_SLICE_LIT("retry-after"), br_slice_from_cstr(ra)}};
-        c->state = CHAT_FINISHED;
-        account(c, 503, NULL, "model_unavailable");
-        release(c);
-        respond_error(req, 503, "server_error", "model_unavailable", "model",
-                      "Every deployment of the model (and of its fallbacks) is unavailable: "
-                      "failing and ejected, or at its rate limit. Retry after the time in "
-                      "Retry-After.",
-                      h, ra ? 1 : 0);
+        unavailable(c);
         return;
     }
     if (rc == BR_ERR_PARSE) {

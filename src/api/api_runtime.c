@@ -171,10 +171,13 @@ static void balancer_opts(const struct br_model_cfg *mc, struct br_resil_lb_opts
     lo->policy = mc->balance == BR_BALANCE_LEAST_OUTSTANDING ? BR_RESIL_LB_POLICY_LEAST_OUTSTANDING
                  : mc->balance == BR_BALANCE_LATENCY         ? BR_RESIL_LB_POLICY_LATENCY
                                                              : BR_RESIL_LB_POLICY_WEIGHTED;
-    /* A disabled breaker never reaches its threshold. */
-    lo->breaker.failure_threshold = mc->breaker.enabled ? mc->breaker.failures : UINT32_MAX;
+    lo->breaker.failure_threshold = mc->breaker.failures;
     lo->breaker.eject_ms = mc->breaker.eject_ms;
     lo->breaker.eject_max_ms = mc->breaker.max_eject_ms;
+    if (!mc->breaker.enabled) {
+        /* `breaker: off`: never reached (and the chat path reports no health at all). */
+        lo->breaker.failure_threshold = UINT32_MAX;
+    }
 }
 
 /* Opens every deployment of mc and builds its balancer. */

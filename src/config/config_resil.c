@@ -337,9 +337,8 @@ int br__config_model_finish_resil(struct br__config_loader *L, struct br_model_c
     char sub[160];
     (void)snprintf(sub, sizeof(sub), "%.100s.deployments", what);
     if (deployments && strcmp(mc->provider, "local") == 0) {
-        return errf(L, deployments->line,
-                                     "%s: a local model runs in this process (one deployment)",
-                                     sub);
+        return errf(L, deployments->line, "%s: a local model runs in this process (one deployment)",
+                    sub);
     }
     if (deployments) {
         int rc = parse_deployments(L, deployments, sub, mc);

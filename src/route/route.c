@@ -62,15 +62,11 @@ size_t br_route_fmt3(double v, char out[BR_ROUTE_FMT3_LEN])
 
 /* ---------------------------------------------------------------- direct */
 
-/* Appends fallback steps (not repeating a model already in the plan). */
+/* Appends fallback steps (skipping the primary model). */
 static void add_fallbacks(struct br_plan *out, const struct br_model_cfg *const *models, size_t n)
 {
     for (size_t i = 0; i < n && out->n_steps < BR_PLAN_MAX_STEPS; i++) {
-        bool seen = false;
-        for (size_t j = 0; j < out->n_steps; j++) {
-            seen |= out->steps[j].model == models[i];
-        }
-        if (seen) {
+        if (models[i] == out->steps[0].model) {
             continue;
         }
         out->steps[out->n_steps].model = models[i];

@@ -18,11 +18,15 @@
 #include "br_test.h"
 #include "common.h"
 
-#define FAULT_CONFIG                                    \
-    BASE_CONFIG "  - name: mock-dead\n"                 \
-                "    provider: openai\n"                \
-                "    base_url: http://127.0.0.1:1/v1\n" \
-                "    price: {input: 1, output: 1}\n"
+/* One attempt per request and no breaker: each fault's own client-visible result (retries,
+ * fallbacks and breakers on top of these are test_resil.c's). */
+#define FAULT_CONFIG                                       \
+    "resilience:\n"                                        \
+    "  retry: {attempts: 0}\n"                             \
+    "  breaker: off\n" BASE_CONFIG "  - name: mock-dead\n" \
+    "    provider: openai\n"                               \
+    "    base_url: http://127.0.0.1:1/v1\n"                \
+    "    price: {input: 1, output: 1}\n"
 
 static int setup(void **state)
 {
