@@ -119,12 +119,16 @@ size_t br_resil_lb_size(const br_resil_lb *lb)
     return lb->n;
 }
 
-/* Moves d's counters to the window of now_ms. */
+/*
+ * Moves d's counters to the window of now_ms. Only forwards: workers read the clock on their
+ * own, so a caller's now_ms may be a little older than one already seen; it counts in the
+ * current window instead of rolling it back.
+ */
 static void window_roll(const br_resil_lb *lb, struct lb_dep *d, uint64_t now_ms)
 {
     uint64_t id = now_ms / lb->o.window_ms;
 
-    if (id != d->win_id) {
+    if (id > d->win_id) {
         d->win_id = id;
         d->win_req = 0;
         d->win_tok = 0;
@@ -243,8 +247,9 @@ static size_t pick_least(br_resil_lb *lb, uint64_t mask)
 
 static bool ewma_fresh(const br_resil_lb *lb, const struct lb_dep *d, uint64_t now_ms)
 {
-    return d->has_ewma &&
-           (lb->o.ewma_stale_ms == 0 || now_ms - d->ewma_at_ms < lb->o.ewma_stale_ms);
+    /* (a now_ms older than the sample, from another worker's clock read, is fresh) */
+    return d->has_ewma && (lb->o.ewma_stale_ms == 0 || now_ms < d->ewma_at_ms ||
+                           now_ms - d->ewma_at_ms < lb->o.ewma_stale_ms);
 }
 
 /*
@@ -443,7 +448,7 @@ int br_resil_lb_info(br_resil_lb *lb, size_t i, uint64_t now_ms,
     out->has_ewma = d->has_ewma;
     out->ewma_ttfb_ms = d->has_ewma ? d->ewma_ns / 1e6 : 0.0;
     out->cooldown_until_ms = d->cooldown_until > now_ms ? d->cooldown_until : 0;
-    if (d->win_id == now_ms / lb->o.window_ms) {
+    if (d->win_id >= now_ms / lb->o.window_ms) {
         out->window_requests = d->win_req;
         out->window_tokens = d->win_tok;
     } else {

@@ -347,6 +347,45 @@ static void test_lb_rpm_window(void **state)
     br_resil_lb_destroy(lb);
 }
 
+/* Workers' clock reads arrive slightly out of order: an older now_ms never rolls a window back
+ * and never makes a sample look stale. */
+static void test_lb_clock_out_of_order(void **state)
+{
+    struct br_resil_deployment_opts d[2] = {{.weight = 1, .rpm = 2}, {.weight = 1}};
+    struct br_resil_lb_opts o;
+    br_resil_lb *lb = NULL;
+    struct br_resil_lease l;
+    struct br_resil_lb_result r = {.health = BR_RESIL_HEALTH_OK, .ttfb_ns = 5000000};
+    struct br_resil_deployment_info in;
+
+    (void)state;
+    br_resil_lb_opts_default(&o);
+    o.ewma_stale_ms = 1000;
+    assert_int_equal(br_resil_lb_create(&o, d, 2, &lb), BR_OK);
+    assert_int_equal(br_resil_lb_acquire(lb, 0x2, 0, 60001, NULL, &l, NULL), BR_OK);
+    br_resil_lb_release(lb, &l, &r, 60001);
+    assert_int_equal(br_resil_lb_acquire(lb, 0x2, 0, 59999, NULL, &l, NULL), BR_OK);
+    br_resil_lb_release(lb, &l, &r, 59998);
+    assert_int_equal(br_resil_lb_info(lb, 0, 59999, &in), BR_OK);
+    assert_int_equal(in.window_requests, 2);
+    assert_int_equal(br_resil_lb_acquire(lb, 0x2, 0, 60002, NULL, &l, NULL), BR_ERR_BUSY);
+    br_resil_lb_destroy(lb);
+
+    /* latency: deployment 0 measured at 10 000; a pick stamped 9 999 still sees it fresh */
+    o.policy = BR_RESIL_LB_POLICY_LATENCY;
+    d[0].rpm = 0;
+    assert_int_equal(br_resil_lb_create(&o, d, 2, &lb), BR_OK);
+    assert_int_equal(br_resil_lb_acquire(lb, 0x2, 0, 10000, NULL, &l, NULL), BR_OK);
+    br_resil_lb_release(lb, &l, &r, 10000);
+    assert_int_equal(br_resil_lb_acquire(lb, 0x1, 0, 10000, NULL, &l, NULL), BR_OK);
+    r.ttfb_ns = 50000000;
+    br_resil_lb_release(lb, &l, &r, 10000);
+    assert_int_equal(br_resil_lb_acquire(lb, 0, 0, 9999, NULL, &l, NULL), BR_OK);
+    assert_int_equal(l.index, 0);
+    br_resil_lb_release(lb, &l, &RES_OK, 9999);
+    br_resil_lb_destroy(lb);
+}
+
 /* TPM: estimates are charged at start and corrected at the end; an empty window always has
  * room; a correction for a window that has rolled over is dropped. */
 static void test_lb_tpm_window(void **state)
@@ -623,6 +662,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_lb_latency_load_and_stale),
         cmocka_unit_test(test_lb_rpm_window),
         cmocka_unit_test(test_lb_tpm_window),
+        cmocka_unit_test(test_lb_clock_out_of_order),
         cmocka_unit_test(test_lb_exclude),
         cmocka_unit_test(test_lb_breaker_eject_and_probe),
         cmocka_unit_test(test_lb_rate_limited_cooldown),
