@@ -1126,6 +1126,50 @@ static const struct br_provider_sink chat_sink = {
 };
 
 /*
+ * Leases a deployment of c->rm for the call: not one this request already tried on this model
+ * while others are left. NULL when every deployment is unavailable (c->unavailable_until_ms
+ * then says when one may be back).
+ */
+static const struct br_runtime_deploy *acquire_deployment(struct chat *c, enum call_kind kind)
+{
+    const struct br_runtime_model *rm = c->rm;
+    uint64_t all = rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << rm->n_deploys) - 1;
+    uint64_t exclude = kind == CALL_ANSWER && (c->tried & all) != all ? c->tried : 0;
+    uint64_t est = c->req->body.len / 4 + 256; /* tokens, for TPM limits: prompt + answer */
+    uint64_t retry_at = 0;
+    if (br_resil_lb_acquire(rm->lb, exclude, est, br_clock_now_ns() / 1000000, &c->w->rng,
+                            &c->lease, &retry_at) != BR_OK) {
+        if (!c->unavailable_until_ms || (retry_at && retry_at < c->unavailable_until_ms)) {
+            c->unavailable_until_ms = retry_at;
+        }
+        return NULL;
+    }
+    c->lease_held = true;
+    if (kind == CALL_ANSWER) {
+        c->tried |= UINT64_C(1) << c->lease.index;
+        c->attempts++;
+    }
+    return &rm->deploys[c->lease.index];
+}
+
+/* Records an answering attempt in the chain ("a>b"): every cascade step, and every attempt of
+ * a request that needed more than one. */
+static void chain_attempt(struct chat *c, const struct br_model_cfg *mc,
+                          const struct br_runtime_deploy *dep)
+{
+    if (c->plan.cascade) {
+        chain_add(c, mc->name);
+    } else if (c->attempts == 1) {
+        c->first_attempt = dep->cfg->name;
+    } else {
+        if (c->attempts == 2) {
+            chain_add(c, c->first_attempt);
+        }
+        chain_add(c, dep->cfg->name);
+    }
+}
+
+/*
  * Starts the call of plan step `step`: its answer (streamed to a streaming client only when no
  * cascade step may follow) or, for CALL_VERIFY, the self-verification of the answer being
  * judged. BR_OK, or the provider's start error (no callback follows).
@@ -1144,23 +1188,9 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
         return BR_ERR_NOMEM;
     }
     c->rm = br__runtime_model(c->rt, mc);
-    /* A deployment: not one this request already tried on this model while others are left. */
-    uint64_t all = c->rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << c->rm->n_deploys) - 1;
-    uint64_t exclude = kind == CALL_ANSWER && (c->tried & all) != all ? c->tried : 0;
-    uint64_t est = c->req->body.len / 4 + 256;
-    uint64_t retry_at = 0;
-    if (br_resil_lb_acquire(c->rm->lb, exclude, est, br_clock_now_ns() / 1000000, &c->w->rng,
-                            &c->lease, &retry_at) != BR_OK) {
-        if (!c->unavailable_until_ms || (retry_at && retry_at < c->unavailable_until_ms)) {
-            c->unavailable_until_ms = retry_at;
-        }
+    const struct br_runtime_deploy *dep = acquire_deployment(c, kind);
+    if (!dep) {
         return BR_ERR_BUSY;
-    }
-    c->lease_held = true;
-    const struct br_runtime_deploy *dep = &c->rm->deploys[c->lease.index];
-    if (kind == CALL_ANSWER) {
-        c->tried |= UINT64_C(1) << c->lease.index;
-        c->attempts++;
     }
     c->step = step;
     c->call_kind = kind;
@@ -1179,15 +1209,8 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
     if (rc != BR_OK) {
         return rc;
     }
-    if (c->plan.cascade && kind == CALL_ANSWER) {
-        chain_add(c, mc->name);
-    } else if (kind == CALL_ANSWER && c->attempts == 1) {
-        c->first_attempt = dep->cfg->name;
-    } else if (kind == CALL_ANSWER) {
-        if (c->attempts == 2) {
-            chain_add(c, c->first_attempt); /* the chain shows every attempt from the second */
-        }
-        chain_add(c, dep->cfg->name);
+    if (kind == CALL_ANSWER) {
+        chain_attempt(c, mc, dep);
     }
     call->target = &dep->target;
     call->model_state = dep->state;

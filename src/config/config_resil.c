@@ -81,7 +81,8 @@ static int triggers(loader *L, const struct br_ynode *n, const char *what, bool 
         const char *s;
         rc = br__config_scalar(L, n->items[i], what, &s);
         size_t k = 0;
-        while (rc == BR_OK && k < sizeof(names) / sizeof(names[0]) && strcmp(s, names[k].name)) {
+        while (rc == BR_OK && k < sizeof(names) / sizeof(names[0]) &&
+               strcmp(s, names[k].name) != 0) {
             k++;
         }
         if (rc != BR_OK) {
