@@ -11,7 +11,10 @@
  *         matvec to 32-element int8 blocks (struct br_kernel_q8x: x ~= d * q, q = round(x / d),
  *         d = max|x| / 127), each block pair gives an exact int32 sum that is scaled by
  *         d_w * d_x. So the result differs from dequantize + float dot by the rounding of x to
- *         8 bits (relative error about 1/254 of the block's largest |x| per element).
+ *         8 bits (relative error about 1/254 of the block's largest |x| per element). The AVX2
+ *         path reduces 8 blocks per step (lane k = block k's exact sum, one vector multiply by
+ *         the 8 blocks' d_w * d_x), so it differs from the portable loop only in float
+ *         summation order.
  *   Q5_0, Q4_K, Q6_K  each row is dequantized 256 elements at a time into a stack buffer and
  *         multiplied with the float dot.
  * A matvec whose cols is not a whole number of the type's blocks is refused
@@ -48,6 +51,8 @@ struct br_kernel_q8x {
 struct br_kernel_scratch {
     struct br_kernel_q8x *xq; /* cap / 32 blocks; owned (br_kernel_scratch_free) */
     size_t cap;               /* elements (a multiple of 32) */
+    float *xd;                /* cap / 32: xq[b].d side by side (vector loads); owned */
+    int32_t *xs;              /* cap / 32: 8 * xq[b].sum (Q4_0's nibble offset); owned */
 };
 
 /** Allocates scratch for matvecs with up to max_cols inputs. BR_OK or BR_ERR_NOMEM. */
@@ -66,9 +71,12 @@ int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
 
 /**
  * Quantizes n floats (n a multiple of 32) into n / 32 activation blocks (the x side of the
- * Q8_0/Q4_0 dots).
+ * Q8_0/Q4_0 dots). The AVX2 path gives bit-identical blocks to the portable one.
  */
 void br_kernel_quantize_x(const float *x, struct br_kernel_q8x *out, size_t n);
+
+/** The portable C quantizer (the fallback path; exposed so tests compare the two). */
+void br_kernel_quantize_x_portable(const float *x, struct br_kernel_q8x *out, size_t n);
 
 /**
  * Dot product of one weight row of `type` (cols elements, a whole number of blocks) with x.
@@ -99,6 +107,12 @@ float br_kernel_dot_f32_portable(const float *a, const float *b, size_t n);
  * tensor's data. out may equal x.
  */
 void br_kernel_rmsnorm(float *out, const float *x, const float *weight, size_t n, float eps);
+
+/**
+ * y[i] += a * x[i] for i < n, multiply then add (two roundings, no FMA), so the AVX2 and
+ * portable paths give identical results.
+ */
+void br_kernel_axpy(float *y, float a, const float *x, size_t n);
 
 /** In-place softmax of x[0..n) (max-subtracted for stability); n >= 1. */
 void br_kernel_softmax(float *x, size_t n);
