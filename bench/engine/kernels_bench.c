@@ -8,6 +8,8 @@
  *   token set   every matrix once (the matvec work of one decode step, streamed from memory);
  *   in cache    one 768x768 matrix 20 times (compute cost per block, L2-resident);
  *   quantize    the activation quantization of one 2048-element vector.
+ * Three variants: old, avx2 (the new kernels on the AVX2 path, br_kernel_matvec_q_isa) and new
+ * (br_kernel_matvec_ex: the widest path, AVX-512 VNNI where the CPU has it).
  * Variants alternate within each repetition; medians and minima over the repetitions.
  * usage: kernels_bench [reps (default 15)] [threads for the new matvec (default 1)]
  * Target kernels_bench in bench/engine/CMakeLists.txt (not built by default), or by hand:
@@ -186,6 +188,8 @@ static void run(struct bench *b, int v, const struct br_tensor *w)
 {
     if (v == 0) {
         base_matvec_q(w, b->x, b->xq, b->y);
+    } else if (v == 1) {
+        br_kernel_matvec_q_isa(BR_KERNEL_ISA_AVX2, w, b->x, b->y);
     } else {
         br_kernel_matvec_ex(w, b->x, b->y, &b->sc, b->pool);
     }
@@ -231,7 +235,7 @@ static double max_rel_diff(struct bench *b)
     for (size_t m = 0; m < N_MATS; m++) {
         run(b, 0, &b->mats[m]);
         memcpy(yref, b->y, b->mats[m].rows * sizeof(float));
-        run(b, 1, &b->mats[m]);
+        run(b, 2, &b->mats[m]);
         for (size_t r = 0; r < b->mats[m].rows; r++) {
             double e = fabs((double)b->y[r] - (double)yref[r]) / (1e-3 + fabs((double)yref[r]));
             worst = e > worst ? e : worst;
@@ -258,9 +262,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < H; i++) {
         b.x[i] = rndf() * (i % 7 == 0 ? 4.0f : 1.0f);
     }
-    printf("# kernels_bench: avx2 %d, new matvec on %d thread(s), median (min) of %d reps\n",
-           br_kernel_has_avx2(), threads, reps);
-    static const char *NAMES[2] = {"old", "new"};
+    printf("# kernels_bench: isa %d (0 portable, 1 avx2, 2 avx512-vnni), new matvec on %d "
+           "thread(s), median (min) of %d reps; avx2 = the new kernels limited to AVX2\n",
+           br_kernel_isa(), threads, reps);
+    static const char *NAMES[3] = {"old", "avx2", "new"};
     enum br_tensor_type types[2] = {BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
     for (int t = 0; t < 2; t++) {
         make_mats(&b, types[t]);
@@ -268,11 +273,11 @@ int main(int argc, char **argv)
         for (size_t m = 0; m < N_MATS; m++) {
             bytes += br_tensor_row_bytes(types[t], b.mats[m].cols) * b.mats[m].rows;
         }
-        double ts[2][MAX_REPS];
-        double tc[2][MAX_REPS];
-        double tq[2][MAX_REPS];
+        double ts[3][MAX_REPS];
+        double tc[3][MAX_REPS];
+        double tq[3][MAX_REPS];
         for (int rep = 0; rep < reps; rep++) {
-            for (int v = 0; v < 2; v++) {
+            for (int v = 0; v < 3; v++) {
                 ts[v][rep] = time_set(&b, v);
                 tc[v][rep] = time_cache(&b, v);
                 tq[v][rep] = time_quantize(&b, v);
@@ -280,8 +285,8 @@ int main(int argc, char **argv)
         }
         printf("%s: %.1f MB per token set; new vs old max relative difference %.2g\n",
                br_tensor_type_name(types[t]), (double)bytes * 1e-6, max_rel_diff(&b));
-        double med[2][3];
-        for (int v = 0; v < 2; v++) {
+        double med[3][3];
+        for (int v = 0; v < 3; v++) {
             qsort(ts[v], (size_t)reps, sizeof(double), cmp_d);
             qsort(tc[v], (size_t)reps, sizeof(double), cmp_d);
             qsort(tq[v], (size_t)reps, sizeof(double), cmp_d);
@@ -294,8 +299,10 @@ int main(int argc, char **argv)
                    1.0 / med[v][0], med[v][1] * 1e9 / (D * D / 32), tc[v][0] * 1e9 / (D * D / 32),
                    med[v][2] * 1e6);
         }
-        printf("  new/old speed: token set x%.2f, in cache x%.2f, quantize x%.1f\n",
-               med[0][0] / med[1][0], med[0][1] / med[1][1], med[0][2] / med[1][2]);
+        printf("  new/old speed: token set x%.2f, in cache x%.2f, quantize x%.1f; "
+               "new/avx2: token set x%.2f, in cache x%.2f\n",
+               med[0][0] / med[2][0], med[0][1] / med[2][1], med[0][2] / med[2][2],
+               med[1][0] / med[2][0], med[1][1] / med[2][1]);
         for (size_t m = 0; m < N_MATS; m++) {
             free((void *)b.mats[m].data);
         }

@@ -86,23 +86,40 @@ static int detect_avx2(void)
            __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
 }
 
-/* 0 = not asked yet, 1 = no, 2 = yes. An atomic: threads that race here all store the same
- * answer (CPUID is slow, under a hypervisor it traps, so it is asked once). */
-static atomic_int avx2_state;
+/* AVX-512 VNNI with 256-bit vectors (vpdpbusd on ymm needs AVX512VL too). libgcc reports
+ * AVX-512 features only when the OS saves their state. */
+static int detect_vnni(void)
+{
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+}
+
+/* 0 = not asked yet, else 1 + the level (BR_KERNEL_ISA_*). An atomic: threads that race here
+ * all store the same answer (CPUID is slow, under a hypervisor it traps, so it is asked
+ * once). */
+static atomic_int isa_state;
 #endif
+
+int br_kernel_isa(void)
+{
+#ifdef BR_KERNELS_X86
+    int st = atomic_load_explicit(&isa_state, memory_order_relaxed);
+    if (st == 0) {
+        int level = BR_KERNEL_ISA_PORTABLE;
+        if (detect_avx2()) {
+            level = detect_vnni() ? BR_KERNEL_ISA_VNNI : BR_KERNEL_ISA_AVX2;
+        }
+        st = 1 + level;
+        atomic_store_explicit(&isa_state, st, memory_order_relaxed);
+    }
+    return st - 1;
+#else
+    return BR_KERNEL_ISA_PORTABLE;
+#endif
+}
 
 int br_kernel_has_avx2(void)
 {
-#ifdef BR_KERNELS_X86
-    int st = atomic_load_explicit(&avx2_state, memory_order_relaxed);
-    if (st == 0) {
-        st = detect_avx2() ? 2 : 1;
-        atomic_store_explicit(&avx2_state, st, memory_order_relaxed);
-    }
-    return st == 2;
-#else
-    return 0;
-#endif
+    return br_kernel_isa() >= BR_KERNEL_ISA_AVX2;
 }
 
 float br_kernel_dot_f32(const float *a, const float *b, size_t n)
@@ -235,28 +252,46 @@ BR_AVX2 static __m256i pair_q4_0(const uint8_t *b, const int8_t *xq)
     return madd_us8(nib, x);
 }
 
-/* Lane k of the result = the sum of the 8 lanes of block k's partial sums p[k] (written
- * out: a loop over k would keep p in memory). */
-BR_AVX2 static inline __m256i sum8_q8_0(const uint8_t *b, const struct br_kernel_q8x *xq)
+/* AVX-512 VNNI (256-bit, EVEX): vpdpbusd sums the four byte products of each lane into int32
+ * in one instruction, replacing maddubs + madd. Same exact integer sums as above. */
+#define BR_VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+
+BR_VNNI static inline __m256i pair_q8_0_vnni(const uint8_t *b, const int8_t *xq)
 {
-    __m256i a = _mm256_hadd_epi32(
-        _mm256_hadd_epi32(pair_q8_0(b, xq[0].q), pair_q8_0(b + 34, xq[1].q)),
-        _mm256_hadd_epi32(pair_q8_0(b + 68, xq[2].q), pair_q8_0(b + 102, xq[3].q)));
-    __m256i c = _mm256_hadd_epi32(
-        _mm256_hadd_epi32(pair_q8_0(b + 136, xq[4].q), pair_q8_0(b + 170, xq[5].q)),
-        _mm256_hadd_epi32(pair_q8_0(b + 204, xq[6].q), pair_q8_0(b + 238, xq[7].q)));
-    return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20),
-                            _mm256_permute2x128_si256(a, c, 0x31));
+    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                               _mm256_sign_epi8(x, w));
 }
 
-BR_AVX2 static inline __m256i sum8_q4_0(const uint8_t *b, const struct br_kernel_q8x *xq)
+BR_VNNI static inline __m256i pair_q4_0_vnni(const uint8_t *b, const int8_t *xq)
 {
-    __m256i a = _mm256_hadd_epi32(
-        _mm256_hadd_epi32(pair_q4_0(b, xq[0].q), pair_q4_0(b + 18, xq[1].q)),
-        _mm256_hadd_epi32(pair_q4_0(b + 36, xq[2].q), pair_q4_0(b + 54, xq[3].q)));
-    __m256i c = _mm256_hadd_epi32(
-        _mm256_hadd_epi32(pair_q4_0(b + 72, xq[4].q), pair_q4_0(b + 90, xq[5].q)),
-        _mm256_hadd_epi32(pair_q4_0(b + 108, xq[6].q), pair_q4_0(b + 126, xq[7].q)));
+    __m256i raw =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(b + 2)));
+    __m256i nib = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)),
+                                   _mm256_set1_epi8(0x0f));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib, x);
+}
+
+/* One of the pair_* functions above: block at b times 32 int8 of x, as 8 int32 lanes. The
+ * functions below take it as an argument and are always inlined, so that each caller (AVX2,
+ * VNNI) gets its own copy with the pair inlined. */
+typedef __m256i (*pair_fn)(const uint8_t *b, const int8_t *xq);
+
+#define BR_INLINE __attribute__((always_inline)) inline
+
+/* Lane k of the result = the sum of the 8 lanes of block k's partial sums p[k] (written
+ * out: a loop over k would keep p in memory). */
+BR_AVX2 static BR_INLINE __m256i sum8(pair_fn pair, const uint8_t *b, size_t bb,
+                                      const struct br_kernel_q8x *xq)
+{
+    __m256i a =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(pair(b, xq[0].q), pair(b + bb, xq[1].q)),
+                          _mm256_hadd_epi32(pair(b + 2 * bb, xq[2].q), pair(b + 3 * bb, xq[3].q)));
+    __m256i c =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(pair(b + 4 * bb, xq[4].q), pair(b + 5 * bb, xq[5].q)),
+                          _mm256_hadd_epi32(pair(b + 6 * bb, xq[6].q), pair(b + 7 * bb, xq[7].q)));
     return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20),
                             _mm256_permute2x128_si256(a, c, 0x31));
 }
@@ -292,14 +327,14 @@ BR_AVX2 static inline __m256 scales8(const uint8_t *b, size_t stride)
  * only on the row and x, never on how a matvec's rows are split.
  * xd[i] = xq[i].d, xs[i] = 8 * xq[i].sum (contiguous copies, one vector load per 8 blocks).
  */
-BR_AVX2 static inline float dot_q8_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq,
-                                          const float *xd, size_t nb)
+BR_AVX2 static BR_INLINE float dot_q8_0(pair_fn pair, const uint8_t *b,
+                                        const struct br_kernel_q8x *xq, const float *xd, size_t nb)
 {
     __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 8 <= nb; i += 8) {
         const uint8_t *bi = b + 34 * i;
-        __m256i sum = sum8_q8_0(bi, xq + i);
+        __m256i sum = sum8(pair, bi, 34, xq + i);
         __m256 d = _mm256_mul_ps(scales8(bi, 34), _mm256_loadu_ps(xd + i));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc);
     }
@@ -307,20 +342,21 @@ BR_AVX2 static inline float dot_q8_0_avx2(const uint8_t *b, const struct br_kern
     for (; i < nb; i++) {
         const uint8_t *bi = b + 34 * i;
         __m256 d = _mm256_set1_ps(half_f16c(bi) * xd[i]);
-        tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair_q8_0(bi, xq[i].q)), d, tail);
+        tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair(bi, xq[i].q)), d, tail);
     }
     return hsum256(_mm256_add_ps(acc, tail));
 }
 
-BR_AVX2 static inline float dot_q4_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq,
-                                          const float *xd, const int32_t *xs, size_t nb)
+BR_AVX2 static BR_INLINE float dot_q4_0(pair_fn pair, const uint8_t *b,
+                                        const struct br_kernel_q8x *xq, const float *xd,
+                                        const int32_t *xs, size_t nb)
 {
     __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
     for (; i + 8 <= nb; i += 8) {
         const uint8_t *bi = b + 18 * i;
         /* the nibbles' -8: block k loses 8 * sum(q_x of block k) */
-        __m256i s = _mm256_sub_epi32(sum8_q4_0(bi, xq + i),
+        __m256i s = _mm256_sub_epi32(sum8(pair, bi, 18, xq + i),
                                      _mm256_loadu_si256((const __m256i *)(const void *)(xs + i)));
         __m256 d = _mm256_mul_ps(scales8(bi, 18), _mm256_loadu_ps(xd + i));
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
@@ -329,7 +365,7 @@ BR_AVX2 static inline float dot_q4_0_avx2(const uint8_t *b, const struct br_kern
     for (; i < nb; i++) {
         const uint8_t *bi = b + 18 * i;
         /* 8 lanes each lose sum(q_x): 8 * sum in total */
-        __m256i s = _mm256_sub_epi32(pair_q4_0(bi, xq[i].q), _mm256_set1_epi32(xs[i] / 8));
+        __m256i s = _mm256_sub_epi32(pair(bi, xq[i].q), _mm256_set1_epi32(xs[i] / 8));
         __m256 d = _mm256_set1_ps(half_f16c(bi) * xd[i]);
         tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, tail);
     }
@@ -344,11 +380,28 @@ BR_AVX2 static void rows_q_avx2(int q8, const uint8_t *base, size_t rb, size_t r
 {
     if (q8) {
         for (size_t r = r0; r < r1; r++) {
-            y[r] = dot_q8_0_avx2(base + r * rb, xq, xd, nb);
+            y[r] = dot_q8_0(pair_q8_0, base + r * rb, xq, xd, nb);
         }
     } else {
         for (size_t r = r0; r < r1; r++) {
-            y[r] = dot_q4_0_avx2(base + r * rb, xq, xd, xs, nb);
+            y[r] = dot_q4_0(pair_q4_0, base + r * rb, xq, xd, xs, nb);
+        }
+    }
+}
+
+/* rows_q_avx2 with the VNNI block pairs: bit-identical results (the same integer sums, the
+ * same float operations in the same order). */
+BR_VNNI static void rows_q_vnni(int q8, const uint8_t *base, size_t rb, size_t r0, size_t r1,
+                                const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                                size_t nb, float *y)
+{
+    if (q8) {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q8_0(pair_q8_0_vnni, base + r * rb, xq, xd, nb);
+        }
+    } else {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q4_0(pair_q4_0_vnni, base + r * rb, xq, xd, xs, nb);
         }
     }
 }
@@ -461,21 +514,42 @@ static void split_scales(const struct br_kernel_q8x *xq, size_t nb, float *xd, i
     }
 }
 
-/* Q8_0/Q4_0 rows against a quantized x (nb blocks); xd/xs from split_scales. */
+/* y[r] for rows [r0, r1) of a Q8_0/Q4_0 matrix against a quantized x (nb blocks; xd/xs from
+ * split_scales) on path isa (at most br_kernel_isa()). */
+static void rows_q(int isa, enum br_tensor_type type, const uint8_t *base, size_t rb, size_t r0,
+                   size_t r1, const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                   size_t nb, float *y)
+{
+    int q8 = type == BR_TENSOR_Q8_0;
+#ifdef BR_KERNELS_X86
+    if (isa == BR_KERNEL_ISA_VNNI) {
+        rows_q_vnni(q8, base, rb, r0, r1, xq, xd, xs, nb, y);
+        return;
+    }
+    if (isa == BR_KERNEL_ISA_AVX2) {
+        rows_q_avx2(q8, base, rb, r0, r1, xq, xd, xs, nb, y);
+        return;
+    }
+#else
+    (void)isa;
+    (void)xd;
+    (void)xs;
+#endif
+    for (size_t r = r0; r < r1; r++) {
+        const uint8_t *row = base + r * rb;
+        y[r] = q8 ? br_kernel_dot_q8_0_portable(row, xq, nb)
+                  : br_kernel_dot_q4_0_portable(row, xq, nb);
+    }
+}
+
+/* One Q8_0/Q4_0 row against a quantized x on the widest path. */
 static float dot_q_blocks(enum br_tensor_type type, const uint8_t *row,
                           const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
                           size_t nb)
 {
-    int q8 = type == BR_TENSOR_Q8_0;
-#ifdef BR_KERNELS_X86
-    if (br_kernel_has_avx2()) {
-        return q8 ? dot_q8_0_avx2(row, xq, xd, nb) : dot_q4_0_avx2(row, xq, xd, xs, nb);
-    }
-#else
-    (void)xd;
-    (void)xs;
-#endif
-    return q8 ? br_kernel_dot_q8_0_portable(row, xq, nb) : br_kernel_dot_q4_0_portable(row, xq, nb);
+    float y = 0.0f;
+    rows_q(br_kernel_isa(), type, row, 0, 0, 1, xq, xd, xs, nb, &y);
+    return y;
 }
 
 /* Chunk of a row handled with stack copies of the scales: 256 blocks = 8192 elements. */
@@ -584,17 +658,8 @@ static void matvec_rows(void *ctx, int index, int count)
     size_t r1 = rows * (size_t)(index + 1) / (size_t)count;
     const uint8_t *base = j->w->data;
     if (j->xq) {
-#ifdef BR_KERNELS_X86
-        if (br_kernel_has_avx2()) {
-            rows_q_avx2(j->w->type == BR_TENSOR_Q8_0, base, j->row_bytes, r0, r1, j->xq, j->xd,
-                        j->xs, j->w->cols / 32, j->y);
-            return;
-        }
-#endif
-        for (size_t r = r0; r < r1; r++) {
-            j->y[r] = dot_q_blocks(j->w->type, base + r * j->row_bytes, j->xq, j->xd, j->xs,
-                                   j->w->cols / 32);
-        }
+        rows_q(br_kernel_isa(), j->w->type, base, j->row_bytes, r0, r1, j->xq, j->xd, j->xs,
+               j->w->cols / 32, j->y);
         return;
     }
     for (size_t r = r0; r < r1; r++) {
@@ -627,6 +692,24 @@ int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
     } else {
         matvec_rows(&job, 0, 1);
     }
+    return BR_OK;
+}
+
+int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, float *y)
+{
+    struct br_kernel_q8x xq[DOT_CHUNK_BLOCKS];
+    float xd[DOT_CHUNK_BLOCKS];
+    int32_t xs[DOT_CHUNK_BLOCKS];
+    size_t rb = br_tensor_row_bytes(w->type, w->cols);
+    int quantized = w->type == BR_TENSOR_Q8_0 || w->type == BR_TENSOR_Q4_0;
+    if (!quantized || rb == 0 || w->cols / 32 > DOT_CHUNK_BLOCKS) {
+        return BR_ERR_UNSUPPORTED;
+    }
+    int widest = br_kernel_isa();
+    isa = isa < BR_KERNEL_ISA_PORTABLE ? BR_KERNEL_ISA_PORTABLE : (isa > widest ? widest : isa);
+    br_kernel_quantize_x(x, xq, w->cols);
+    split_scales(xq, w->cols / 32, xd, xs);
+    rows_q(isa, w->type, w->data, rb, 0, w->rows, xq, xd, xs, w->cols / 32, y);
     return BR_OK;
 }
 

@@ -123,4 +123,20 @@ void br_kernel_swiglu(float *gate, const float *up, size_t n);
 /** 1 when the AVX2+FMA+F16C path is in use (for logs and tests). */
 int br_kernel_has_avx2(void);
 
+/* Instruction-set paths of the kernels, narrowest first. VNNI: AVX2 plus AVX-512 VNNI on
+ * 256-bit vectors (AVX512VL), used by the Q8_0/Q4_0 block dots (the same integer sums as AVX2,
+ * so bit-identical results). */
+enum br_kernel_isa { BR_KERNEL_ISA_PORTABLE = 0, BR_KERNEL_ISA_AVX2 = 1, BR_KERNEL_ISA_VNNI = 2 };
+
+/** The widest path this CPU runs (the one every kernel uses); detected once, thread-safe. */
+int br_kernel_isa(void);
+
+/**
+ * y = W x for a Q8_0 or Q4_0 matrix with at most 8192 columns on path `isa` (clamped to
+ * br_kernel_isa()), x quantized here: lets tests and benchmarks compare the paths on one CPU.
+ * Single-threaded, allocates nothing. BR_OK or BR_ERR_UNSUPPORTED (other type, more columns,
+ * cols not whole blocks).
+ */
+int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, float *y);
+
 #endif

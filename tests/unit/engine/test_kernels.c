@@ -393,6 +393,56 @@ static void test_q_dots_groups_and_tails(void **state)
     br_pool_destroy(pool);
 }
 
+/* Every instruction-set path this CPU has gives the Q8_0/Q4_0 matvec: AVX2 and VNNI the very
+ * same floats as the matvec (the same integer sums, the same float operations), portable the
+ * same within float rounding. Odd row counts, 1 to 40 blocks, and the 8192-column limit. */
+static void test_q_matvec_isa_paths(void **state)
+{
+    (void)state;
+    printf("# kernel isa: %d\n", br_kernel_isa());
+    enum br_tensor_type types[] = {BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
+    for (size_t t = 0; t < 2; t++) {
+        for (size_t nb = 1; nb <= 40; nb += (nb < 10 ? 1 : 7)) {
+            size_t cols = nb * 32;
+            size_t rows = 2 * nb + 1;
+            uint8_t *data = random_rows(types[t], rows, cols);
+            float *x = malloc(cols * sizeof(float));
+            float *want = malloc(rows * sizeof(float));
+            float *got = malloc(rows * sizeof(float));
+            assert_true(x && want && got);
+            for (size_t i = 0; i < cols; i++) {
+                x[i] = rnd_float();
+            }
+            struct br_tensor w = {.type = types[t], .data = data, .rows = rows, .cols = cols};
+            struct br_kernel_scratch scratch = {0};
+            assert_int_equal(br_kernel_scratch_init(&scratch, cols), BR_OK);
+            assert_int_equal(br_kernel_matvec_ex(&w, x, want, &scratch, NULL), BR_OK);
+            for (int isa = BR_KERNEL_ISA_PORTABLE; isa <= br_kernel_isa() + 1; isa++) {
+                memset(got, 0xff, rows * sizeof(float));
+                assert_int_equal(br_kernel_matvec_q_isa(isa, &w, x, got), BR_OK);
+                for (size_t r = 0; r < rows && isa == BR_KERNEL_ISA_PORTABLE; r++) {
+                    assert_true(fabsf(got[r] - want[r]) <= 1e-5f * (1.0f + fabsf(want[r])));
+                }
+                if (isa != BR_KERNEL_ISA_PORTABLE) { /* above the CPU's: clamped to the widest */
+                    assert_memory_equal(got, want, rows * sizeof(float));
+                }
+            }
+            br_kernel_scratch_free(&scratch);
+            free(got);
+            free(want);
+            free(x);
+            free(data);
+        }
+    }
+    static float x[8224];
+    float y[2];
+    struct br_tensor big = {.type = BR_TENSOR_Q8_0, .data = x, .rows = 1, .cols = 8224};
+    assert_int_equal(br_kernel_matvec_q_isa(BR_KERNEL_ISA_AVX2, &big, x, y), BR_ERR_UNSUPPORTED);
+    big.type = BR_TENSOR_F32;
+    big.cols = 32;
+    assert_int_equal(br_kernel_matvec_q_isa(BR_KERNEL_ISA_AVX2, &big, x, y), BR_ERR_UNSUPPORTED);
+}
+
 struct count_ctx {
     atomic_int hits[8];
     atomic_int total;
@@ -448,6 +498,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_quantize_x_paths_identical),
         cmocka_unit_test(test_axpy_matches_loop),
         cmocka_unit_test(test_q_dots_groups_and_tails),
+        cmocka_unit_test(test_q_matvec_isa_paths),
     };
     printf("# avx2 path: %d\n", br_kernel_has_avx2());
     if (argc > 1) {
