@@ -304,7 +304,7 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     rope(s, k, c->n_kv_heads);
     struct heads_job job = {.s = s, .pos = pos, .kc = kc, .vc = vc};
     if (s->pool && (size_t)(pos + 1) * kv >= HEADS_PARALLEL_MIN) {
-        br_pool_run(s->pool, heads_run, &job);
+        br_pool_run_chunks(s->pool, heads_run, &job, c->n_heads); /* a head per chunk */
     } else {
         heads_run(&job, 0, 1);
     }

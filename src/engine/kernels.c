@@ -668,7 +668,7 @@ static void matvec_rows(void *ctx, int index, int count)
 }
 
 /* Below this many weights a matvec is not worth waking the workers for. */
-enum { MATVEC_PARALLEL_MIN = 32768 };
+enum { MATVEC_PARALLEL_MIN = 32768, MATVEC_CHUNK_ROWS = 64 };
 
 /* NOLINTNEXTLINE(readability-non-const-parameter): y is written through the job */
 int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
@@ -688,7 +688,13 @@ int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
         job.xs = scratch->xs;
     }
     if (pool && br_pool_size(pool) > 1 && w->rows * w->cols >= MATVEC_PARALLEL_MIN) {
-        br_pool_run(pool, matvec_rows, &job);
+        /* chunks of about MATVEC_CHUNK_ROWS rows, at least one per thread, claimed dynamically
+         * (a thread that is not running does not hold the others up); each row's value does
+         * not depend on its chunk */
+        size_t n = (size_t)br_pool_size(pool);
+        size_t chunks = w->rows / MATVEC_CHUNK_ROWS;
+        chunks = chunks < n ? n : (chunks > 16 * n ? 16 * n : chunks);
+        br_pool_run_chunks(pool, matvec_rows, &job, (int)chunks);
     } else {
         matvec_rows(&job, 0, 1);
     }

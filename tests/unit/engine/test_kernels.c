@@ -487,6 +487,55 @@ static void test_pool_runs_every_share(void **state)
     br_pool_destroy(NULL);
 }
 
+struct chunk_ctx {
+    atomic_int hits[1000];
+    atomic_int total;
+    int expect_count;
+    atomic_int bad;
+};
+
+static void chunk_task(void *ctx, int index, int count)
+{
+    struct chunk_ctx *c = ctx;
+    if (count != c->expect_count || index < 0 || index >= count || index >= 1000) {
+        atomic_fetch_add(&c->bad, 1);
+        return;
+    }
+    if (index == 0 && count > 1) {
+        /* a slow chunk: the run must still wait for it */
+        for (volatile int spin = 0; spin < 20000; spin = spin + 1) {
+        }
+    }
+    atomic_fetch_add(&c->hits[index], 1);
+    atomic_fetch_add(&c->total, 1);
+}
+
+/* br_pool_run_chunks runs every chunk exactly once per run and returns only when all are done,
+ * for chunk counts below, equal to and far above the thread count, back to back. */
+static void test_pool_run_chunks(void **state)
+{
+    (void)state;
+    static const int COUNTS[] = {0, 1, 2, 3, 7, 64, 999};
+    static struct chunk_ctx c;
+    for (int n = 1; n <= 3; n++) {
+        struct br_pool *p = NULL;
+        assert_int_equal(br_pool_create(n, &p), BR_OK);
+        for (size_t k = 0; k < sizeof(COUNTS) / sizeof(COUNTS[0]); k++) {
+            memset(&c, 0, sizeof(c));
+            c.expect_count = COUNTS[k];
+            for (int run = 0; run < 200; run++) {
+                br_pool_run_chunks(p, chunk_task, &c, COUNTS[k]);
+                assert_int_equal(atomic_load(&c.total), (run + 1) * COUNTS[k]);
+            }
+            assert_int_equal(atomic_load(&c.bad), 0);
+            for (int i = 0; i < COUNTS[k]; i++) {
+                assert_int_equal(atomic_load(&c.hits[i]), 200);
+            }
+        }
+        br_pool_destroy(p);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -499,6 +548,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_axpy_matches_loop),
         cmocka_unit_test(test_q_dots_groups_and_tails),
         cmocka_unit_test(test_q_matvec_isa_paths),
+        cmocka_unit_test(test_pool_run_chunks),
     };
     printf("# avx2 path: %d\n", br_kernel_has_avx2());
     if (argc > 1) {
