@@ -668,7 +668,7 @@ static void matvec_rows(void *ctx, int index, int count)
 }
 
 /* Below this many weights a matvec is not worth waking the workers for. */
-enum { MATVEC_PARALLEL_MIN = 32768, MATVEC_CHUNK_ROWS = 64 };
+enum { MATVEC_PARALLEL_MIN = 65536, MATVEC_CHUNK_ROWS = 64 };
 
 /* NOLINTNEXTLINE(readability-non-const-parameter): y is written through the job */
 int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,

@@ -63,8 +63,9 @@ void br_kernel_scratch_free(struct br_kernel_scratch *s);
 
 /**
  * y = W x with optional scratch (may be NULL) and pool (may be NULL: the caller does all rows).
- * Small matrices (fewer than about 32k weights) run on the calling thread only. Returns BR_OK
- * or BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of blocks). Allocates nothing.
+ * Small matrices (fewer than 64k weights: waking the pool costs more) run on the calling thread
+ * only. Returns BR_OK or BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of
+ * blocks). Allocates nothing.
  */
 int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
                         struct br_kernel_scratch *scratch, struct br_pool *pool);

@@ -383,8 +383,8 @@ static void test_q_dots_groups_and_tails(void **state)
     for (size_t c = 0; c < sizeof(NB) / sizeof(NB[0]); c++) {
         size_t rows = ROWS[c % 4];
         /* enough weights that the pool splits the rows (an odd count) */
-        if (rows * NB[c] * 32 < 40000) {
-            rows = (40000 / (NB[c] * 32)) | 1;
+        if (rows * NB[c] * 32 < 70000) {
+            rows = (70000 / (NB[c] * 32)) | 1;
         }
         check_q_matvec(BR_TENSOR_Q8_0, NB[c], rows, pool);
         check_q_matvec(BR_TENSOR_Q4_0, NB[c], ROWS[c % 4], pool);
