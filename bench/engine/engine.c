@@ -16,12 +16,23 @@
  * Usage: bench_engine [--runs N] [--gen N] [--prompt N] [--only stories|110m] [--lora-rank R]
  * Each figure is the median of N runs (default 3). Output: one table row per configuration.
  *
+ * Modes used by run.sh (brigade and llama.cpp side by side on the same files):
+ *   --write-gguf DIR [--only stories|110m]: writes stories260K-{f32,q8_0,q4_0}.gguf (the weights
+ *     and vocabulary of models/stories260K/stories260K-f32.gguf) and synth110M-{f32,q8_0,q4_0}.gguf
+ *     (the fixed-seed random 110M shape with the 32000-token llama SPM vocabulary of
+ *     models/llama-spm-vocab) into DIR; same bytes on every run.
+ *   --gguf FILE [--threads N] [--runs N] [--prompt N] [--gen N]: times FILE opened as brigade
+ *     serves it (br_engine_model_open); one JSON line with the medians and every run.
+ *   --bandwidth: the memory read bandwidth with 1 and 2 threads as one JSON line.
+ *
  * --lora-rank R: instead of the table above, the cost of run-time LoRA (lora.h): a random
  * adapter of rank R on all attention weights (wq, wk, wv, wo of every layer; written as a GGUF
  * LoRA file in /tmp and loaded with br_lora_open) against no adapter, same model, type and
  * thread count, runs of the two interleaved (A B A B ...) so that machine load hits both alike;
  * one row per configuration with the generation tokens/s of each and the relative cost.
  */
+#include "engine/engine.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -33,20 +44,27 @@
 
 #include "core/err.h"
 #include "engine/forward.h"
+#include "engine/gguf.h"
 #include "engine/gguf_write.h"
 #include "engine/kernels.h"
 #include "engine/llama2c.h"
 #include "engine/quant.h"
 
-#define MODEL_PATH BR_SOURCE_DIR "/models/stories260K/stories260K.bin"
-#define MAX_RUNS   15
+#define MODEL_PATH      BR_SOURCE_DIR "/models/stories260K/stories260K.bin"
+#define MODEL_GGUF_PATH BR_SOURCE_DIR "/models/stories260K/stories260K-f32.gguf"
+#define VOCAB32K_PATH   BR_SOURCE_DIR "/models/llama-spm-vocab/ggml-vocab-llama-spm.gguf"
+#define MAX_RUNS        15
 
 struct opts {
     int runs;
     int gen;
     int prompt;
     const char *only;
-    int lora_rank; /* 0: the normal table */
+    int lora_rank;         /* 0: the normal table */
+    const char *write_dir; /* --write-gguf DIR: write the GGUF files and exit */
+    const char *gguf;      /* --gguf FILE: time this file (JSON line) */
+    int threads;           /* --threads N for --gguf (default 1) */
+    int bandwidth_only;    /* --bandwidth: print the bandwidth as JSON and exit */
 };
 
 _Noreturn static void die(const char *what)
@@ -346,16 +364,25 @@ static int argmax(const float *x, int n)
 }
 
 struct speed {
-    double pp; /* prompt tokens/s */
-    double tg; /* generated tokens/s */
+    double pp;     /* prompt tokens/s */
+    double tg;     /* generated tokens/s */
+    double pp_cpu; /* process CPU seconds / wall seconds while processing the prompt */
+    double tg_cpu; /* the same while generating */
 };
+
+static double cpu_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
 
 static struct speed run_lora(const struct model *m, int n_threads, int n_prompt, int n_gen,
                              const struct br_lora_use *use, int n_use)
 {
     struct br_llama_run_config rc = {.n_threads = n_threads};
     struct br_llama_state *s = NULL;
-    struct speed sp = {0, 0};
+    struct speed sp = {0, 0, 0, 0};
     if (br_llama_state_create_ex(&m->config, &m->w, &rc, &s) != BR_OK) {
         die("cannot create the run state");
     }
@@ -367,20 +394,25 @@ static struct speed run_lora(const struct model *m, int n_threads, int n_prompt,
         die("out of memory");
     }
     int token = 1;
+    double c0 = cpu_s();
     double t0 = now_s();
     for (int pos = 0; pos < n_prompt; pos++) {
         token = 1 + (pos * 37) % (m->config.vocab_size - 1); /* a fixed pseudo-prompt */
         (void)br_llama_forward(s, token, pos, logits);
     }
     double t1 = now_s();
+    double c1 = cpu_s();
     token = argmax(logits, m->config.vocab_size);
     for (int i = 0; i < n_gen; i++) {
         (void)br_llama_forward(s, token, n_prompt + i, logits);
         token = argmax(logits, m->config.vocab_size);
     }
     double t2 = now_s();
+    double c2 = cpu_s();
     sp.pp = n_prompt / (t1 - t0);
     sp.tg = n_gen / (t2 - t1);
+    sp.pp_cpu = (c1 - c0) / (t1 - t0);
+    sp.tg_cpu = (c2 - c1) / (t2 - t1);
     free(logits);
     br_llama_state_destroy(s);
     return sp;
@@ -512,6 +544,300 @@ static void bench_lora_types(struct model *f32, const struct opts *o)
     br_lora_close(ad);
 }
 
+/* ---- GGUF files of the benchmark models (--write-gguf DIR) and timing a file (--gguf FILE) ----
+ */
+
+/* An array value of the vocabulary file (strings, f32 or i32 elements), copied under key. */
+static int copy_array(br_gguf_writer *w, const struct br_gguf_array *a, const char *key)
+{
+    size_t n = (size_t)a->len;
+    int rc = BR_OK;
+    if (a->type == BR_GGUF_TYPE_STRING) {
+        struct br_slice *v = calloc(n + 1, sizeof *v);
+        rc = v ? BR_OK : BR_ERR_NOMEM;
+        for (size_t i = 0; i < n && rc == BR_OK; i++) {
+            rc = br_gguf_array_str(a, i, &v[i]);
+        }
+        rc = rc ? rc : br_gguf_writer_kv_arr_str(w, key, v, n);
+        free(v);
+    } else if (a->type == BR_GGUF_TYPE_FLOAT32) {
+        float *v = calloc(n + 1, sizeof *v);
+        rc = v ? BR_OK : BR_ERR_NOMEM;
+        for (size_t i = 0; i < n && rc == BR_OK; i++) {
+            rc = br_gguf_array_f32(a, i, &v[i]);
+        }
+        rc = rc ? rc : br_gguf_writer_kv_arr_f32(w, key, v, n);
+        free(v);
+    } else if (a->type == BR_GGUF_TYPE_INT32) {
+        int32_t *v = calloc(n + 1, sizeof *v);
+        rc = v ? BR_OK : BR_ERR_NOMEM;
+        for (size_t i = 0; i < n && rc == BR_OK; i++) {
+            int64_t x = 0;
+            rc = br_gguf_array_i64(a, i, &x);
+            v[i] = (int32_t)x;
+        }
+        rc = rc ? rc : br_gguf_writer_kv_arr_i32(w, key, v, n);
+        free(v);
+    } else {
+        rc = BR_ERR_UNSUPPORTED;
+    }
+    return rc;
+}
+
+/* Copies one "tokenizer.*" key of the vocabulary file (the value types a llama vocabulary uses). */
+static int copy_kv(br_gguf_writer *w, const struct br_gguf_kv *kv, const char *key)
+{
+    uint64_t len = 0;
+    uint32_t u = 0;
+    switch (kv->type) {
+    case BR_GGUF_TYPE_STRING:
+        memcpy(&len, kv->value, sizeof len);
+        return br_gguf_writer_kv_str(
+            w, key, (struct br_slice){(const char *)kv->value + sizeof len, (size_t)len});
+    case BR_GGUF_TYPE_BOOL:
+        return br_gguf_writer_kv_bool(w, key, kv->value[0] != 0);
+    case BR_GGUF_TYPE_UINT32:
+        memcpy(&u, kv->value, sizeof u);
+        return br_gguf_writer_kv_u32(w, key, u);
+    case BR_GGUF_TYPE_INT32:
+        memcpy(&u, kv->value, sizeof u);
+        return br_gguf_writer_kv_i32(w, key, (int32_t)u);
+    case BR_GGUF_TYPE_ARRAY:
+        return copy_array(w, &kv->array, key);
+    default:
+        return BR_ERR_UNSUPPORTED;
+    }
+}
+
+/* Every "tokenizer.*" key of the GGUF file at vocab_path, copied into w; the vocabulary must have
+ * n_vocab tokens. */
+static int copy_tokenizer(br_gguf_writer *w, const char *vocab_path, int n_vocab)
+{
+    br_gguf *g = NULL;
+    char err[BR_GGUF_ERR_CAP] = "";
+    int rc = br_gguf_open(vocab_path, &g, err, sizeof err);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "bench_engine: %s\n", err);
+        return rc;
+    }
+    struct br_gguf_array tokens;
+    rc = br_gguf_get_array(g, "tokenizer.ggml.tokens", &tokens);
+    if (rc == BR_OK && tokens.len != (uint64_t)n_vocab) {
+        (void)fprintf(stderr, "bench_engine: %s has %llu tokens, the model %d\n", vocab_path,
+                      (unsigned long long)tokens.len, n_vocab);
+        rc = BR_ERR_INVAL;
+    }
+    for (size_t i = 0; i < br_gguf_kv_count(g) && rc == BR_OK; i++) {
+        const struct br_gguf_kv *kv = br_gguf_kv_at(g, i);
+        char key[128];
+        if (kv->key.len >= sizeof key || kv->key.len < 10 ||
+            memcmp(kv->key.ptr, "tokenizer.", 10) != 0) {
+            continue;
+        }
+        memcpy(key, kv->key.ptr, kv->key.len);
+        key[kv->key.len] = '\0';
+        rc = copy_kv(w, kv, key);
+        if (rc != BR_OK) {
+            (void)fprintf(stderr, "bench_engine: cannot copy %s: %s\n", key, br_err_name(rc));
+        }
+    }
+    br_gguf_close(g);
+    return rc;
+}
+
+/* The llama.* hyper-parameters, as `brigade quantize` writes them. */
+static int add_hparams(br_gguf_writer *w, const struct br_llama_config *c, const char *name,
+                       enum br_tensor_type type)
+{
+    /* general.file_type: LLAMA_FTYPE_ALL_F32 0, MOSTLY_Q4_0 2, MOSTLY_Q8_0 7 */
+    uint32_t ftype = type == BR_TENSOR_Q8_0 ? 7 : type == BR_TENSOR_Q4_0 ? 2 : 0;
+    int rc = br_gguf_writer_kv_str(w, "general.architecture", br_slice_from_cstr("llama"));
+    rc = rc ? rc : br_gguf_writer_kv_str(w, "general.name", br_slice_from_cstr(name));
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "general.file_type", ftype);
+    if (rc == BR_OK && type != BR_TENSOR_F32) {
+        rc = br_gguf_writer_kv_u32(w, "general.quantization_version", 2);
+    }
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.context_length", (uint32_t)c->seq_len);
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.embedding_length", (uint32_t)c->dim);
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.feed_forward_length", (uint32_t)c->hidden_dim);
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.block_count", (uint32_t)c->n_layers);
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.attention.head_count", (uint32_t)c->n_heads);
+    rc = rc ? rc
+            : br_gguf_writer_kv_u32(w, "llama.attention.head_count_kv", (uint32_t)c->n_kv_heads);
+    rc = rc ? rc
+            : br_gguf_writer_kv_u32(w, "llama.rope.dimension_count",
+                                    (uint32_t)(c->dim / c->n_heads));
+    rc = rc ? rc : br_gguf_writer_kv_f32(w, "llama.attention.layer_norm_rms_epsilon", c->rms_eps);
+    rc = rc ? rc : br_gguf_writer_kv_f32(w, "llama.rope.freq_base", c->rope_theta);
+    rc = rc ? rc : br_gguf_writer_kv_u32(w, "llama.vocab_size", (uint32_t)c->vocab_size);
+    return rc;
+}
+
+static int add_tensor(br_gguf_writer *w, const char *name, const struct br_tensor *t, int vector)
+{
+    uint64_t dims[2] = {t->cols, t->rows};
+    return br_gguf_writer_tensor(w, name, t->type, vector ? 1 : 2, dims, t->data);
+}
+
+/* Tensors under llama.cpp's names (as `brigade quantize` writes them); no output.weight when the
+ * classifier is the embedding (llama.cpp then uses token_embd.weight for both). */
+static int add_weights(br_gguf_writer *w, const struct br_llama_weights *wt)
+{
+    int rc = add_tensor(w, "token_embd.weight", &wt->token_embedding, 0);
+    rc = rc ? rc : add_tensor(w, "output_norm.weight", &wt->final_norm, 1);
+    if (rc == BR_OK && wt->output.data != wt->token_embedding.data) {
+        rc = add_tensor(w, "output.weight", &wt->output, 0);
+    }
+    for (int l = 0; l < wt->n_layers && rc == BR_OK; l++) {
+        const struct br_llama_layer *ly = &wt->layers[l];
+        const struct {
+            const char *what;
+            const struct br_tensor *t;
+            int vector;
+        } list[] = {{"attn_norm", &ly->attn_norm, 1},
+                    {"attn_q", &ly->wq, 0},
+                    {"attn_k", &ly->wk, 0},
+                    {"attn_v", &ly->wv, 0},
+                    {"attn_output", &ly->wo, 0},
+                    {"ffn_norm", &ly->ffn_norm, 1},
+                    {"ffn_gate", &ly->w1, 0},
+                    {"ffn_down", &ly->w2, 0},
+                    {"ffn_up", &ly->w3, 0}};
+        for (size_t k = 0; k < sizeof list / sizeof list[0] && rc == BR_OK; k++) {
+            char name[64];
+            (void)snprintf(name, sizeof name, "blk.%d.%s.weight", l, list[k].what);
+            rc = add_tensor(w, name, list[k].t, list[k].vector);
+        }
+    }
+    return rc;
+}
+
+/* Writes m (its tensors in the types they have) with the vocabulary of vocab_path as
+ * DIR/<stem>-<type>.gguf. */
+static void write_one(const struct model *m, const char *vocab_path, const char *dir,
+                      const char *stem, enum br_tensor_type type)
+{
+    char path[4096];
+    (void)snprintf(path, sizeof path, "%s/%s-%s.gguf", dir, stem, br_tensor_type_name(type));
+    br_gguf_writer *w = NULL;
+    char err[BR_GGUF_ERR_CAP + 64] = "";
+    int rc = br_gguf_writer_create(0, NULL, NULL, &w);
+    rc = rc ? rc : add_hparams(w, &m->config, m->name, type);
+    rc = rc ? rc : copy_tokenizer(w, vocab_path, m->config.vocab_size);
+    rc = rc ? rc : add_weights(w, &m->w);
+    rc = rc ? rc : br_gguf_writer_write(w, path, err, sizeof err);
+    br_gguf_writer_free(w);
+    if (rc != BR_OK) {
+        (void)fprintf(stderr, "bench_engine: cannot write %s: %s %s\n", path, br_err_name(rc), err);
+        exit(1); /* NOLINT(concurrency-mt-unsafe): single-threaded here */
+    }
+    printf("wrote %s (%.1f MB of weights read per token)\n", path,
+           (double)bytes_per_token(&m->w) / 1e6);
+    (void)fflush(stdout);
+}
+
+/* F32, Q8_0 and Q4_0 files of f32 (quantized with the rule of quantized_copy). */
+static void write_all_types(const struct model *f32, const char *vocab_path, const char *dir,
+                            const char *stem)
+{
+    write_one(f32, vocab_path, dir, stem, BR_TENSOR_F32);
+    struct model q;
+    quantized_copy(&q, f32, BR_TENSOR_Q8_0);
+    write_one(&q, vocab_path, dir, stem, BR_TENSOR_Q8_0);
+    model_free(&q);
+    quantized_copy(&q, f32, BR_TENSOR_Q4_0);
+    write_one(&q, vocab_path, dir, stem, BR_TENSOR_Q4_0);
+    model_free(&q);
+}
+
+/*
+ * --write-gguf DIR: stories260K-{f32,q8_0,q4_0}.gguf from models/stories260K/stories260K-f32.gguf
+ * (its weights and vocabulary; llama.context_length 512, the checkpoint's seq_len, where
+ * llama.cpp's converter wrote 128) and synth110M-{f32,q8_0,q4_0}.gguf (make_110m's fixed-seed
+ * random weights with the 32000-token llama SPM vocabulary of models/llama-spm-vocab). The bytes
+ * depend only on this program, so reruns give identical files.
+ */
+static int main_write(const struct opts *o)
+{
+    if (!o->only || strcmp(o->only, "stories") == 0) {
+        br_engine_model *em = NULL;
+        char err[BR_ENGINE_ERR_CAP] = "";
+        if (br_engine_model_open(MODEL_GGUF_PATH, NULL, &em, err, sizeof err) != BR_OK) {
+            (void)fprintf(stderr, "bench_engine: %s\n", err);
+            return 1;
+        }
+        struct model m;
+        memset(&m, 0, sizeof(m));
+        m.name = "stories260K";
+        m.config = *br_engine_model_config(em);
+        m.config.seq_len = m.config.seq_len < 512 ? 512 : m.config.seq_len;
+        m.w = *br_engine_model_weights(em);
+        write_all_types(&m, MODEL_GGUF_PATH, o->write_dir, "stories260K");
+        br_engine_model_close(em);
+    }
+    if (!o->only || strcmp(o->only, "110m") == 0) {
+        struct model m;
+        make_110m(&m);
+        write_all_types(&m, VOCAB32K_PATH, o->write_dir, "synth110M");
+        model_free(&m);
+    }
+    return 0;
+}
+
+static void print_runs(const char *key, const double *v, int n)
+{
+    printf(",\"%s\":[", key);
+    for (int i = 0; i < n; i++) {
+        printf("%s%.2f", i ? "," : "", v[i]);
+    }
+    printf("]");
+}
+
+/* --gguf FILE: the file opened as brigade serves it (br_engine_model_open), one warm-up run and
+ * --runs timed runs with --threads threads; one JSON line. */
+static int main_gguf(const struct opts *o)
+{
+    br_engine_model *em = NULL;
+    char err[BR_ENGINE_ERR_CAP] = "";
+    if (br_engine_model_open(o->gguf, NULL, &em, err, sizeof err) != BR_OK) {
+        (void)fprintf(stderr, "bench_engine: %s\n", err);
+        return 1;
+    }
+    struct model m;
+    memset(&m, 0, sizeof(m));
+    m.name = o->gguf;
+    m.config = *br_engine_model_config(em);
+    m.w = *br_engine_model_weights(em);
+    int n_prompt = o->prompt;
+    int n_gen = o->gen;
+    if (n_prompt + n_gen > m.config.seq_len) {
+        n_gen = m.config.seq_len - n_prompt;
+    }
+    double pp[MAX_RUNS] = {0};
+    double tg[MAX_RUNS] = {0};
+    double ppc[MAX_RUNS] = {0};
+    double tgc[MAX_RUNS] = {0};
+    (void)run_once(&m, o->threads, n_prompt < 8 ? n_prompt : 8, 4); /* warm-up (page faults) */
+    for (int r = 0; r < o->runs; r++) {
+        struct speed sp = run_once(&m, o->threads, n_prompt, n_gen);
+        pp[r] = sp.pp;
+        tg[r] = sp.tg;
+        ppc[r] = sp.pp_cpu;
+        tgc[r] = sp.tg_cpu;
+    }
+    printf("{\"engine\":\"brigade\",\"model\":\"%s\",\"threads\":%d,\"prompt\":%d,\"gen\":%d,"
+           "\"runs\":%d,\"avx2\":%d,\"mb_per_token\":%.3f",
+           o->gguf, o->threads, n_prompt, n_gen, o->runs, br_kernel_has_avx2(),
+           (double)bytes_per_token(&m.w) / 1e6);
+    print_runs("pp_runs", pp, o->runs);
+    print_runs("gen_runs", tg, o->runs);
+    printf(",\"pp_cpu_per_wall\":%.2f,\"gen_cpu_per_wall\":%.2f", median(ppc, o->runs),
+           median(tgc, o->runs));
+    printf(",\"pp_tok_s\":%.3f,\"gen_tok_s\":%.3f}\n", median(pp, o->runs), median(tg, o->runs));
+    br_engine_model_close(em);
+    return 0;
+}
+
 /* A positive int, or -1. */
 static int parse_int(const char *v)
 {
@@ -520,28 +846,41 @@ static int parse_int(const char *v)
     return end != v && *end == '\0' && n > 0 && n < 1000000 ? (int)n : -1;
 }
 
+/* One option with its value; 0 or -1 (unknown option or bad value). */
+static int parse_opt(const char *a, const char *v, struct opts *o)
+{
+    if (strcmp(a, "--runs") == 0) {
+        o->runs = parse_int(v);
+    } else if (strcmp(a, "--gen") == 0) {
+        o->gen = parse_int(v);
+    } else if (strcmp(a, "--prompt") == 0) {
+        o->prompt = parse_int(v);
+    } else if (strcmp(a, "--only") == 0) {
+        o->only = v;
+    } else if (strcmp(a, "--write-gguf") == 0) {
+        o->write_dir = v;
+    } else if (strcmp(a, "--gguf") == 0) {
+        o->gguf = v;
+    } else if (strcmp(a, "--threads") == 0) {
+        o->threads = parse_int(v);
+        return o->threads >= 1 && o->threads <= 256 ? 0 : -1;
+    } else if (strcmp(a, "--lora-rank") == 0) {
+        o->lora_rank = parse_int(v);
+        return o->lora_rank >= 1 && o->lora_rank <= BR_LORA_MAX_RANK ? 0 : -1;
+    } else {
+        return -1;
+    }
+    return 0;
+}
+
 static int parse(int argc, char **argv, struct opts *o)
 {
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!v) {
-            return -1;
+        if (strcmp(argv[i], "--bandwidth") == 0) {
+            o->bandwidth_only = 1;
+            continue;
         }
-        if (strcmp(a, "--runs") == 0) {
-            o->runs = parse_int(v);
-        } else if (strcmp(a, "--gen") == 0) {
-            o->gen = parse_int(v);
-        } else if (strcmp(a, "--prompt") == 0) {
-            o->prompt = parse_int(v);
-        } else if (strcmp(a, "--only") == 0) {
-            o->only = v;
-        } else if (strcmp(a, "--lora-rank") == 0) {
-            o->lora_rank = parse_int(v);
-            if (o->lora_rank < 1 || o->lora_rank > BR_LORA_MAX_RANK) {
-                return -1;
-            }
-        } else {
+        if (i + 1 >= argc || parse_opt(argv[i], argv[i + 1], o) != 0) {
             return -1;
         }
         i++;
@@ -584,11 +923,21 @@ static int main_lora(const struct opts *o)
 
 int main(int argc, char **argv)
 {
-    struct opts o = {.runs = 3, .gen = 128, .prompt = 64, .only = NULL};
+    struct opts o = {.runs = 3, .gen = 128, .prompt = 64, .only = NULL, .threads = 1};
     if (parse(argc, argv, &o) != 0) {
         (void)fprintf(stderr, "usage: bench_engine [--runs N<=15] [--gen N] [--prompt N] "
-                              "[--only stories|110m] [--lora-rank R]\n");
+                              "[--only stories|110m] [--lora-rank R]\n"
+                              "       bench_engine --write-gguf DIR [--only stories|110m]\n"
+                              "       bench_engine --gguf FILE [--threads N] [--runs N] "
+                              "[--gen N] [--prompt N]\n"
+                              "       bench_engine --bandwidth\n");
         return 2;
+    }
+    if (o.write_dir) {
+        return main_write(&o);
+    }
+    if (o.gguf) {
+        return main_gguf(&o);
     }
     if (o.lora_rank > 0) {
         return main_lora(&o);
@@ -605,6 +954,10 @@ int main(int argc, char **argv)
     bw[0] = bandwidth(buf, count, 1, 5);
     bw[1] = bandwidth(buf, count, 2, 5);
     free(buf);
+    if (o.bandwidth_only) {
+        printf("{\"bw_gbs\":[%.2f,%.2f]}\n", bw[0], bw[1]);
+        return 0;
+    }
     printf("# avx2 kernels: %d; memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s "
            "(2 threads); median of %d runs, prompt %d tokens, generation %d tokens\n",
            br_kernel_has_avx2(), bw[0], bw[1], o.runs, o.prompt, o.gen);

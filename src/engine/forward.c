@@ -70,6 +70,7 @@ int br_llama_state_create_ex(const struct br_llama_config *config,
     s->key_cache = alloc_floats(cache_rows, kv, &failed);
     s->value_cache = alloc_floats(cache_rows, kv, &failed);
     s->inv_freq = alloc_floats(hd / 2, 1, &failed);
+    s->rope_cs = alloc_floats(hd, 1, &failed);
     size_t max_cols = d > (size_t)config->hidden_dim ? d : (size_t)config->hidden_dim;
     if (!failed && br_kernel_scratch_init(&s->scratch, max_cols) != BR_OK) {
         failed = 1;
@@ -105,6 +106,7 @@ void br_llama_state_destroy(struct br_llama_state *s)
     br_free(s->key_cache);
     br_free(s->value_cache);
     br_free(s->inv_freq);
+    br_free(s->rope_cs);
     br_kernel_scratch_free(&s->scratch);
     br_free(s->lora_ax);
     br_free(s->lora_y);
@@ -166,8 +168,21 @@ int br_llama_state_set_lora(struct br_llama_state *s, const struct br_lora_use *
     return BR_OK;
 }
 
-/* Rotates the pairs of every head of vec (n_heads heads of hd floats) for position pos. */
-static void rope(const struct br_llama_state *s, float *vec, int n_heads, int pos)
+/* cos and sin of every pair's angle at position pos, once per token (every head of every
+ * layer rotates by the same angles). */
+static void rope_angles(const struct br_llama_state *s, int pos)
+{
+    size_t half = (size_t)(s->config->dim / s->config->n_heads) / 2;
+    for (size_t i = 0; i < half; i++) {
+        float angle = (float)pos * s->inv_freq[i];
+        s->rope_cs[2 * i] = cosf(angle);
+        s->rope_cs[2 * i + 1] = sinf(angle);
+    }
+}
+
+/* Rotates the pairs of every head of vec (n_heads heads of hd floats) by the angles of
+ * rope_angles. */
+static void rope(const struct br_llama_state *s, float *vec, int n_heads)
 {
     size_t hd = (size_t)(s->config->dim / s->config->n_heads);
     size_t half = hd / 2;
@@ -175,9 +190,8 @@ static void rope(const struct br_llama_state *s, float *vec, int n_heads, int po
     for (int h = 0; h < n_heads; h++) {
         float *v = vec + (size_t)h * hd;
         for (size_t i = 0; i < half; i++) {
-            float angle = (float)pos * s->inv_freq[i];
-            float c = cosf(angle);
-            float sn = sinf(angle);
+            float c = s->rope_cs[2 * i];
+            float sn = s->rope_cs[2 * i + 1];
             size_t a = adjacent ? 2 * i : i;
             size_t b = adjacent ? 2 * i + 1 : i + half;
             float x0 = v[a];
@@ -205,13 +219,33 @@ static void attend_head(const struct br_llama_state *s, int h, int pos, const fl
     br_kernel_softmax(att, (size_t)pos + 1);
     memset(out, 0, hd * sizeof(float));
     for (int t = 0; t <= pos; t++) {
-        const float *v = vc + (size_t)t * kv + kvh;
-        float a = att[t];
-        for (size_t i = 0; i < hd; i++) {
-            out[i] += a * v[i];
-        }
+        br_kernel_axpy(out, att[t], vc + (size_t)t * kv + kvh, hd);
     }
 }
+
+struct heads_job {
+    const struct br_llama_state *s;
+    int pos;
+    const float *kc; /* (seq_len, kv) this layer's keys */
+    const float *vc; /* (seq_len, kv) this layer's values */
+};
+
+/* Heads [n_heads * index / count, n_heads * (index + 1) / count): each head reads only the
+ * cache and writes only its own att row and xb slice, so any split gives the same numbers. */
+static void heads_run(void *ctx, int index, int count)
+{
+    const struct heads_job *j = ctx;
+    const struct br_llama_state *s = j->s;
+    int nh = s->config->n_heads;
+    size_t hd = (size_t)(s->config->dim / nh);
+    int h1 = (int)((long)nh * (index + 1) / count);
+    for (int h = (int)((long)nh * index / count); h < h1; h++) {
+        attend_head(s, h, j->pos, j->kc, j->vc, s->xb + (size_t)h * hd);
+    }
+}
+
+/* Below this many cached elements read (per layer) the heads stay on the calling thread. */
+enum { HEADS_PARALLEL_MIN = 16384 };
 
 static int matvec(struct br_llama_state *s, const struct br_tensor *w, const float *x, float *y)
 {
@@ -266,10 +300,13 @@ static int attention(struct br_llama_state *s, const struct br_llama_layer *lw, 
     if (rc != BR_OK) {
         return rc;
     }
-    rope(s, s->q, c->n_heads, pos);
-    rope(s, k, c->n_kv_heads, pos);
-    for (int h = 0; h < c->n_heads; h++) {
-        attend_head(s, h, pos, kc, vc, s->xb + (size_t)h * hd);
+    rope(s, s->q, c->n_heads);
+    rope(s, k, c->n_kv_heads);
+    struct heads_job job = {.s = s, .pos = pos, .kc = kc, .vc = vc};
+    if (s->pool && (size_t)(pos + 1) * kv >= HEADS_PARALLEL_MIN) {
+        br_pool_run_chunks(s->pool, heads_run, &job, c->n_heads); /* a head per chunk */
+    } else {
+        heads_run(&job, 0, 1);
     }
     rc = matvec_l(s, &lw->wo, layer, BR_LORA_WO, s->xb, s->xb2);
     for (size_t i = 0; rc == BR_OK && i < d; i++) {
@@ -316,6 +353,7 @@ int br_llama_forward(struct br_llama_state *s, int token, int pos, float *logits
         return BR_ERR_RANGE;
     }
     int rc = embed(s, token);
+    rope_angles(s, pos);
     for (int l = 0; rc == BR_OK && l < c->n_layers; l++) {
         const struct br_llama_layer *lw = &s->weights->layers[l];
         rc = attention(s, lw, l, pos);

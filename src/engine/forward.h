@@ -43,6 +43,7 @@ struct br_llama_state {
     float *key_cache;                       /* (n_layers, seq_len, kv_dim) */
     float *value_cache;                     /* (n_layers, seq_len, kv_dim) */
     float *inv_freq;                        /* (head_dim / 2) RoPE inverse frequencies */
+    float *rope_cs;                         /* (head_dim) cos, sin of each pair at pos */
     struct br_kernel_scratch scratch;       /* quantized activation (max(dim, hidden_dim)) */
     struct br_pool *pool;                   /* NULL when single-threaded; owned */
     int n_threads;                          /* participants of each matvec */

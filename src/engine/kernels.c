@@ -1,7 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Kernels: portable C plus an AVX2+FMA dot product compiled with a target attribute and picked
+ * Kernels: portable C plus AVX2+FMA+F16C versions compiled with a target attribute and picked
  * at run time with __builtin_cpu_supports, so the binary still runs on CPUs without AVX2.
+ *
+ * Decode speed (one token = one matvec per weight matrix) comes from the Q8_0/Q4_0 row dots:
+ * a matvec quantizes x once (vectorised, the same blocks as the portable quantizer) and keeps
+ * copies of the blocks' d and sums side by side, the row loop runs inside the vector code,
+ * and each step handles 8 blocks with one fp16 scale conversion, one multiply and one FMA for
+ * all 8 (bench/engine/kernels_bench.c compares this with the previous one-block-per-step
+ * kernels).
  */
 #include "engine/kernels.h"
 
@@ -79,23 +86,40 @@ static int detect_avx2(void)
            __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29)) != 0;
 }
 
-/* 0 = not asked yet, 1 = no, 2 = yes. An atomic: threads that race here all store the same
- * answer (CPUID is slow, under a hypervisor it traps, so it is asked once). */
-static atomic_int avx2_state;
+/* AVX-512 VNNI with 256-bit vectors (vpdpbusd on ymm needs AVX512VL too). libgcc reports
+ * AVX-512 features only when the OS saves their state. */
+static int detect_vnni(void)
+{
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
+}
+
+/* 0 = not asked yet, else 1 + the level (BR_KERNEL_ISA_*). An atomic: threads that race here
+ * all store the same answer (CPUID is slow, under a hypervisor it traps, so it is asked
+ * once). */
+static atomic_int isa_state;
 #endif
+
+int br_kernel_isa(void)
+{
+#ifdef BR_KERNELS_X86
+    int st = atomic_load_explicit(&isa_state, memory_order_relaxed);
+    if (st == 0) {
+        int level = BR_KERNEL_ISA_PORTABLE;
+        if (detect_avx2()) {
+            level = detect_vnni() ? BR_KERNEL_ISA_VNNI : BR_KERNEL_ISA_AVX2;
+        }
+        st = 1 + level;
+        atomic_store_explicit(&isa_state, st, memory_order_relaxed);
+    }
+    return st - 1;
+#else
+    return BR_KERNEL_ISA_PORTABLE;
+#endif
+}
 
 int br_kernel_has_avx2(void)
 {
-#ifdef BR_KERNELS_X86
-    int st = atomic_load_explicit(&avx2_state, memory_order_relaxed);
-    if (st == 0) {
-        st = detect_avx2() ? 2 : 1;
-        atomic_store_explicit(&avx2_state, st, memory_order_relaxed);
-    }
-    return st == 2;
-#else
-    return 0;
-#endif
+    return br_kernel_isa() >= BR_KERNEL_ISA_AVX2;
 }
 
 float br_kernel_dot_f32(const float *a, const float *b, size_t n)
@@ -110,7 +134,7 @@ float br_kernel_dot_f32(const float *a, const float *b, size_t n)
 
 /* ---- activation quantization (the x side of the Q8_0/Q4_0 dots) ---- */
 
-void br_kernel_quantize_x(const float *x, struct br_kernel_q8x *out, size_t n)
+void br_kernel_quantize_x_portable(const float *x, struct br_kernel_q8x *out, size_t n)
 {
     for (size_t b = 0; b < n / 32; b++) {
         const float *v = x + 32 * b;
@@ -200,67 +224,236 @@ BR_AVX2 static float half_f16c(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
-/* Sum over 32 byte pairs of unsigned a times signed b, as 8 float lanes. */
-BR_AVX2 static __m256 madd_us8(__m256i a, __m256i b)
+/* Sum over 32 byte pairs of unsigned a times signed b, as 8 int32 lanes. */
+BR_AVX2 static __m256i madd_us8(__m256i a, __m256i b)
 {
-    __m256i p16 = _mm256_maddubs_epi16(a, b);
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
 }
 
-/* acc + one Q8_0 block times one activation block, as 8 float lanes scaled by d_w * d_x. */
-BR_AVX2 static __m256 block_q8_0(const uint8_t *b, const struct br_kernel_q8x *xb, __m256 acc)
+/* One Q8_0 block (34 bytes at b) times x's 32 int8 as 8 int32 partial sums. |w| * (x with w's
+ * sign): maddubs needs one unsigned operand (w = -128 gives |w| = 128 as a byte, exact). */
+BR_AVX2 static __m256i pair_q8_0(const uint8_t *b, const int8_t *xq)
 {
     __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2));
-    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xb->q);
-    /* |w| * (x with w's sign): maddubs needs one unsigned operand */
-    __m256 p = madd_us8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-    return _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(b) * xb->d), p, acc);
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return madd_us8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
 }
 
-BR_AVX2 static float dot_q8_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq, size_t nb)
+/* One Q4_0 block (18 bytes at b) times x's 32 int8 as 8 int32 partial sums (nibbles as 0..15,
+ * the -8 is the caller's). The 16 bytes go to both halves with one broadcast load; the upper
+ * half is shifted right by 4: lanes 0..15 hold elements 0..15 (low nibbles), 16..31 the high. */
+BR_AVX2 static __m256i pair_q4_0(const uint8_t *b, const int8_t *xq)
 {
-    /* two accumulators: consecutive blocks do not wait for each other's add */
-    __m256 acc0 = _mm256_setzero_ps();
-    __m256 acc1 = _mm256_setzero_ps();
+    __m256i raw =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(b + 2)));
+    __m256i nib = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)),
+                                   _mm256_set1_epi8(0x0f));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return madd_us8(nib, x);
+}
+
+/* AVX-512 VNNI (256-bit, EVEX): vpdpbusd sums the four byte products of each lane into int32
+ * in one instruction, replacing maddubs + madd. Same exact integer sums as above. */
+#define BR_VNNI __attribute__((target("avx2,fma,f16c,avx512vl,avx512vnni")))
+
+BR_VNNI static inline __m256i pair_q8_0_vnni(const uint8_t *b, const int8_t *xq)
+{
+    __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(b + 2));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w),
+                               _mm256_sign_epi8(x, w));
+}
+
+BR_VNNI static inline __m256i pair_q4_0_vnni(const uint8_t *b, const int8_t *xq)
+{
+    __m256i raw =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)(b + 2)));
+    __m256i nib = _mm256_and_si256(_mm256_srlv_epi64(raw, _mm256_set_epi64x(4, 4, 0, 0)),
+                                   _mm256_set1_epi8(0x0f));
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xq);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), nib, x);
+}
+
+/* One of the pair_* functions above: block at b times 32 int8 of x, as 8 int32 lanes. The
+ * functions below take it as an argument and are always inlined, so that each caller (AVX2,
+ * VNNI) gets its own copy with the pair inlined. */
+typedef __m256i (*pair_fn)(const uint8_t *b, const int8_t *xq);
+
+#define BR_INLINE __attribute__((always_inline)) inline
+
+/* Lane k of the result = the sum of the 8 lanes of block k's partial sums p[k] (written
+ * out: a loop over k would keep p in memory). */
+BR_AVX2 static BR_INLINE __m256i sum8(pair_fn pair, const uint8_t *b, size_t bb,
+                                      const struct br_kernel_q8x *xq)
+{
+    __m256i a =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(pair(b, xq[0].q), pair(b + bb, xq[1].q)),
+                          _mm256_hadd_epi32(pair(b + 2 * bb, xq[2].q), pair(b + 3 * bb, xq[3].q)));
+    __m256i c =
+        _mm256_hadd_epi32(_mm256_hadd_epi32(pair(b + 4 * bb, xq[4].q), pair(b + 5 * bb, xq[5].q)),
+                          _mm256_hadd_epi32(pair(b + 6 * bb, xq[6].q), pair(b + 7 * bb, xq[7].q)));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a, c, 0x20),
+                            _mm256_permute2x128_si256(a, c, 0x31));
+}
+
+/* The fp16 scale of the block at b (little-endian, like the x86 load). */
+static inline int half_bits(const uint8_t *b)
+{
+    uint16_t h = 0;
+    memcpy(&h, b, sizeof(h));
+    return h;
+}
+
+/* The fp16 scales of 8 consecutive blocks (stride bytes apart) as 8 floats. */
+BR_AVX2 static inline __m256 scales8(const uint8_t *b, size_t stride)
+{
+    __m128i v = _mm_cvtsi32_si128(half_bits(b));
+    v = _mm_insert_epi16(v, half_bits(b + stride), 1);
+    v = _mm_insert_epi16(v, half_bits(b + 2 * stride), 2);
+    v = _mm_insert_epi16(v, half_bits(b + 3 * stride), 3);
+    v = _mm_insert_epi16(v, half_bits(b + 4 * stride), 4);
+    v = _mm_insert_epi16(v, half_bits(b + 5 * stride), 5);
+    v = _mm_insert_epi16(v, half_bits(b + 6 * stride), 6);
+    v = _mm_insert_epi16(v, half_bits(b + 7 * stride), 7);
+    return _mm256_cvtph_ps(v);
+}
+
+/*
+ * Q8_0 / Q4_0 row dots: 8 blocks per step. Each block's 32 products are summed to 8 int32
+ * lanes, the 8 blocks' lanes are reduced together so that lane k holds block k's exact sum,
+ * and one vector FMA adds sum_k * (d_w[k] * d_x[k]) to 8 float accumulators (lane k sums the
+ * blocks i = k mod 8). So the fp16 scales are converted 8 at a time and nothing is broadcast
+ * per block. A row's last nb mod 8 blocks go through one block at a time. The result depends
+ * only on the row and x, never on how a matvec's rows are split.
+ * xd[i] = xq[i].d, xs[i] = 8 * xq[i].sum (contiguous copies, one vector load per 8 blocks).
+ */
+BR_AVX2 static BR_INLINE float dot_q8_0(pair_fn pair, const uint8_t *b,
+                                        const struct br_kernel_q8x *xq, const float *xd, size_t nb)
+{
+    __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        acc0 = block_q8_0(b + 34 * i, &xq[i], acc0);
-        acc1 = block_q8_0(b + 34 * (i + 1), &xq[i + 1], acc1);
+    for (; i + 8 <= nb; i += 8) {
+        const uint8_t *bi = b + 34 * i;
+        __m256i sum = sum8(pair, bi, 34, xq + i);
+        __m256 d = _mm256_mul_ps(scales8(bi, 34), _mm256_loadu_ps(xd + i));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), d, acc);
     }
-    if (i < nb) {
-        acc0 = block_q8_0(b + 34 * i, &xq[i], acc0);
+    __m256 tail = _mm256_setzero_ps();
+    for (; i < nb; i++) {
+        const uint8_t *bi = b + 34 * i;
+        __m256 d = _mm256_set1_ps(half_f16c(bi) * xd[i]);
+        tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(pair(bi, xq[i].q)), d, tail);
     }
-    return hsum256(_mm256_add_ps(acc0, acc1));
+    return hsum256(_mm256_add_ps(acc, tail));
 }
 
-/* acc + one Q4_0 block times one activation block, as 8 float lanes scaled by d_w * d_x. */
-BR_AVX2 static __m256 block_q4_0(const uint8_t *b, const struct br_kernel_q8x *xb, __m256 acc)
+BR_AVX2 static BR_INLINE float dot_q4_0(pair_fn pair, const uint8_t *b,
+                                        const struct br_kernel_q8x *xq, const float *xd,
+                                        const int32_t *xs, size_t nb)
 {
-    __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)(b + 2));
-    /* lanes 0..15: low nibbles (elements 0..15); lanes 16..31: high nibbles (16..31) */
-    __m256i nib = _mm256_and_si256(
-        _mm256_inserti128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1),
-        _mm256_set1_epi8(0x0f));
-    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xb->q);
-    __m256i p32 = _mm256_madd_epi16(_mm256_maddubs_epi16(nib, x), _mm256_set1_epi16(1));
-    /* the nibbles' -8: the 8 lanes together lose 8 * sum(q_x) */
-    p32 = _mm256_sub_epi32(p32, _mm256_set1_epi32(xb->sum));
-    return _mm256_fmadd_ps(_mm256_set1_ps(half_f16c(b) * xb->d), _mm256_cvtepi32_ps(p32), acc);
-}
-
-BR_AVX2 static float dot_q4_0_avx2(const uint8_t *b, const struct br_kernel_q8x *xq, size_t nb)
-{
-    __m256 acc0 = _mm256_setzero_ps();
-    __m256 acc1 = _mm256_setzero_ps();
+    __m256 acc = _mm256_setzero_ps();
     size_t i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        acc0 = block_q4_0(b + 18 * i, &xq[i], acc0);
-        acc1 = block_q4_0(b + 18 * (i + 1), &xq[i + 1], acc1);
+    for (; i + 8 <= nb; i += 8) {
+        const uint8_t *bi = b + 18 * i;
+        /* the nibbles' -8: block k loses 8 * sum(q_x of block k) */
+        __m256i s = _mm256_sub_epi32(sum8(pair, bi, 18, xq + i),
+                                     _mm256_loadu_si256((const __m256i *)(const void *)(xs + i)));
+        __m256 d = _mm256_mul_ps(scales8(bi, 18), _mm256_loadu_ps(xd + i));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
     }
-    if (i < nb) {
-        acc0 = block_q4_0(b + 18 * i, &xq[i], acc0);
+    __m256 tail = _mm256_setzero_ps();
+    for (; i < nb; i++) {
+        const uint8_t *bi = b + 18 * i;
+        /* 8 lanes each lose sum(q_x): 8 * sum in total */
+        __m256i s = _mm256_sub_epi32(pair(bi, xq[i].q), _mm256_set1_epi32(xs[i] / 8));
+        __m256 d = _mm256_set1_ps(half_f16c(bi) * xd[i]);
+        tail = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, tail);
     }
-    return hsum256(_mm256_add_ps(acc0, acc1));
+    return hsum256(_mm256_add_ps(acc, tail));
+}
+
+/* y[r] for rows [r0, r1) of a Q8_0 or Q4_0 matrix (rb bytes per row): the row loop inside
+ * the vector code, so a short row (768 elements: about 25 ns) pays no call or dispatch. */
+BR_AVX2 static void rows_q_avx2(int q8, const uint8_t *base, size_t rb, size_t r0, size_t r1,
+                                const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                                size_t nb, float *y)
+{
+    if (q8) {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q8_0(pair_q8_0, base + r * rb, xq, xd, nb);
+        }
+    } else {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q4_0(pair_q4_0, base + r * rb, xq, xd, xs, nb);
+        }
+    }
+}
+
+/* rows_q_avx2 with the VNNI block pairs: bit-identical results (the same integer sums, the
+ * same float operations in the same order). */
+BR_VNNI static void rows_q_vnni(int q8, const uint8_t *base, size_t rb, size_t r0, size_t r1,
+                                const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                                size_t nb, float *y)
+{
+    if (q8) {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q8_0(pair_q8_0_vnni, base + r * rb, xq, xd, nb);
+        }
+    } else {
+        for (size_t r = r0; r < r1; r++) {
+            y[r] = dot_q4_0(pair_q4_0_vnni, base + r * rb, xq, xd, xs, nb);
+        }
+    }
+}
+
+/* Max of the 8 lanes. */
+BR_AVX2 static float hmax256(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
+    return _mm_cvtss_f32(m);
+}
+
+/* br_kernel_quantize_x_portable with vectors: the same max, the same d and 1/d, and
+ * round-to-nearest-even (lrintf under the default rounding mode) of the same products, so the
+ * blocks are bit-identical for finite x. */
+BR_AVX2 static void quantize_x_avx2(const float *x, struct br_kernel_q8x *out, size_t n)
+{
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (size_t b = 0; b < n / 32; b++) {
+        const float *v = x + 32 * b;
+        __m256 v0 = _mm256_loadu_ps(v);
+        __m256 v1 = _mm256_loadu_ps(v + 8);
+        __m256 v2 = _mm256_loadu_ps(v + 16);
+        __m256 v3 = _mm256_loadu_ps(v + 24);
+        __m256 m =
+            _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v0, abs_mask), _mm256_and_ps(v1, abs_mask)),
+                          _mm256_max_ps(_mm256_and_ps(v2, abs_mask), _mm256_and_ps(v3, abs_mask)));
+        float d = hmax256(m) / 127.0f;
+        float id = d > 0.0f ? 1.0f / d : 0.0f;
+        __m256 vid = _mm256_set1_ps(id);
+        const __m256i lo = _mm256_set1_epi32(-127);
+        const __m256i hi = _mm256_set1_epi32(127);
+        __m256i q0 =
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v0, vid)), lo), hi);
+        __m256i q1 =
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v1, vid)), lo), hi);
+        __m256i q2 =
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v2, vid)), lo), hi);
+        __m256i q3 =
+            _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v3, vid)), lo), hi);
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q0, q1), _mm256_add_epi32(q2, q3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        /* packs work per 128-bit half: the dwords come out in the order 0 4 1 5 2 6 3 7 */
+        __m256i q = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+        q = _mm256_permutevar8x32_epi32(q, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(void *)out[b].q, q);
+        out[b].d = d;
+        out[b].sum = _mm_cvtsi128_si32(s4);
+    }
 }
 
 BR_AVX2 static float dot_f16_avx2(const uint8_t *row, const float *x, size_t n)
@@ -301,17 +494,81 @@ static float dot_dequant(enum br_tensor_type type, const uint8_t *row, const flo
     return acc;
 }
 
-/* Q8_0/Q4_0 rows against a quantized x (nb blocks). */
-static float dot_q_blocks(enum br_tensor_type type, const uint8_t *row,
-                          const struct br_kernel_q8x *xq, size_t nb)
+void br_kernel_quantize_x(const float *x, struct br_kernel_q8x *out, size_t n)
+{
+#ifdef BR_KERNELS_X86
+    if (br_kernel_has_avx2()) {
+        quantize_x_avx2(x, out, n);
+        return;
+    }
+#endif
+    br_kernel_quantize_x_portable(x, out, n);
+}
+
+/* The contiguous copies of the blocks' d and 8 * sum that the AVX2 dots load 8 at a time. */
+static void split_scales(const struct br_kernel_q8x *xq, size_t nb, float *xd, int32_t *xs)
+{
+    for (size_t i = 0; i < nb; i++) {
+        xd[i] = xq[i].d;
+        xs[i] = 8 * xq[i].sum;
+    }
+}
+
+/* y[r] for rows [r0, r1) of a Q8_0/Q4_0 matrix against a quantized x (nb blocks; xd/xs from
+ * split_scales) on path isa (at most br_kernel_isa()). */
+static void rows_q(int isa, enum br_tensor_type type, const uint8_t *base, size_t rb, size_t r0,
+                   size_t r1, const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                   size_t nb, float *y)
 {
     int q8 = type == BR_TENSOR_Q8_0;
 #ifdef BR_KERNELS_X86
-    if (br_kernel_has_avx2()) {
-        return q8 ? dot_q8_0_avx2(row, xq, nb) : dot_q4_0_avx2(row, xq, nb);
+    if (isa == BR_KERNEL_ISA_VNNI) {
+        rows_q_vnni(q8, base, rb, r0, r1, xq, xd, xs, nb, y);
+        return;
     }
+    if (isa == BR_KERNEL_ISA_AVX2) {
+        rows_q_avx2(q8, base, rb, r0, r1, xq, xd, xs, nb, y);
+        return;
+    }
+#else
+    (void)isa;
+    (void)xd;
+    (void)xs;
 #endif
-    return q8 ? br_kernel_dot_q8_0_portable(row, xq, nb) : br_kernel_dot_q4_0_portable(row, xq, nb);
+    for (size_t r = r0; r < r1; r++) {
+        const uint8_t *row = base + r * rb;
+        y[r] = q8 ? br_kernel_dot_q8_0_portable(row, xq, nb)
+                  : br_kernel_dot_q4_0_portable(row, xq, nb);
+    }
+}
+
+/* One Q8_0/Q4_0 row against a quantized x on the widest path. */
+static float dot_q_blocks(enum br_tensor_type type, const uint8_t *row,
+                          const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
+                          size_t nb)
+{
+    float y = 0.0f;
+    rows_q(br_kernel_isa(), type, row, 0, 0, 1, xq, xd, xs, nb, &y);
+    return y;
+}
+
+/* Chunk of a row handled with stack copies of the scales: 256 blocks = 8192 elements. */
+enum { DOT_CHUNK_BLOCKS = 256 };
+
+/* Q8_0/Q4_0 against an already quantized x without scale copies: make them on the stack. */
+static float dot_q_xq(enum br_tensor_type type, const uint8_t *row, const struct br_kernel_q8x *xq,
+                      size_t nb)
+{
+    float xd[DOT_CHUNK_BLOCKS];
+    int32_t xs[DOT_CHUNK_BLOCKS];
+    size_t bb = br_tensor_block_bytes(type);
+    float acc = 0.0f;
+    for (size_t off = 0; off < nb; off += DOT_CHUNK_BLOCKS) {
+        size_t n = nb - off < DOT_CHUNK_BLOCKS ? nb - off : DOT_CHUNK_BLOCKS;
+        split_scales(xq + off, n, xd, xs);
+        acc += dot_q_blocks(type, row + off * bb, xq + off, xd, xs, n);
+    }
+    return acc;
 }
 
 /* Q8_0/Q4_0 without a quantized x: quantize x 8 blocks at a time next to the row. */
@@ -319,12 +576,15 @@ static float dot_q_unscratched(enum br_tensor_type type, const uint8_t *row, con
                                size_t cols)
 {
     struct br_kernel_q8x xq[8];
+    float xd[8];
+    int32_t xs[8];
     size_t bb = br_tensor_block_bytes(type);
     float acc = 0.0f;
     for (size_t off = 0; off < cols; off += 256) {
         size_t n = cols - off < 256 ? cols - off : 256;
         br_kernel_quantize_x(x + off, xq, n);
-        acc += dot_q_blocks(type, row + off / 32 * bb, xq, n / 32);
+        split_scales(xq, n / 32, xd, xs);
+        acc += dot_q_blocks(type, row + off / 32 * bb, xq, xd, xs, n / 32);
     }
     return acc;
 }
@@ -344,7 +604,7 @@ float br_kernel_dot_row(enum br_tensor_type type, const void *row, const float *
         return dot_f16_portable(row, x, cols);
     case BR_TENSOR_Q8_0:
     case BR_TENSOR_Q4_0:
-        return xq ? dot_q_blocks(type, row, xq, cols / 32) : dot_q_unscratched(type, row, x, cols);
+        return xq ? dot_q_xq(type, row, xq, cols / 32) : dot_q_unscratched(type, row, x, cols);
     case BR_TENSOR_Q5_0:
     case BR_TENSOR_Q4_K:
     case BR_TENSOR_Q6_K:
@@ -357,22 +617,35 @@ float br_kernel_dot_row(enum br_tensor_type type, const void *row, const float *
 int br_kernel_scratch_init(struct br_kernel_scratch *s, size_t max_cols)
 {
     size_t nb = (max_cols + 31) / 32;
-    s->xq = br_calloc(nb ? nb : 1, sizeof(*s->xq));
-    s->cap = s->xq ? nb * 32 : 0;
-    return s->xq ? BR_OK : BR_ERR_NOMEM;
+    nb = nb ? nb : 1;
+    s->xq = br_calloc(nb, sizeof(*s->xq));
+    s->xd = s->xq ? br_calloc(nb, sizeof(*s->xd)) : NULL;
+    s->xs = s->xd ? br_calloc(nb, sizeof(*s->xs)) : NULL;
+    if (!s->xs) {
+        br_kernel_scratch_free(s);
+        return BR_ERR_NOMEM;
+    }
+    s->cap = nb * 32;
+    return BR_OK;
 }
 
 void br_kernel_scratch_free(struct br_kernel_scratch *s)
 {
     br_free(s->xq);
+    br_free(s->xd);
+    br_free(s->xs);
     s->xq = NULL;
+    s->xd = NULL;
+    s->xs = NULL;
     s->cap = 0;
 }
 
 struct matvec_job {
     const struct br_tensor *w;
     const float *x;
-    const struct br_kernel_q8x *xq;
+    const struct br_kernel_q8x *xq; /* NULL: x is quantized per row */
+    const float *xd;
+    const int32_t *xs;
     float *y;
     size_t row_bytes;
 };
@@ -384,13 +657,18 @@ static void matvec_rows(void *ctx, int index, int count)
     size_t r0 = rows * (size_t)index / (size_t)count;
     size_t r1 = rows * (size_t)(index + 1) / (size_t)count;
     const uint8_t *base = j->w->data;
+    if (j->xq) {
+        rows_q(br_kernel_isa(), j->w->type, base, j->row_bytes, r0, r1, j->xq, j->xd, j->xs,
+               j->w->cols / 32, j->y);
+        return;
+    }
     for (size_t r = r0; r < r1; r++) {
-        j->y[r] = br_kernel_dot_row(j->w->type, base + r * j->row_bytes, j->x, j->xq, j->w->cols);
+        j->y[r] = br_kernel_dot_row(j->w->type, base + r * j->row_bytes, j->x, NULL, j->w->cols);
     }
 }
 
 /* Below this many weights a matvec is not worth waking the workers for. */
-enum { MATVEC_PARALLEL_MIN = 32768 };
+enum { MATVEC_PARALLEL_MIN = 65536, MATVEC_CHUNK_ROWS = 64 };
 
 /* NOLINTNEXTLINE(readability-non-const-parameter): y is written through the job */
 int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
@@ -400,17 +678,44 @@ int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
     if (br_tensor_block_elems(w->type) == 0 || (rb == 0 && w->cols != 0)) {
         return BR_ERR_UNSUPPORTED; /* unknown type or cols not a whole number of blocks */
     }
-    struct matvec_job job = {.w = w, .x = x, .xq = NULL, .y = y, .row_bytes = rb};
+    struct matvec_job job = {.w = w, .x = x, .y = y, .row_bytes = rb};
     int quantized_x = w->type == BR_TENSOR_Q8_0 || w->type == BR_TENSOR_Q4_0;
     if (quantized_x && scratch && scratch->cap >= w->cols) {
         br_kernel_quantize_x(x, scratch->xq, w->cols);
+        split_scales(scratch->xq, w->cols / 32, scratch->xd, scratch->xs);
         job.xq = scratch->xq;
+        job.xd = scratch->xd;
+        job.xs = scratch->xs;
     }
     if (pool && br_pool_size(pool) > 1 && w->rows * w->cols >= MATVEC_PARALLEL_MIN) {
-        br_pool_run(pool, matvec_rows, &job);
+        /* chunks of about MATVEC_CHUNK_ROWS rows, at least one per thread, claimed dynamically
+         * (a thread that is not running does not hold the others up); each row's value does
+         * not depend on its chunk */
+        size_t n = (size_t)br_pool_size(pool);
+        size_t chunks = w->rows / MATVEC_CHUNK_ROWS;
+        chunks = chunks < n ? n : (chunks > 16 * n ? 16 * n : chunks);
+        br_pool_run_chunks(pool, matvec_rows, &job, (int)chunks);
     } else {
         matvec_rows(&job, 0, 1);
     }
+    return BR_OK;
+}
+
+int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, float *y)
+{
+    struct br_kernel_q8x xq[DOT_CHUNK_BLOCKS];
+    float xd[DOT_CHUNK_BLOCKS];
+    int32_t xs[DOT_CHUNK_BLOCKS];
+    size_t rb = br_tensor_row_bytes(w->type, w->cols);
+    int quantized = w->type == BR_TENSOR_Q8_0 || w->type == BR_TENSOR_Q4_0;
+    if (!quantized || rb == 0 || w->cols / 32 > DOT_CHUNK_BLOCKS) {
+        return BR_ERR_UNSUPPORTED;
+    }
+    int widest = br_kernel_isa();
+    isa = isa < BR_KERNEL_ISA_PORTABLE ? BR_KERNEL_ISA_PORTABLE : (isa > widest ? widest : isa);
+    br_kernel_quantize_x(x, xq, w->cols);
+    split_scales(xq, w->cols / 32, xd, xs);
+    rows_q(isa, w->type, w->data, rb, 0, w->rows, xq, xd, xs, w->cols / 32, y);
     return BR_OK;
 }
 
@@ -428,6 +733,34 @@ void br_kernel_rmsnorm(float *out, const float *x, const float *weight, size_t n
     float scale = 1.0f / sqrtf(ss / (float)n + eps);
     for (size_t i = 0; i < n; i++) {
         out[i] = weight[i] * (scale * x[i]);
+    }
+}
+
+#ifdef BR_KERNELS_X86
+BR_AVX2 static void axpy_avx2(float *y, float a, const float *x, size_t n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 p = _mm256_mul_ps(va, _mm256_loadu_ps(x + i));
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), p));
+    }
+    for (; i < n; i++) {
+        y[i] += a * x[i];
+    }
+}
+#endif
+
+void br_kernel_axpy(float *y, float a, const float *x, size_t n)
+{
+#ifdef BR_KERNELS_X86
+    if (br_kernel_has_avx2()) {
+        axpy_avx2(y, a, x, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) {
+        y[i] += a * x[i];
     }
 }
 

@@ -11,7 +11,10 @@
  *         matvec to 32-element int8 blocks (struct br_kernel_q8x: x ~= d * q, q = round(x / d),
  *         d = max|x| / 127), each block pair gives an exact int32 sum that is scaled by
  *         d_w * d_x. So the result differs from dequantize + float dot by the rounding of x to
- *         8 bits (relative error about 1/254 of the block's largest |x| per element).
+ *         8 bits (relative error about 1/254 of the block's largest |x| per element). The AVX2
+ *         path reduces 8 blocks per step (lane k = block k's exact sum, one vector multiply by
+ *         the 8 blocks' d_w * d_x), so it differs from the portable loop only in float
+ *         summation order.
  *   Q5_0, Q4_K, Q6_K  each row is dequantized 256 elements at a time into a stack buffer and
  *         multiplied with the float dot.
  * A matvec whose cols is not a whole number of the type's blocks is refused
@@ -48,6 +51,8 @@ struct br_kernel_q8x {
 struct br_kernel_scratch {
     struct br_kernel_q8x *xq; /* cap / 32 blocks; owned (br_kernel_scratch_free) */
     size_t cap;               /* elements (a multiple of 32) */
+    float *xd;                /* cap / 32: xq[b].d side by side (vector loads); owned */
+    int32_t *xs;              /* cap / 32: 8 * xq[b].sum (Q4_0's nibble offset); owned */
 };
 
 /** Allocates scratch for matvecs with up to max_cols inputs. BR_OK or BR_ERR_NOMEM. */
@@ -58,17 +63,21 @@ void br_kernel_scratch_free(struct br_kernel_scratch *s);
 
 /**
  * y = W x with optional scratch (may be NULL) and pool (may be NULL: the caller does all rows).
- * Small matrices (fewer than about 32k weights) run on the calling thread only. Returns BR_OK
- * or BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of blocks). Allocates nothing.
+ * Small matrices (fewer than 64k weights: waking the pool costs more) run on the calling thread
+ * only. Returns BR_OK or BR_ERR_UNSUPPORTED (unknown type, or cols not a whole number of
+ * blocks). Allocates nothing.
  */
 int br_kernel_matvec_ex(const struct br_tensor *w, const float *x, float *y,
                         struct br_kernel_scratch *scratch, struct br_pool *pool);
 
 /**
  * Quantizes n floats (n a multiple of 32) into n / 32 activation blocks (the x side of the
- * Q8_0/Q4_0 dots).
+ * Q8_0/Q4_0 dots). The AVX2 path gives bit-identical blocks to the portable one.
  */
 void br_kernel_quantize_x(const float *x, struct br_kernel_q8x *out, size_t n);
+
+/** The portable C quantizer (the fallback path; exposed so tests compare the two). */
+void br_kernel_quantize_x_portable(const float *x, struct br_kernel_q8x *out, size_t n);
 
 /**
  * Dot product of one weight row of `type` (cols elements, a whole number of blocks) with x.
@@ -100,6 +109,12 @@ float br_kernel_dot_f32_portable(const float *a, const float *b, size_t n);
  */
 void br_kernel_rmsnorm(float *out, const float *x, const float *weight, size_t n, float eps);
 
+/**
+ * y[i] += a * x[i] for i < n, multiply then add (two roundings, no FMA), so the AVX2 and
+ * portable paths give identical results.
+ */
+void br_kernel_axpy(float *y, float a, const float *x, size_t n);
+
 /** In-place softmax of x[0..n) (max-subtracted for stability); n >= 1. */
 void br_kernel_softmax(float *x, size_t n);
 
@@ -108,5 +123,21 @@ void br_kernel_swiglu(float *gate, const float *up, size_t n);
 
 /** 1 when the AVX2+FMA+F16C path is in use (for logs and tests). */
 int br_kernel_has_avx2(void);
+
+/* Instruction-set paths of the kernels, narrowest first. VNNI: AVX2 plus AVX-512 VNNI on
+ * 256-bit vectors (AVX512VL), used by the Q8_0/Q4_0 block dots (the same integer sums as AVX2,
+ * so bit-identical results). */
+enum br_kernel_isa { BR_KERNEL_ISA_PORTABLE = 0, BR_KERNEL_ISA_AVX2 = 1, BR_KERNEL_ISA_VNNI = 2 };
+
+/** The widest path this CPU runs (the one every kernel uses); detected once, thread-safe. */
+int br_kernel_isa(void);
+
+/**
+ * y = W x for a Q8_0 or Q4_0 matrix with at most 8192 columns on path `isa` (clamped to
+ * br_kernel_isa()), x quantized here: lets tests and benchmarks compare the paths on one CPU.
+ * Single-threaded, allocates nothing. BR_OK or BR_ERR_UNSUPPORTED (other type, more columns,
+ * cols not whole blocks).
+ */
+int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, float *y);
 
 #endif

@@ -17,6 +17,7 @@
 #include "engine/forward.h"
 #include "engine/kernels.h"
 #include "engine/llama2c.h"
+#include "engine/quant.h"
 
 #define MODEL_PATH  BR_SOURCE_DIR "/models/stories260K/stories260K.bin"
 #define GOLDEN_PATH BR_SOURCE_DIR "/models/stories260K/golden/run_greedy_noprompt.top2.txt"
@@ -151,7 +152,8 @@ static void test_forward_state_alloc_failure(void **state)
     struct br_llama2c *m = NULL;
     assert_int_equal(br_llama2c_open(MODEL_PATH, &m, NULL, 0), BR_OK);
     size_t live = br_alloc_live_bytes();
-    for (uint64_t k = 1; k <= 11; k++) {
+    /* 12 buffers of the state (x .. rope_cs) and the kernel scratch's 3 */
+    for (uint64_t k = 1; k <= 15; k++) {
         struct br_llama_state *s = NULL;
         br_alloc_fail_at(k);
         assert_int_equal(br_llama_state_create(&m->config, &m->weights, &s), BR_ERR_NOMEM);
@@ -160,6 +162,113 @@ static void test_forward_state_alloc_failure(void **state)
     }
     br_alloc_fail_at(0);
     br_llama2c_close(m);
+}
+
+/* A random model with kv_dim 128 (8 heads of 32, 4 kv heads): from position 127 on the
+ * attention heads are split over the pool too. F32 and Q8_0 / Q4_0 (the same matrices
+ * quantized), 1, 2 and 3 threads: the logits are identical bit for bit. */
+enum { SYN_D = 256, SYN_H = 512, SYN_L = 2, SYN_V = 64, SYN_SEQ = 150 };
+
+static uint64_t syn_rng = 7;
+
+/* Uniform in [-1, 1] (xorshift: deterministic, no global libc state). */
+static float syn_rand(void)
+{
+    syn_rng ^= syn_rng << 13;
+    syn_rng ^= syn_rng >> 7;
+    syn_rng ^= syn_rng << 17;
+    return (float)((syn_rng >> 11) % 20001) / 10000.0f - 1.0f;
+}
+
+static void syn_tensor(struct br_tensor *t, enum br_tensor_type type, size_t rows, size_t cols,
+                       void **owned, int *n_owned)
+{
+    float *f = malloc(rows * cols * sizeof(float));
+    assert_non_null(f);
+    for (size_t i = 0; i < rows * cols; i++) {
+        f[i] = syn_rand() / sqrtf((float)cols);
+    }
+    if (type == BR_TENSOR_F32 || rows == 1) {
+        for (size_t i = 0; rows == 1 && i < cols; i++) {
+            f[i] = 1.0f + f[i];
+        }
+        *t = (struct br_tensor){.type = BR_TENSOR_F32, .data = f, .rows = rows, .cols = cols};
+        owned[(*n_owned)++] = f;
+        return;
+    }
+    size_t rb = br_tensor_row_bytes(type, cols);
+    uint8_t *q = malloc(rows * rb);
+    assert_non_null(q);
+    for (size_t r = 0; r < rows; r++) {
+        int rc = type == BR_TENSOR_Q8_0
+                     ? br_quant_quantize_row_q8_0(f + r * cols, q + r * rb, cols)
+                     : br_quant_quantize_row_q4_0(f + r * cols, q + r * rb, cols);
+        assert_int_equal(rc, BR_OK);
+    }
+    free(f);
+    *t = (struct br_tensor){.type = type, .data = q, .rows = rows, .cols = cols};
+    owned[(*n_owned)++] = q;
+}
+
+static void test_forward_threads_identical(void **state)
+{
+    (void)state;
+    struct br_llama_config c = {.dim = SYN_D,
+                                .hidden_dim = SYN_H,
+                                .n_layers = SYN_L,
+                                .n_heads = 8,
+                                .n_kv_heads = 4,
+                                .vocab_size = SYN_V,
+                                .seq_len = SYN_SEQ,
+                                .rms_eps = 1e-5f,
+                                .rope_theta = 10000.0f};
+    static const enum br_tensor_type TYPES[] = {BR_TENSOR_F32, BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
+    for (size_t ti = 0; ti < 3; ti++) {
+        syn_rng = 7;
+        void *owned[64];
+        int n_owned = 0;
+        struct br_llama_layer layers[SYN_L];
+        struct br_llama_weights w = {.layers = layers, .n_layers = SYN_L};
+        enum br_tensor_type t = TYPES[ti];
+        syn_tensor(&w.token_embedding, BR_TENSOR_F32, SYN_V, SYN_D, owned, &n_owned);
+        for (int l = 0; l < SYN_L; l++) {
+            struct br_llama_layer *y = &layers[l];
+            syn_tensor(&y->attn_norm, t, 1, SYN_D, owned, &n_owned);
+            syn_tensor(&y->wq, t, SYN_D, SYN_D, owned, &n_owned);
+            syn_tensor(&y->wk, t, 128, SYN_D, owned, &n_owned);
+            syn_tensor(&y->wv, t, 128, SYN_D, owned, &n_owned);
+            syn_tensor(&y->wo, t, SYN_D, SYN_D, owned, &n_owned);
+            syn_tensor(&y->ffn_norm, t, 1, SYN_D, owned, &n_owned);
+            syn_tensor(&y->w1, t, SYN_H, SYN_D, owned, &n_owned);
+            syn_tensor(&y->w2, t, SYN_D, SYN_H, owned, &n_owned);
+            syn_tensor(&y->w3, t, SYN_H, SYN_D, owned, &n_owned);
+        }
+        syn_tensor(&w.final_norm, t, 1, SYN_D, owned, &n_owned);
+        syn_tensor(&w.output, t, SYN_V, SYN_D, owned, &n_owned);
+        static float logits[3][SYN_SEQ][SYN_V];
+        for (int n_threads = 1; n_threads <= 3; n_threads++) {
+            struct br_llama_run_config run = {.n_threads = n_threads};
+            struct br_llama_state *s = NULL;
+            assert_int_equal(br_llama_state_create_ex(&c, &w, &run, &s), BR_OK);
+            size_t live = br_alloc_live_bytes();
+            uint64_t count = br_alloc_count();
+            int token = 1;
+            for (int pos = 0; pos < SYN_SEQ; pos++) {
+                float *lg = logits[n_threads - 1][pos];
+                assert_int_equal(br_llama_forward(s, token, pos, lg), BR_OK);
+                token = argmax(lg, SYN_V);
+                assert_true(isfinite(lg[token]));
+            }
+            assert_int_equal(br_alloc_count(), count);
+            assert_int_equal(br_alloc_live_bytes(), live);
+            br_llama_state_destroy(s);
+        }
+        assert_memory_equal(logits[0], logits[1], sizeof(logits[0]));
+        assert_memory_equal(logits[0], logits[2], sizeof(logits[0]));
+        for (int i = 0; i < n_owned; i++) {
+            free(owned[i]);
+        }
+    }
 }
 
 static void test_kernels_match_plain_loops(void **state)
@@ -231,6 +340,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_forward_state_alloc_failure),
         cmocka_unit_test(test_kernels_match_plain_loops),
         cmocka_unit_test(test_kernels_dot_lengths),
+        cmocka_unit_test(test_forward_threads_identical),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);

@@ -186,7 +186,7 @@ static void test_matvec_threads_identical(void **state)
     assert_int_equal(br_pool_create(2, &pools[0]), BR_OK);
     assert_int_equal(br_pool_create(3, &pools[1]), BR_OK);
     assert_int_equal(br_pool_create(1, &pools[2]), BR_OK);
-    struct br_kernel_scratch scratch = {NULL, 0};
+    struct br_kernel_scratch scratch = {0};
     assert_int_equal(br_kernel_scratch_init(&scratch, COLS), BR_OK);
     float x[COLS];
     for (size_t i = 0; i < COLS; i++) {
@@ -237,7 +237,7 @@ static void test_matvec_rejects_partial_blocks(void **state)
     w.cols = 32;
     assert_int_equal(br_kernel_matvec(&w, x, y), BR_ERR_UNSUPPORTED);
     /* scratch too small for the row: falls back to the per-row quantization */
-    struct br_kernel_scratch small = {NULL, 0};
+    struct br_kernel_scratch small = {0};
     assert_int_equal(br_kernel_scratch_init(&small, 32), BR_OK);
     memset(data, 0, sizeof(data));
     w.type = BR_TENSOR_Q8_0;
@@ -245,10 +245,202 @@ static void test_matvec_rejects_partial_blocks(void **state)
     assert_int_equal(br_kernel_matvec_ex(&w, x, y, &small, NULL), BR_OK);
     assert_true(y[0] == 0.0f && y[1] == 0.0f);
     br_kernel_scratch_free(&small);
-    br_alloc_fail_at(1);
-    assert_int_equal(br_kernel_scratch_init(&small, 64), BR_ERR_NOMEM);
-    br_alloc_fail_at(0);
-    assert_null(small.xq);
+    for (uint64_t k = 1; k <= 3; k++) {
+        size_t live = br_alloc_live_bytes();
+        br_alloc_fail_at(k);
+        assert_int_equal(br_kernel_scratch_init(&small, 64), BR_ERR_NOMEM);
+        br_alloc_fail_at(0);
+        assert_null(small.xq);
+        assert_null(small.xd);
+        assert_null(small.xs);
+        assert_int_equal(br_alloc_live_bytes(), live);
+    }
+}
+
+/* The AVX2 quantizer gives the portable one's blocks bit for bit (zero, tiny, huge and
+ * mixed-sign blocks, values exactly halfway between two steps). */
+static void test_quantize_x_paths_identical(void **state)
+{
+    (void)state;
+    enum { N = 32 * 40 };
+    static float x[N];
+    static struct br_kernel_q8x a[N / 32];
+    static struct br_kernel_q8x b[N / 32];
+    for (int round = 0; round < 20; round++) {
+        for (size_t i = 0; i < N; i++) {
+            size_t blk = i / 32;
+            float scale = blk % 5 == 0 ? 1e-30f : (blk % 5 == 1 ? 1e6f : 1.0f);
+            x[i] = blk % 7 == 3 ? 0.0f : rnd_float() * scale;
+        }
+        /* a block whose values sit on the rounding boundaries: 127 * k / 254 */
+        for (int j = 0; j < 32; j++) {
+            x[64 + j] = (float)(j * 2 + 1) / 254.0f * (j % 2 ? 1.0f : -1.0f);
+        }
+        x[64] = 1.0f;
+        memset(a, 0x55, sizeof(a));
+        memset(b, 0xaa, sizeof(b));
+        br_kernel_quantize_x(x, a, N);
+        br_kernel_quantize_x_portable(x, b, N);
+        for (size_t k = 0; k < N / 32; k++) {
+            assert_memory_equal(a[k].q, b[k].q, 32);
+            assert_true(a[k].d == b[k].d);
+            assert_int_equal(a[k].sum, b[k].sum);
+        }
+    }
+}
+
+/* br_kernel_axpy: the same numbers as the plain loop on both paths, every tail length. */
+static void test_axpy_matches_loop(void **state)
+{
+    (void)state;
+    float x[70];
+    for (int i = 0; i < 70; i++) {
+        x[i] = rnd_float();
+    }
+    for (size_t n = 0; n <= 70; n++) {
+        float y[71];
+        float want[71];
+        for (size_t i = 0; i <= n; i++) {
+            y[i] = rnd_float();
+            want[i] = y[i];
+        }
+        float a = rnd_float() * 3.0f;
+        for (size_t i = 0; i < n; i++) {
+            want[i] += a * x[i];
+        }
+        br_kernel_axpy(y, a, x, n);
+        assert_memory_equal(y, want, (n + 1) * sizeof(float));
+    }
+}
+
+/* The Q8_0/Q4_0 dots reduce 8 blocks per step plus a one-block tail: every block count from
+ * 1 to 40 (groups of 8 with tails 0..7), rows long enough for the row dot's 256-block chunks,
+ * and odd row counts, against the portable dot; a matvec's row equals the row dot bit for bit
+ * (the same kernel on the same quantized x), whatever the thread split. */
+/* One (type, nb) case of test_q_dots_groups_and_tails on `rows` rows. */
+static void check_q_matvec(enum br_tensor_type type, size_t nb, size_t rows, struct br_pool *pool)
+{
+    size_t cols = nb * 32;
+    uint8_t *data = random_rows(type, rows, cols);
+    float *x = malloc(cols * sizeof(float));
+    float *y = malloc(rows * sizeof(float));
+    float *y2 = malloc(rows * sizeof(float));
+    float *wf = malloc(cols * sizeof(float));
+    struct br_kernel_q8x *xq = malloc(nb * sizeof(*xq));
+    assert_true(x && y && y2 && wf && xq);
+    for (size_t i = 0; i < cols; i++) {
+        x[i] = (i / 32) % 5 == 2 ? 0.0f : rnd_float();
+    }
+    struct br_kernel_scratch scratch = {0};
+    assert_int_equal(br_kernel_scratch_init(&scratch, cols), BR_OK);
+    struct br_tensor w = {.type = type, .data = data, .rows = rows, .cols = cols};
+    assert_int_equal(br_kernel_matvec_ex(&w, x, y, &scratch, NULL), BR_OK);
+    assert_int_equal(br_kernel_matvec_ex(&w, x, y2, &scratch, pool), BR_OK);
+    assert_memory_equal(y, y2, rows * sizeof(float));
+    br_kernel_quantize_x(x, xq, cols);
+    size_t rb = br_tensor_row_bytes(type, cols);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *row = data + r * rb;
+        float got = br_kernel_dot_row(type, row, x, xq, cols);
+        float port = type == BR_TENSOR_Q8_0 ? br_kernel_dot_q8_0_portable(row, xq, nb)
+                                            : br_kernel_dot_q4_0_portable(row, xq, nb);
+        /* the scale of float rounding: sum |w_i * x_i| with x as quantized */
+        assert_int_equal(br_quant_dequantize_row(type, row, wf, cols), BR_OK);
+        double mag = 0;
+        for (size_t i = 0; i < cols; i++) {
+            const struct br_kernel_q8x *xb = &xq[i / 32];
+            mag += fabs((double)wf[i] * (double)xb->d * (double)xb->q[i % 32]);
+        }
+        double tol = 1e-5 * mag + 1e-6;
+        if (fabs((double)got - (double)port) > tol) {
+            fail_msg("%s nb %zu row %zu: %.9g vs portable %.9g", br_tensor_type_name(type), nb, r,
+                     (double)got, (double)port);
+        }
+        /* up to 256 blocks the row dot and the matvec run the same kernel on the same x */
+        assert_true(nb > 256 ? fabs((double)got - (double)y[r]) <= tol : got == y[r]);
+    }
+    br_kernel_scratch_free(&scratch);
+    free(xq);
+    free(wf);
+    free(y2);
+    free(y);
+    free(x);
+    free(data);
+}
+
+/* The Q8_0/Q4_0 dots reduce 8 blocks per step plus a one-block tail: every block count from
+ * 1 to 40 (groups of 8 with tails 0..7), rows long enough for the row dot's 256-block chunks,
+ * and odd row counts, against the portable dot; a matvec's row equals the row dot bit for bit
+ * (the same kernel on the same quantized x), whatever the thread split. */
+static void test_q_dots_groups_and_tails(void **state)
+{
+    (void)state;
+    static const size_t NB[] = {1,  2,  3,  5,  7,  8,  9,  15,  16,  17,  23, 24,
+                                25, 31, 32, 33, 39, 40, 64, 255, 256, 257, 300};
+    static const size_t ROWS[] = {1, 7, 9, 13};
+    struct br_pool *pool = NULL;
+    assert_int_equal(br_pool_create(2, &pool), BR_OK);
+    for (size_t c = 0; c < sizeof(NB) / sizeof(NB[0]); c++) {
+        size_t rows = ROWS[c % 4];
+        /* enough weights that the pool splits the rows (an odd count) */
+        if (rows * NB[c] * 32 < 70000) {
+            rows = (70000 / (NB[c] * 32)) | 1;
+        }
+        check_q_matvec(BR_TENSOR_Q8_0, NB[c], rows, pool);
+        check_q_matvec(BR_TENSOR_Q4_0, NB[c], ROWS[c % 4], pool);
+        check_q_matvec(BR_TENSOR_Q4_0, NB[c], rows, pool);
+    }
+    br_pool_destroy(pool);
+}
+
+/* Every instruction-set path this CPU has gives the Q8_0/Q4_0 matvec: AVX2 and VNNI the very
+ * same floats as the matvec (the same integer sums, the same float operations), portable the
+ * same within float rounding. Odd row counts, 1 to 40 blocks, and the 8192-column limit. */
+static void test_q_matvec_isa_paths(void **state)
+{
+    (void)state;
+    printf("# kernel isa: %d\n", br_kernel_isa());
+    enum br_tensor_type types[] = {BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
+    for (size_t t = 0; t < 2; t++) {
+        for (size_t nb = 1; nb <= 40; nb += (nb < 10 ? 1 : 7)) {
+            size_t cols = nb * 32;
+            size_t rows = 2 * nb + 1;
+            uint8_t *data = random_rows(types[t], rows, cols);
+            float *x = malloc(cols * sizeof(float));
+            float *want = malloc(rows * sizeof(float));
+            float *got = malloc(rows * sizeof(float));
+            assert_true(x && want && got);
+            for (size_t i = 0; i < cols; i++) {
+                x[i] = rnd_float();
+            }
+            struct br_tensor w = {.type = types[t], .data = data, .rows = rows, .cols = cols};
+            struct br_kernel_scratch scratch = {0};
+            assert_int_equal(br_kernel_scratch_init(&scratch, cols), BR_OK);
+            assert_int_equal(br_kernel_matvec_ex(&w, x, want, &scratch, NULL), BR_OK);
+            for (int isa = BR_KERNEL_ISA_PORTABLE; isa <= br_kernel_isa() + 1; isa++) {
+                memset(got, 0xff, rows * sizeof(float));
+                assert_int_equal(br_kernel_matvec_q_isa(isa, &w, x, got), BR_OK);
+                for (size_t r = 0; r < rows && isa == BR_KERNEL_ISA_PORTABLE; r++) {
+                    assert_true(fabsf(got[r] - want[r]) <= 1e-5f * (1.0f + fabsf(want[r])));
+                }
+                if (isa != BR_KERNEL_ISA_PORTABLE) { /* above the CPU's: clamped to the widest */
+                    assert_memory_equal(got, want, rows * sizeof(float));
+                }
+            }
+            br_kernel_scratch_free(&scratch);
+            free(got);
+            free(want);
+            free(x);
+            free(data);
+        }
+    }
+    static float x[8224];
+    float y[2];
+    struct br_tensor big = {.type = BR_TENSOR_Q8_0, .data = x, .rows = 1, .cols = 8224};
+    assert_int_equal(br_kernel_matvec_q_isa(BR_KERNEL_ISA_AVX2, &big, x, y), BR_ERR_UNSUPPORTED);
+    big.type = BR_TENSOR_F32;
+    big.cols = 32;
+    assert_int_equal(br_kernel_matvec_q_isa(BR_KERNEL_ISA_AVX2, &big, x, y), BR_ERR_UNSUPPORTED);
 }
 
 struct count_ctx {
@@ -295,6 +487,55 @@ static void test_pool_runs_every_share(void **state)
     br_pool_destroy(NULL);
 }
 
+struct chunk_ctx {
+    atomic_int hits[1000];
+    atomic_int total;
+    int expect_count;
+    atomic_int bad;
+};
+
+static void chunk_task(void *ctx, int index, int count)
+{
+    struct chunk_ctx *c = ctx;
+    if (count != c->expect_count || index < 0 || index >= count || index >= 1000) {
+        atomic_fetch_add(&c->bad, 1);
+        return;
+    }
+    if (index == 0 && count > 1) {
+        /* a slow chunk: the run must still wait for it */
+        for (volatile int spin = 0; spin < 20000; spin = spin + 1) {
+        }
+    }
+    atomic_fetch_add(&c->hits[index], 1);
+    atomic_fetch_add(&c->total, 1);
+}
+
+/* br_pool_run_chunks runs every chunk exactly once per run and returns only when all are done,
+ * for chunk counts below, equal to and far above the thread count, back to back. */
+static void test_pool_run_chunks(void **state)
+{
+    (void)state;
+    static const int COUNTS[] = {0, 1, 2, 3, 7, 64, 999};
+    static struct chunk_ctx c;
+    for (int n = 1; n <= 3; n++) {
+        struct br_pool *p = NULL;
+        assert_int_equal(br_pool_create(n, &p), BR_OK);
+        for (size_t k = 0; k < sizeof(COUNTS) / sizeof(COUNTS[0]); k++) {
+            memset(&c, 0, sizeof(c));
+            c.expect_count = COUNTS[k];
+            for (int run = 0; run < 200; run++) {
+                br_pool_run_chunks(p, chunk_task, &c, COUNTS[k]);
+                assert_int_equal(atomic_load(&c.total), (run + 1) * COUNTS[k]);
+            }
+            assert_int_equal(atomic_load(&c.bad), 0);
+            for (int i = 0; i < COUNTS[k]; i++) {
+                assert_int_equal(atomic_load(&c.hits[i]), 200);
+            }
+        }
+        br_pool_destroy(p);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +544,11 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_matvec_threads_identical),
         cmocka_unit_test(test_matvec_rejects_partial_blocks),
         cmocka_unit_test(test_pool_runs_every_share),
+        cmocka_unit_test(test_quantize_x_paths_identical),
+        cmocka_unit_test(test_axpy_matches_loop),
+        cmocka_unit_test(test_q_dots_groups_and_tails),
+        cmocka_unit_test(test_q_matvec_isa_paths),
+        cmocka_unit_test(test_pool_run_chunks),
     };
     printf("# avx2 path: %d\n", br_kernel_has_avx2());
     if (argc > 1) {
