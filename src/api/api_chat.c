@@ -45,6 +45,8 @@ struct chat {
     struct br_runtime *rt;             /* reference held until the request ends */
     const struct br_runtime_model *rm; /* model of the current (or last) call */
     const char *key_id;
+    br_vkey *vkey;                    /* a virtual key's request, else NULL */
+    struct br_keys_ticket key_ticket; /* its reservation, settled in account() */
     const char *model_requested;
     bool stream; /* the client asked for SSE */
     bool wants_usage;
@@ -324,6 +326,9 @@ static void account(struct chat *c, int status, const struct br_provider_result 
 {
     struct timing t = timing_at(c, br_clock_now_ns());
     bool decided = c->plan.route != NULL && c->plan.n_steps;
+    /* A virtual key's reservation ends here, on every path (answered, failed, 499). */
+    br__key_settle(c->w->g, &c->key_ticket, c->cost_nano,
+                   c->usage.prompt_tokens + c->usage.completion_tokens);
     if (c->w->g->store) {
         log_request(c, status, res, error_kind, &t, decided);
     }
@@ -969,6 +974,23 @@ static void reject(struct chat *c, int status, const char *type, const char *cod
     respond_error(req, status, type, code, param, message, h, n);
 }
 
+/* Ends a request that a virtual key may not start (model, RPM, TPM, budget), with a log row. */
+static void key_denied(struct chat *c, const struct br__key_deny *d)
+{
+    c->state = CHAT_FINISHED;
+    account(c, d->status, NULL, d->code);
+    struct br_http_header h[1];
+    size_t n = 0;
+    if (d->retry_after[0]) {
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"),
+                                         br_slice_from_cstr(d->retry_after)};
+    }
+    br_http_request *req = c->req;
+    release(c);
+    respond_error(req, d->status, d->status == 429 ? "rate_limit_error" : "invalid_request_error",
+                  d->code, d->param, d->msg, h, n);
+}
+
 /* Reads the routing signals and hints (headers win over metadata) and decides the route. */
 static int plan_route(struct chat *c, const struct br_route_cfg *route)
 {
@@ -1039,7 +1061,7 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     br_metrics_add(g->metrics, w->index, g->m.inflight, NULL, 1);
     const struct br_config *cfg = c->rt->cfg;
 
-    enum br_auth_result ar = br__auth_check(cfg, req, false, &c->key_id);
+    enum br_auth_result ar = br__auth_client(g, cfg, req, &c->key_id, &c->vkey);
     if (ar != BR_AUTH_OK) {
         c->state = CHAT_FINISHED;
         account(c, 401, NULL, "auth");
@@ -1090,6 +1112,12 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
         return;
     }
 
+    struct br__key_deny kd;
+    if (c->vkey && br__key_admit_chat(c->vkey, c->model_requested, &c->plan, c->rreq, req->body,
+                                      &c->key_ticket, &kd) != BR_OK) {
+        key_denied(c, &kd);
+        return;
+    }
     int rc = start_step(c, 0, CALL_ANSWER);
     if (rc == BR_ERR_PARSE) {
         /* The provider's strict body scanner refused bytes jansson tolerated (raw NULs). */

@@ -179,6 +179,10 @@ static void on_request(void *wctx, br_http_request *req)
             return;
         }
     }
+    if (path_is(req, "/admin/keys") || br_slice_starts_with(req->path, "/admin/keys/")) {
+        br__admin_keys(w, req, br_slice_make(req->path.ptr + 11, req->path.len - 11));
+        return;
+    }
     if (br_slice_starts_with(req->path, "/admin/models/")) {
         br__admin_adapters(w, req, br_slice_make(req->path.ptr + 14, req->path.len - 14));
         return;
@@ -426,6 +430,22 @@ static int open_request_log(struct br_gateway *g, const struct br_config *c, cha
     return BR_OK;
 }
 
+/* The virtual key store when the config has one (auth.key_store, or a master key). */
+static int open_key_store(struct br_gateway *g, const struct br_config *c, char *err, size_t errlen)
+{
+    if (!c->key_store_path) {
+        return BR_OK;
+    }
+    int rc = br_keys_open(c->key_store_path, c->log_flush_ms, &g->keys);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "key store %s: %s", c->key_store_path, br_strerror(rc));
+        return rc;
+    }
+    br_log(BR_LOG_INFO, NULL, "event=key_store path=%s active_keys=%zu", c->key_store_path,
+           br_keys_active_count(g->keys));
+    return BR_OK;
+}
+
 /* The listening server; warns when it is open to other hosts without any API key. */
 static int create_server(struct br_gateway *g, const struct br_config *c, char *err, size_t errlen)
 {
@@ -487,6 +507,9 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
     rc = create_metrics_and_workers(g, c, err, errlen);
     if (rc == BR_OK) {
         rc = open_request_log(g, c, err, errlen);
+    }
+    if (rc == BR_OK) {
+        rc = open_key_store(g, c, err, errlen);
     }
     if (rc == BR_OK) {
         rc = create_server(g, c, err, errlen);
@@ -569,6 +592,9 @@ int br_gateway_run(br_gateway *g)
     if (g->store) {
         br_store_flush(g->store);
     }
+    if (g->keys) {
+        (void)br_keys_flush(g->keys);
+    }
     br_log(BR_LOG_INFO, NULL, "event=stopped");
     return BR_OK;
 }
@@ -582,6 +608,7 @@ void br_gateway_destroy(br_gateway *g)
     /* The store goes before the workers: its writer may still hand feedback results to them
      * (they are dropped, the workers being closed). */
     br_store_close(g->store);
+    br_keys_close(g->keys); /* commits the last debits: no request is running any more */
     for (unsigned i = 0; g->workers && i < g->n_workers; i++) {
         if (g->workers[i]) {
             br__runtime_unref(g->workers[i]->rt);
