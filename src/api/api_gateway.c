@@ -314,6 +314,11 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
         (c->log_path && strcmp(old->cfg->log_path, c->log_path) != 0)) {
         br_log(BR_LOG_WARN, NULL, "event=reload_note msg=\"log.path changes only on restart\"");
     }
+    if ((old->cfg->key_store_path == NULL) != (c->key_store_path == NULL) ||
+        (c->key_store_path && strcmp(old->cfg->key_store_path, c->key_store_path) != 0)) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=reload_note msg=\"auth.key_store changes only on restart\"");
+    }
     g->rt = rt;
     g->log_on_full = c->log_on_full;
     atomic_fetch_add_explicit(&g->rt_generation, 1, memory_order_release);

@@ -39,6 +39,9 @@ static int64_t estimate(const struct br_model_cfg *m, int64_t prompt_tokens, int
     struct br_usage u = {0};
     u.prompt_tokens = prompt_tokens;
     u.completion_tokens = max_tokens > 0 ? max_tokens : m->default_max_tokens;
+    if (u.completion_tokens < 0) {
+        u.completion_tokens = 0;
+    }
     *tokens_out = u.prompt_tokens + u.completion_tokens;
     return br_cost_compute(&m->price, &u);
 }
@@ -148,6 +151,17 @@ int br__key_admit_chat(br_vkey *k, const char *model_requested, const struct br_
         if (mt.ptr && br_json_int(mt, &max_tokens) != BR_OK) {
             max_tokens = -1;
         }
+    }
+    /* "n" choices each up to max_tokens (validated: 1..128). */
+    int64_t n_choices = 1;
+    struct br_slice nv = br_json_obj_get(body, "n");
+    if (nv.ptr && (br_json_int(nv, &n_choices) != BR_OK || n_choices < 1 || n_choices > 128)) {
+        n_choices = 1;
+    }
+    if (n_choices > 1) {
+        const struct br_model_cfg *m0 = plan->n_steps ? plan->steps[0].model : NULL;
+        int64_t base = max_tokens > 0 ? max_tokens : (m0 ? m0->default_max_tokens : 0);
+        max_tokens = base * n_choices;
     }
     const struct br_model_cfg *models[BR_PLAN_MAX_STEPS];
     size_t n = 0;

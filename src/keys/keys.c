@@ -198,7 +198,7 @@ static void window_sum(const br_vkey *k, int64_t sec, int64_t *req_out, int64_t 
 
 static struct bucket *window_at(br_vkey *k, int64_t sec)
 {
-    struct bucket *b = &k->win[(size_t)(floor_div(sec, 1) % WINDOW_S + WINDOW_S) % WINDOW_S];
+    struct bucket *b = &k->win[(size_t)((sec % WINDOW_S + WINDOW_S) % WINDOW_S)];
     if (b->sec != sec) {
         b->sec = sec;
         b->requests = 0;

@@ -37,6 +37,13 @@
                 "auth:\n"                                                 \
                 "  master_key: env:BR_IT_MASTER_KEY\n"
 
+#define LOCAL_MODEL                                                \
+    "  - name: stories260k\n"                                      \
+    "    provider: local\n"                                        \
+    "    local:\n"                                                 \
+    "      model: {SRC}/models/stories260K/stories260K-f32.gguf\n" \
+    "    price: {input: 1000, output: 1000}\n"
+
 static const char *const master[] = {"Authorization: Bearer " MASTER_KEY, NULL};
 
 static long long mono_ms(void)
@@ -642,6 +649,74 @@ static void test_restart_keeps_keys_and_spend(void **state)
     free(rid);
 }
 
+/* ------------------------------------------------------------------ /v1/completions */
+
+static int setup_local(void **state)
+{
+    struct env *e = calloc(1, sizeof(*e));
+    setenv("BR_IT_MASTER_KEY", MASTER_KEY, 1);
+    start_env(e, BASE_CONFIG LOCAL_MODEL "auth:\n  master_key: env:BR_IT_MASTER_KEY\n");
+    *state = e;
+    return 0;
+}
+
+static void completion(struct env *e, const char *secret, const char *body, struct http_resp *r)
+{
+    char auth[128];
+    snprintf(auth, sizeof(auth), "Authorization: Bearer %s", secret);
+    const char *h[] = {auth, NULL};
+    http_request(e, "POST", "/v1/completions", h, body, r);
+}
+
+static void test_completions_same_check(void **state)
+{
+    struct env *e = *state;
+    char *secret = NULL;
+    char *id = NULL;
+    create_key(e, "{\"budget\":{\"usd\":1,\"period\":\"day\"},\"models\":[\"stories260k\"]}",
+               &secret, &id);
+    const char *body = "{\"model\":\"stories260k\",\"prompt\":\"Once upon a time\","
+                       "\"max_tokens\":12,\"temperature\":0}";
+    struct http_resp r;
+    completion(e, secret, body, &r);
+    assert_int_equal(r.status, 200);
+    long long cost = cost_header(&r);
+    assert_true(cost > 0);
+    http_resp_free(&r);
+    json_t *k = wait_idle(e, id);
+    assert_int_equal(spend_field(k, "usd"), cost);
+    assert_int_equal(spend_field(k, "reserved_usd"), 0);
+    json_decref(k);
+    /* A streamed completion is debited too. */
+    completion(e, secret,
+               "{\"model\":\"stories260k\",\"prompt\":\"Once\",\"max_tokens\":5,"
+               "\"stream\":true}",
+               &r);
+    assert_int_equal(r.status, 200);
+    http_resp_free(&r);
+    k = wait_idle(e, id);
+    long long after = spend_field(k, "usd");
+    assert_true(after > cost);
+    json_decref(k);
+    /* Budget: the estimate (12 output tokens at $0.001) no longer fits. */
+    char path[80];
+    char patch[160];
+    snprintf(path, sizeof(path), "/admin/keys/%s", id);
+    snprintf(patch, sizeof(patch), "{\"budget\":{\"usd\":\"0.%09lld\",\"period\":\"day\"}}",
+             after + 1000000);
+    json_decref(admin(e, "PATCH", path, patch, 200));
+    completion(e, secret, body, &r);
+    assert_error_code(&r, 429, "budget_exceeded");
+    http_resp_free(&r);
+    /* Models list: the local model is no longer allowed. */
+    json_decref(admin(e, "PATCH", path, "{\"budget\":null,\"models\":[\"mock-gpt\"]}", 200));
+    completion(e, secret, body, &r);
+    assert_error_code(&r, 403, "model_not_allowed");
+    http_resp_free(&r);
+    free(secret);
+    free(id);
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -650,6 +725,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_budget_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_keys_and_spend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_completions_same_check, setup_local, teardown),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
