@@ -289,6 +289,29 @@ int br_gateway_check_config(const char *config_path, char *msg, size_t msglen)
     return BR_OK;
 }
 
+/* Warns about the settings a reload cannot change. */
+static bool path_changed(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static void reload_notes(const struct br_config *old, const struct br_config *c)
+{
+    if (strcmp(old->listen_host, c->listen_host) != 0 || old->listen_port != c->listen_port ||
+        old->workers != c->workers) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=reload_note msg=\"listen address and workers change "
+               "only on restart\"");
+    }
+    if (path_changed(old->log_path, c->log_path)) {
+        br_log(BR_LOG_WARN, NULL, "event=reload_note msg=\"log.path changes only on restart\"");
+    }
+    if (path_changed(old->key_store_path, c->key_store_path)) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=reload_note msg=\"auth.key_store changes only on restart\"");
+    }
+}
+
 int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
 {
     struct br_runtime *rt = NULL;
@@ -304,21 +327,7 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
     struct br_config *c = rt->cfg;
     pthread_mutex_lock(&g->rt_lock);
     struct br_runtime *old = g->rt;
-    if (strcmp(old->cfg->listen_host, c->listen_host) != 0 ||
-        old->cfg->listen_port != c->listen_port || old->cfg->workers != c->workers) {
-        br_log(BR_LOG_WARN, NULL,
-               "event=reload_note msg=\"listen address and workers change "
-               "only on restart\"");
-    }
-    if ((old->cfg->log_path == NULL) != (c->log_path == NULL) ||
-        (c->log_path && strcmp(old->cfg->log_path, c->log_path) != 0)) {
-        br_log(BR_LOG_WARN, NULL, "event=reload_note msg=\"log.path changes only on restart\"");
-    }
-    if ((old->cfg->key_store_path == NULL) != (c->key_store_path == NULL) ||
-        (c->key_store_path && strcmp(old->cfg->key_store_path, c->key_store_path) != 0)) {
-        br_log(BR_LOG_WARN, NULL,
-               "event=reload_note msg=\"auth.key_store changes only on restart\"");
-    }
+    reload_notes(old->cfg, c);
     g->rt = rt;
     g->log_on_full = c->log_on_full;
     atomic_fetch_add_explicit(&g->rt_generation, 1, memory_order_release);

@@ -118,6 +118,9 @@ int br__key_admit(br_vkey *k, const char *model_requested, const struct br_model
     int64_t est = 0;
     int64_t tokens = 0;
     for (size_t i = 0; i < n_models; i++) {
+        if (!models[i]) {
+            continue;
+        }
         int64_t t = 0;
         int64_t e = estimate(models[i], prompt_tokens, max_tokens, &t);
         est = e > est ? e : est;
@@ -473,11 +476,10 @@ static int parse_spec(br_http_request *req, struct br_keys_spec *s, struct spec_
         if (s->name && !(s->name = br_arena_strndup(req->arena, s->name, strlen(s->name)))) {
             rc = BR_ERR_NOMEM;
         }
-        for (size_t i = 0; s->models && i < s->n_models; i++) {
-            sb->models[i] = br_arena_strndup(req->arena, sb->models[i], strlen(sb->models[i]));
-            if (!sb->models[i]) {
-                rc = BR_ERR_NOMEM;
-            }
+        for (size_t i = 0; rc == BR_OK && s->models && i < s->n_models; i++) {
+            const char *m = sb->models[i];
+            sb->models[i] = m ? br_arena_strndup(req->arena, m, strlen(m)) : NULL;
+            rc = sb->models[i] ? BR_OK : BR_ERR_NOMEM;
         }
         if (rc != BR_OK) {
             br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");

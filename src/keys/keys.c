@@ -217,6 +217,52 @@ static int64_t sat_add(int64_t a, int64_t b)
 
 /* ------------------------------------------------------------------ admission */
 
+/* RPM and TPM over the last 60 s (key locked); true when refused, with d filled. */
+static bool rate_denied(const br_vkey *k, int64_t sec, struct br_keys_denial *d)
+{
+    if (k->rpm <= 0 && k->tpm <= 0) {
+        return false;
+    }
+    int64_t reqs = 0;
+    int64_t toks = 0;
+    int64_t oldest = sec;
+    window_sum(k, sec, &reqs, &toks, &oldest);
+    int64_t wait_s = oldest + WINDOW_S - sec;
+    if (k->rpm > 0 && reqs >= k->rpm) {
+        d->why = BR_KEYS_DENY_RPM;
+        d->limit = k->rpm;
+    } else if (k->tpm > 0 && sat_add(toks, k->reserved_tokens) >= k->tpm) {
+        d->why = BR_KEYS_DENY_TPM;
+        d->limit = k->tpm;
+    } else {
+        return false;
+    }
+    d->retry_after_s = wait_s > 0 ? wait_s : 1;
+    return true;
+}
+
+/* spent + reserved + est <= budget (key locked); true when refused, with d filled. */
+static bool budget_denied(const br_vkey *k, int64_t est_nano, int64_t now_ms,
+                          struct br_keys_denial *d)
+{
+    if (!k->has_budget ||
+        sat_add(sat_add(k->spent_nano, k->reserved_nano), est_nano) <= k->budget_nano) {
+        return false;
+    }
+    d->why = BR_KEYS_DENY_BUDGET;
+    d->limit = k->budget_nano;
+    d->spent_nano = k->spent_nano;
+    d->reserved_nano = k->reserved_nano;
+    d->needed_nano = est_nano;
+    if (sat_add(k->spent_nano, est_nano) <= k->budget_nano) {
+        d->retry_after_s = 1; /* requests in flight hold the rest */
+    } else if (k->period != BR_KEYS_PERIOD_TOTAL) {
+        int64_t s = (k->period_end_ms - now_ms + 999) / 1000;
+        d->retry_after_s = s > 0 ? s : 1;
+    }
+    return true;
+}
+
 int br_keys_admit(br_vkey *k, int64_t est_nano, int64_t est_tokens, int64_t now_ms,
                   struct br_keys_ticket *ticket, struct br_keys_denial *denial)
 {
@@ -231,53 +277,16 @@ int br_keys_admit(br_vkey *k, int64_t est_nano, int64_t est_tokens, int64_t now_
     denial->period = k->period;
     if (k->revoked_ms) {
         denial->why = BR_KEYS_DENY_REVOKED;
-        goto out;
+    } else if (!rate_denied(k, sec, denial) && !budget_denied(k, est_nano, now_ms, denial)) {
+        k->reserved_nano = sat_add(k->reserved_nano, est_nano);
+        k->reserved_tokens = sat_add(k->reserved_tokens, est_tokens);
+        k->in_flight++;
+        window_at(k, sec)->requests++;
+        ticket->key = k;
+        ticket->reserved_nano = est_nano;
+        ticket->reserved_tokens = est_tokens;
+        rc = BR_OK;
     }
-    if (k->rpm > 0 || k->tpm > 0) {
-        int64_t reqs = 0;
-        int64_t toks = 0;
-        int64_t oldest = sec;
-        window_sum(k, sec, &reqs, &toks, &oldest);
-        int64_t wait_s = oldest + WINDOW_S - sec;
-        if (k->rpm > 0 && reqs >= k->rpm) {
-            denial->why = BR_KEYS_DENY_RPM;
-            denial->limit = k->rpm;
-            denial->retry_after_s = wait_s > 0 ? wait_s : 1;
-            goto out;
-        }
-        if (k->tpm > 0 && sat_add(toks, k->reserved_tokens) >= k->tpm) {
-            denial->why = BR_KEYS_DENY_TPM;
-            denial->limit = k->tpm;
-            denial->retry_after_s = wait_s > 0 ? wait_s : 1;
-            goto out;
-        }
-    }
-    if (k->has_budget) {
-        int64_t after = sat_add(sat_add(k->spent_nano, k->reserved_nano), est_nano);
-        if (after > k->budget_nano) {
-            denial->why = BR_KEYS_DENY_BUDGET;
-            denial->limit = k->budget_nano;
-            denial->spent_nano = k->spent_nano;
-            denial->reserved_nano = k->reserved_nano;
-            denial->needed_nano = est_nano;
-            if (sat_add(k->spent_nano, est_nano) <= k->budget_nano) {
-                denial->retry_after_s = 1; /* requests in flight hold the rest */
-            } else if (k->period != BR_KEYS_PERIOD_TOTAL) {
-                int64_t s = (k->period_end_ms - now_ms + 999) / 1000;
-                denial->retry_after_s = s > 0 ? s : 1;
-            }
-            goto out;
-        }
-    }
-    k->reserved_nano = sat_add(k->reserved_nano, est_nano);
-    k->reserved_tokens = sat_add(k->reserved_tokens, est_tokens);
-    k->in_flight++;
-    window_at(k, sec)->requests++;
-    ticket->key = k;
-    ticket->reserved_nano = est_nano;
-    ticket->reserved_tokens = est_tokens;
-    rc = BR_OK;
-out:
     pthread_mutex_unlock(&k->mu);
     return rc;
 }
@@ -761,6 +770,24 @@ fail:
     return rc;
 }
 
+/* The current row into the registry; a malformed row is skipped (logged). */
+static int load_one(br_keys *ks, sqlite3_stmt *st, int64_t now_ms)
+{
+    br_vkey *k = NULL;
+    int rc = load_row(st, now_ms, &k);
+    if (rc == BR_ERR_PARSE) {
+        br_log(BR_LOG_WARN, NULL, "event=keys_row_skipped msg=\"malformed row\"");
+        return BR_OK;
+    }
+    if (rc == BR_OK) {
+        rc = registry_add(ks, k);
+        if (rc != BR_OK) {
+            key_free(k);
+        }
+    }
+    return rc;
+}
+
 static int db_load(br_keys *ks, int64_t now_ms)
 {
     static const char sql[] =
@@ -773,21 +800,9 @@ static int db_load(br_keys *ks, int64_t now_ms)
         return BR_ERR_IO;
     }
     int rc = BR_OK;
-    int s;
+    int s = SQLITE_DONE;
     while (rc == BR_OK && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        br_vkey *k = NULL;
-        rc = load_row(st, now_ms, &k);
-        if (rc == BR_ERR_PARSE) {
-            br_log(BR_LOG_WARN, NULL, "event=keys_row_skipped msg=\"malformed row\"");
-            rc = BR_OK;
-            continue;
-        }
-        if (rc == BR_OK) {
-            rc = registry_add(ks, k);
-            if (rc != BR_OK) {
-                key_free(k);
-            }
-        }
+        rc = load_one(ks, st, now_ms);
     }
     if (rc == BR_OK && s != SQLITE_DONE) {
         br_log(BR_LOG_ERR, NULL, "event=keys_db_error op=load msg=\"%s\"", sqlite3_errmsg(ks->db));
@@ -805,14 +820,22 @@ struct pending {
     int64_t start;
 };
 
-/* Commits the spend of every dirty key; BR_OK, or BR_ERR_IO (the keys stay dirty). */
-static int write_pass(br_keys *ks)
+/* Takes the spend of every dirty key (clearing the flags) into a heap array (*n_out entries;
+ * NULL when none). BR_ERR_NOMEM leaves the flags set. */
+static int collect_dirty(br_keys *ks, struct pending **out, size_t *n_out)
 {
+    *out = NULL;
+    *n_out = 0;
+    int rc = BR_OK;
     pthread_rwlock_rdlock(&ks->reg_lock);
     size_t n = ks->n_list;
     struct pending *p = n ? br_calloc(n, sizeof(*p)) : NULL;
+    if (n && !p) {
+        rc = BR_ERR_NOMEM;
+        n = 0;
+    }
     size_t np = 0;
-    for (size_t i = 0; p && i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
         br_vkey *k = ks->list[i];
         pthread_mutex_lock(&k->mu);
         if (k->dirty) {
@@ -822,39 +845,54 @@ static int write_pass(br_keys *ks)
         pthread_mutex_unlock(&k->mu);
     }
     pthread_rwlock_unlock(&ks->reg_lock);
-    if (n && !p) {
-        return BR_ERR_NOMEM;
+    *out = p;
+    *n_out = np;
+    return rc;
+}
+
+/* One transaction updating the spend of the np keys in p. */
+static int commit_pending(br_keys *ks, const struct pending *p, size_t np)
+{
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&ks->db_mu);
+    int rc = db_exec(ks->db, "BEGIN IMMEDIATE");
+    if (rc == BR_OK &&
+        sqlite3_prepare_v2(ks->db,
+                           "UPDATE virtual_keys SET spent_nano=?1, period_start_ms=?2 WHERE id=?3",
+                           -1, &st, NULL) != SQLITE_OK) {
+        rc = BR_ERR_IO;
     }
-    int rc = BR_OK;
-    if (np) {
-        sqlite3_stmt *st = NULL;
-        pthread_mutex_lock(&ks->db_mu);
-        rc = db_exec(ks->db, "BEGIN IMMEDIATE");
-        if (rc == BR_OK &&
-            sqlite3_prepare_v2(ks->db,
-                               "UPDATE virtual_keys SET spent_nano=?1, period_start_ms=?2 "
-                               "WHERE id=?3",
-                               -1, &st, NULL) != SQLITE_OK) {
-            rc = BR_ERR_IO;
-        }
-        for (size_t i = 0; rc == BR_OK && i < np; i++) {
-            sqlite3_bind_int64(st, 1, p[i].spent);
-            sqlite3_bind_int64(st, 2, p[i].start);
-            sqlite3_bind_text(st, 3, p[i].k->id, -1, SQLITE_STATIC);
-            rc = sqlite3_step(st) == SQLITE_DONE ? BR_OK : BR_ERR_IO;
-            sqlite3_reset(st);
-        }
-        sqlite3_finalize(st);
-        if (rc == BR_OK) {
-            rc = db_exec(ks->db, "COMMIT");
-        }
-        if (rc != BR_OK) {
-            br_log(BR_LOG_ERR, NULL, "event=keys_spend_write_failed keys=%zu msg=\"%s\"", np,
-                   sqlite3_errmsg(ks->db));
-            (void)sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
-        }
-        pthread_mutex_unlock(&ks->db_mu);
+    for (size_t i = 0; rc == BR_OK && i < np; i++) {
+        sqlite3_bind_int64(st, 1, p[i].spent);
+        sqlite3_bind_int64(st, 2, p[i].start);
+        sqlite3_bind_text(st, 3, p[i].k->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? BR_OK : BR_ERR_IO;
+        sqlite3_reset(st);
     }
+    sqlite3_finalize(st);
+    if (rc == BR_OK) {
+        rc = db_exec(ks->db, "COMMIT");
+    }
+    if (rc != BR_OK) {
+        br_log(BR_LOG_ERR, NULL, "event=keys_spend_write_failed keys=%zu msg=\"%s\"", np,
+               sqlite3_errmsg(ks->db));
+        (void)sqlite3_exec(ks->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    pthread_mutex_unlock(&ks->db_mu);
+    return rc;
+}
+
+/* Commits the spend of every dirty key; BR_OK, or BR_ERR_IO (the keys stay dirty). */
+static int write_pass(br_keys *ks)
+{
+    struct pending *p = NULL;
+    size_t np = 0;
+    int rc = collect_dirty(ks, &p, &np);
+    if (rc != BR_OK || np == 0) {
+        br_free(p);
+        return rc;
+    }
+    rc = commit_pending(ks, p, np);
     for (size_t i = 0; i < np; i++) {
         br_vkey *k = p[i].k;
         pthread_mutex_lock(&k->mu);
