@@ -13,6 +13,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -649,6 +650,102 @@ static void test_restart_keeps_keys_and_spend(void **state)
     free(rid);
 }
 
+/* ------------------------------------------------------------------ crash under load */
+
+struct load {
+    uint16_t port;
+    const char *secret;
+    atomic_int *stop;
+    int ok;
+};
+
+/* Requests on fresh connections until told to stop; failures (the gateway killed) are fine. */
+static void *load_main(void *arg)
+{
+    struct load *l = arg;
+    const char *body = "{\"model\":\"pricey\",\"max_tokens\":5,\"messages\":[{\"role\":"
+                       "\"user\",\"content\":\"load test\"}]}";
+    char req[1024];
+    int n = snprintf(req, sizeof(req),
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     "Authorization: Bearer %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     l->secret, strlen(body), body);
+    while (!atomic_load(l->stop)) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(l->port)};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+            close(fd);
+            usleep(1000);
+            continue;
+        }
+        char buf[4096];
+        ssize_t got = 0;
+        if (send(fd, req, (size_t)n, MSG_NOSIGNAL) == n) {
+            ssize_t k;
+            while ((k = recv(fd, buf + got, sizeof(buf) - 1 - (size_t)got, 0)) > 0) {
+                got += k;
+                if ((size_t)got >= sizeof(buf) - 1) {
+                    got = 0; /* only the status line matters */
+                }
+            }
+        }
+        buf[got > 0 ? got : 0] = '\0';
+        l->ok += strncmp(buf, "HTTP/1.1 200", 12) == 0;
+        close(fd);
+    }
+    return NULL;
+}
+
+/* kill -9 while requests flow: every debit acknowledged before the kill is still there. */
+static void test_kill9_under_load_keeps_acknowledged_spend(void **state)
+{
+    struct env *e = *state;
+    char *secret = NULL;
+    char *id = NULL;
+    create_key(e, "{\"budget\":{\"usd\":1000,\"period\":\"total\"}}", &secret, &id);
+    atomic_int stop = 0;
+    struct load l[4];
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        l[i] = (struct load){e->gw_port, secret, &stop, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, load_main, &l[i]), 0);
+    }
+    /* Wait for a good number of acknowledged debits while the load keeps running. */
+    long long acked = 0;
+    long long deadline = mono_ms() + 10000;
+    while (mono_ms() < deadline) {
+        json_t *k = get_key(e, id);
+        acked = spend_field(k, "persisted_usd");
+        json_decref(k);
+        if (acked >= 100 * 1000000LL) { /* at least ~20 requests of ~5 tokens */
+            break;
+        }
+        usleep(20000);
+    }
+    assert_true(acked > 0);
+    env_signal_gateway(e, SIGKILL);
+    assert_int_equal(env_wait_gateway(e, 5000), 128 + SIGKILL);
+    atomic_store(&stop, 1);
+    int ok = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        ok += l[i].ok;
+    }
+    assert_true(ok > 0);
+    unlink(e->gw.log_path);
+    env_start_gateway(e, KEYS_CONFIG);
+    json_t *k = get_key(e, id);
+    long long after = spend_field(k, "usd");
+    json_decref(k);
+    if (after < acked) {
+        fail_msg("acknowledged spend %lld lost: %lld after the restart", acked, after);
+    }
+    free(secret);
+    free(id);
+}
+
 /* ------------------------------------------------------------------ /v1/completions */
 
 static int setup_local(void **state)
@@ -725,6 +822,8 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_budget_race, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rate_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_keys_and_spend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_kill9_under_load_keeps_acknowledged_spend, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_completions_same_check, setup_local, teardown),
     };
     if (argc > 1) {
