@@ -201,11 +201,15 @@ void br__admin_config(struct br_worker *w, br_http_request *req)
                               m->base_url, "api_key", m->api_key_ref, "price_per_mtok_usd", "input",
                               in, "output", out, "context_window", (json_int_t)m->context_window));
     }
+    br_keys *ks = w->g->keys;
     respond_json(req, 200,
-                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I}", "path", c->path, "listen",
-                           c->listen_host, "port", (json_int_t)c->listen_port, "workers",
+                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I, s:s?, s:I}", "path", c->path,
+                           "listen", c->listen_host, "port", (json_int_t)c->listen_port, "workers",
                            (json_int_t)w->g->n_workers, "models", models, "auth",
-                           c->has_master_key || c->n_keys > 0, "api_keys", (json_int_t)c->n_keys));
+                           c->has_master_key || c->n_keys > 0 || (ks && br_keys_count(ks) > 0),
+                           "api_keys", (json_int_t)c->n_keys, "key_store",
+                           ks ? c->key_store_path : NULL, "virtual_keys",
+                           (json_int_t)(ks ? br_keys_active_count(ks) : 0)));
 }
 
 static json_t *number_or_null(double v)

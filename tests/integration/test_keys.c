@@ -222,6 +222,12 @@ static void test_key_lifecycle(void **state)
                "\"user\":\"ana\"}}",
                &secret, &id);
 
+    json_t *cfg = admin(e, "GET", "/admin/config", NULL, 200);
+    assert_int_equal(json_integer_value(json_object_get(cfg, "virtual_keys")), 1);
+    assert_non_null(
+        strstr(json_string_value(json_object_get(cfg, "key_store")), "brigade-keys.db"));
+    json_decref(cfg);
+
     /* A virtual key is not an admin key. */
     char auth[128];
     snprintf(auth, sizeof(auth), "Authorization: Bearer %s", secret);
