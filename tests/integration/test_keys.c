@@ -26,17 +26,34 @@
 
 #define MASTER_KEY "br-master-key-keys-4a1c"
 
-/* $1000 per million tokens: one token costs 1,000,000 nano-USD. */
-#define KEYS_CONFIG                                                       \
-    BASE_CONFIG "  - name: pricey\n"                                      \
-                "    provider: openai\n"                                  \
-                "    model: gpt-4o-mini\n"                                \
-                "    base_url: http://127.0.0.1:{MOCK}/v1\n"              \
-                "    api_key: env:BR_IT_PROVIDER_KEY\n"                   \
-                "    price: {input: 1000, output: 1000}\n"                \
-                "    timeouts: {connect: 1s, first_byte: 5s, idle: 5s}\n" \
-                "auth:\n"                                                 \
-                "  master_key: env:BR_IT_MASTER_KEY\n"
+/* Two workers (requests of one key run on several threads); the two mock providers, and a
+ * model at $1000 per million tokens: one token costs 1,000,000 nano-USD. */
+#define KEYS_CONFIG                                           \
+    "server:\n"                                               \
+    "  workers: 2\n"                                          \
+    "  timeouts: {drain: 5s}\n"                               \
+    "models:\n"                                               \
+    "  - name: mock-gpt\n"                                    \
+    "    provider: openai\n"                                  \
+    "    model: gpt-4o-mini\n"                                \
+    "    base_url: http://127.0.0.1:{MOCK}/v1\n"              \
+    "    api_key: env:BR_IT_PROVIDER_KEY\n"                   \
+    "    price: {input: 0.15, output: 0.60}\n"                \
+    "  - name: mock-claude\n"                                 \
+    "    provider: anthropic\n"                               \
+    "    model: claude-test\n"                                \
+    "    base_url: http://127.0.0.1:{MOCK}/v1\n"              \
+    "    api_key: env:BR_IT_PROVIDER_KEY\n"                   \
+    "    price: {input: 3, output: 15}\n"                     \
+    "  - name: pricey\n"                                      \
+    "    provider: openai\n"                                  \
+    "    model: gpt-4o-mini\n"                                \
+    "    base_url: http://127.0.0.1:{MOCK}/v1\n"              \
+    "    api_key: env:BR_IT_PROVIDER_KEY\n"                   \
+    "    price: {input: 1000, output: 1000}\n"                \
+    "    timeouts: {connect: 1s, first_byte: 5s, idle: 5s}\n" \
+    "auth:\n"                                                 \
+    "  master_key: env:BR_IT_MASTER_KEY\n"
 
 #define LOCAL_MODEL                                                \
     "  - name: stories260k\n"                                      \
@@ -501,33 +518,34 @@ static void test_budget_race(void **state)
     long long spent = cost_header(&a.r);
     http_resp_free(&a.r);
 
-    /* Two concurrent requests, room for one: exactly one starts. */
+    /* Six concurrent requests (on two workers), room for one: exactly one starts. */
     long long budget = spent + est + est / 2;
     snprintf(patch, sizeof(patch), "{\"budget\":{\"usd\":\"%lld.%09lld\",\"period\":\"total\"}}",
              budget / 1000000000LL, budget % 1000000000LL);
     json_decref(admin(e, "PATCH", path, patch, 200));
-    struct call two[2] = {{e, secret, slow, "race-1", {0}}, {e, secret, slow, "race-2", {0}}};
-    pthread_t t2[2];
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(pthread_create(&t2[i], NULL, call_main, &two[i]), 0);
+    struct call many[6];
+    pthread_t tm[6];
+    for (int i = 0; i < 6; i++) {
+        many[i] = (struct call){e, secret, slow, "race-n", {0}};
+        assert_int_equal(pthread_create(&tm[i], NULL, call_main, &many[i]), 0);
     }
-    for (int i = 0; i < 2; i++) {
-        pthread_join(t2[i], NULL);
+    for (int i = 0; i < 6; i++) {
+        pthread_join(tm[i], NULL);
     }
     int ok = 0;
     int refused = 0;
-    for (int i = 0; i < 2; i++) {
-        if (two[i].r.status == 200) {
+    for (int i = 0; i < 6; i++) {
+        if (many[i].r.status == 200) {
             ok++;
-            spent += cost_header(&two[i].r);
+            spent += cost_header(&many[i].r);
         } else {
-            assert_error_code(&two[i].r, 429, "budget_exceeded");
+            assert_error_code(&many[i].r, 429, "budget_exceeded");
             refused++;
         }
-        http_resp_free(&two[i].r);
+        http_resp_free(&many[i].r);
     }
     assert_int_equal(ok, 1);
-    assert_int_equal(refused, 1);
+    assert_int_equal(refused, 5);
     json_t *k = wait_idle(e, id);
     assert_int_equal(spend_field(k, "usd"), spent);
     assert_true(spent <= budget); /* the estimate bounds the real cost here: no overshoot */
