@@ -161,8 +161,8 @@ static void roll(br_vkey *k, int64_t now_ms)
     if (k->period == BR_KEYS_PERIOD_TOTAL) {
         return;
     }
-    if (now_ms >= k->period_start_ms && now_ms < k->period_end_ms) {
-        return;
+    if (now_ms < k->period_end_ms) {
+        return; /* the current period (or a clock that went back: periods only move forward) */
     }
     int64_t start = 0;
     int64_t end = 0;

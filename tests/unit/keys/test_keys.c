@@ -181,6 +181,9 @@ static void test_budget_reservations(void **state)
     assert_int_equal(br_keys_admit(k, 0, 0, T0 + 1000, &c, &dn), BR_ERR_LIMIT);
     assert_int_equal(dn.why, BR_KEYS_DENY_BUDGET);
     assert_int_equal(dn.retry_after_s, 12 * 3600 - 1);
+    /* A wall clock that goes back a day does not start a period afresh. */
+    assert_int_equal(br_keys_admit(k, 0, 0, T0 - 86400000LL, &c, &dn), BR_ERR_LIMIT);
+    assert_int_equal(dn.spent_nano, 1150);
     /* The next day starts at zero. */
     assert_int_equal(br_keys_admit(k, 1000, 0, T0 + 12 * 3600 * 1000LL, &c, &dn), BR_OK);
     br_keys_settle(ks, &c, 0, 0, T0 + 12 * 3600 * 1000LL);
