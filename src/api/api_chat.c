@@ -46,6 +46,8 @@ struct chat {
     struct br_runtime *rt;             /* reference held until the request ends */
     const struct br_runtime_model *rm; /* model of the current (or last) call */
     const char *key_id;
+    br_vkey *vkey;                    /* a virtual key's request, else NULL */
+    struct br_keys_ticket key_ticket; /* its reservation, settled in account() */
     const char *model_requested;
     bool stream; /* the client asked for SSE */
     bool wants_usage;
@@ -337,6 +339,9 @@ static void account(struct chat *c, int status, const struct br_provider_result 
 {
     struct timing t = timing_at(c, br_clock_now_ns());
     bool decided = c->plan.route != NULL && c->plan.n_steps;
+    /* A virtual key's reservation ends here, on every path (answered, failed, 499). */
+    br__key_settle(c->w->g, &c->key_ticket, c->cost_nano,
+                   c->usage.prompt_tokens + c->usage.completion_tokens);
     if (c->w->g->store) {
         log_request(c, status, res, error_kind, &t, decided);
     }
@@ -1062,6 +1067,11 @@ static void judge_attempt(struct chat *c, const struct br_provider_result *res,
     if (!c->rm->cfg->breaker.enabled) {
         v->health = BR_RESIL_HEALTH_NEUTRAL; /* `breaker: off`: no ejection, no 429 cool-down */
     }
+    if (v->health == BR_RESIL_HEALTH_RATE_LIMITED && c->rm->n_deploys == 1) {
+        /* A 429 cools a deployment down so that its siblings take the traffic; with no
+         * sibling, later requests go upstream (and a retry of this one honours Retry-After). */
+        v->health = BR_RESIL_HEALTH_NEUTRAL;
+    }
     if (strcmp(c->rm->cfg->provider, "local") == 0) {
         /* In-process: one deployment, and a full queue is load, not ill health. Never eject
          * it; fall back (when configured) rather than retry into the same queue. */
@@ -1300,6 +1310,23 @@ static void unavailable(struct chat *c)
                   h, ra ? 1 : 0);
 }
 
+/* Ends a request that a virtual key may not start (model, RPM, TPM, budget), with a log row. */
+static void key_denied(struct chat *c, const struct br__key_deny *d)
+{
+    c->state = CHAT_FINISHED;
+    account(c, d->status, NULL, d->code);
+    struct br_http_header h[1];
+    size_t n = 0;
+    if (d->retry_after[0]) {
+        h[n++] = (struct br_http_header){BR_SLICE_LIT("retry-after"),
+                                         br_slice_from_cstr(d->retry_after)};
+    }
+    br_http_request *req = c->req;
+    release(c);
+    respond_error(req, d->status, d->status == 429 ? "rate_limit_error" : "invalid_request_error",
+                  d->code, d->param, d->msg, h, n);
+}
+
 /* Reads the routing signals and hints (headers win over metadata) and decides the route. */
 static int plan_route(struct chat *c, const struct br_route_cfg *route)
 {
@@ -1370,7 +1397,7 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
     br_metrics_add(g->metrics, w->index, g->m.inflight, NULL, 1);
     const struct br_config *cfg = c->rt->cfg;
 
-    enum br_auth_result ar = br__auth_check(cfg, req, false, &c->key_id);
+    enum br_auth_result ar = br__auth_client(g, cfg, req, &c->key_id, &c->vkey);
     if (ar != BR_AUTH_OK) {
         c->state = CHAT_FINISHED;
         account(c, 401, NULL, "auth");
@@ -1421,6 +1448,12 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
         return;
     }
 
+    struct br__key_deny kd;
+    if (c->vkey && br__key_admit_chat(c->vkey, c->model_requested, &c->plan, c->rreq, req->body,
+                                      &c->key_ticket, &kd) != BR_OK) {
+        key_denied(c, &kd);
+        return;
+    }
     br_resil_budget_request_begin(c->rt->retry_budget);
     c->budget_entered = true;
     int rc = start_answer(c, 0);

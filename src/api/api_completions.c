@@ -34,6 +34,8 @@ struct completion {
     const struct br_model_cfg *mc; /* the model called */
     const char *variant;           /* "MODEL:ADAPTER": the adapter (arena), else NULL */
     const char *key_id;
+    br_vkey *vkey;                    /* a virtual key's request, else NULL */
+    struct br_keys_ticket key_ticket; /* its reservation, settled in log_request */
     uint64_t t_first_token_ns;
     char cost[BR_COST_USD_STRLEN];
     const struct br_provider_ops *ops;
@@ -49,6 +51,8 @@ static void log_request(struct completion *c, int status, const struct br_provid
 {
     int64_t cost = br_cost_compute(&c->mc->price, &res->usage);
     br_cost_format_usd(cost, c->cost);
+    br__key_settle(c->w->g, &c->key_ticket, cost,
+                   res->usage.prompt_tokens + res->usage.completion_tokens);
     br_store *store = c->w->g->store;
     if (!store) {
         return;
@@ -231,6 +235,48 @@ static const struct br_runtime_model *find_model(struct completion *c, const jso
     return rm;
 }
 
+/* The virtual key's admission check (responds and returns an error when refused). */
+static int admit(struct completion *c, const json_t *body)
+{
+    const json_t *prompt = json_object_get(body, "prompt");
+    int64_t prompt_tokens = 0;
+    if (json_is_string(prompt)) {
+        prompt_tokens = br_tokens_estimate(json_string_value(prompt), json_string_length(prompt));
+    } else {
+        size_t n = 0;
+        char *text = prompt ? br__json_dump(c->req->arena, prompt, &n) : NULL;
+        prompt_tokens = text ? br_tokens_estimate(text, n) : 0;
+    }
+    const json_t *mt = json_object_get(body, "max_tokens");
+    int64_t max_tokens = json_is_integer(mt) ? (int64_t)json_integer_value(mt) : -1;
+    const json_t *model = json_object_get(body, "model");
+    const struct br_model_cfg *models[1] = {c->mc};
+    struct br__key_deny d;
+    int rc = br__key_admit(c->vkey, json_string_value(model), models, 1, prompt_tokens, max_tokens,
+                           &c->key_ticket, &d);
+    if (rc == BR_OK) {
+        return BR_OK;
+    }
+    struct br_http_header h[2] = {
+        {BR_SLICE_LIT("content-type"), BR_SLICE_LIT("application/json")},
+        {BR_SLICE_LIT("retry-after"), br_slice_from_cstr(d.retry_after)},
+    };
+    json_t *e = json_pack("{s:{s:s, s:s, s:s?, s:s}}", "error", "message", d.msg, "type",
+                          d.status == 429 ? "rate_limit_error" : "invalid_request_error", "param",
+                          d.param, "code", d.code);
+    size_t len = 0;
+    char *text = e ? br__json_dump(c->req->arena, e, &len) : NULL;
+    json_decref(e);
+    br_http_request *req = c->req;
+    release(c);
+    if (!text) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return BR_ERR_NOMEM;
+    }
+    br_http_respond(req, d.status, h, d.retry_after[0] ? 2 : 1, br_slice_make(text, len));
+    return rc;
+}
+
 static void start(struct br_worker *w, struct completion *c)
 {
     br_http_request *req = c->req;
@@ -243,6 +289,10 @@ static void start(struct br_worker *w, struct completion *c)
     }
     const struct br_runtime_model *rm = find_model(c, body);
     if (!rm) {
+        json_decref(body);
+        return;
+    }
+    if (c->vkey && admit(c, body) != BR_OK) {
         json_decref(body);
         return;
     }
@@ -268,6 +318,7 @@ static void start(struct br_worker *w, struct completion *c)
     int rc = rm->ops->call_start(call);
     if (rc != BR_OK) {
         c->active = false;
+        br__key_settle(w->g, &c->key_ticket, 0, 0);
         release(c);
         br_http_respond_error(req, 500, "server_error", "local_error", NULL,
                               "the local model could not start the request");
@@ -288,7 +339,7 @@ void br__completions_handle(struct br_worker *w, br_http_request *req)
     c->rt = br__worker_runtime(w);
     br__runtime_ref(c->rt);
     req->user = c;
-    enum br_auth_result ar = br__auth_check(c->rt->cfg, req, false, &c->key_id);
+    enum br_auth_result ar = br__auth_client(w->g, c->rt->cfg, req, &c->key_id, &c->vkey);
     if (ar != BR_AUTH_OK) {
         release(c);
         br__auth_fail(req, ar, false);

@@ -285,7 +285,7 @@ void br__feedback_handle(struct br_worker *w, br_http_request *req)
     struct br_gateway *g = w->g;
     struct br_runtime *rt = br__worker_runtime(w);
     const char *key_id = NULL;
-    enum br_auth_result ar = br__auth_check(rt->cfg, req, false, &key_id);
+    enum br_auth_result ar = br__auth_client(w->g, rt->cfg, req, &key_id, NULL);
     if (ar != BR_AUTH_OK) {
         br__auth_fail(req, ar, false);
         return;

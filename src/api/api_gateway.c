@@ -179,6 +179,10 @@ static void on_request(void *wctx, br_http_request *req)
             return;
         }
     }
+    if (path_is(req, "/admin/keys") || br_slice_starts_with(req->path, "/admin/keys/")) {
+        br__admin_keys(w, req, br_slice_make(req->path.ptr + 11, req->path.len - 11));
+        return;
+    }
     if (br_slice_starts_with(req->path, "/admin/models/")) {
         br__admin_adapters(w, req, br_slice_make(req->path.ptr + 14, req->path.len - 14));
         return;
@@ -285,6 +289,29 @@ int br_gateway_check_config(const char *config_path, char *msg, size_t msglen)
     return BR_OK;
 }
 
+/* Warns about the settings a reload cannot change. */
+static bool path_changed(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+static void reload_notes(const struct br_config *old, const struct br_config *c)
+{
+    if (strcmp(old->listen_host, c->listen_host) != 0 || old->listen_port != c->listen_port ||
+        old->workers != c->workers) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=reload_note msg=\"listen address and workers change "
+               "only on restart\"");
+    }
+    if (path_changed(old->log_path, c->log_path)) {
+        br_log(BR_LOG_WARN, NULL, "event=reload_note msg=\"log.path changes only on restart\"");
+    }
+    if (path_changed(old->key_store_path, c->key_store_path)) {
+        br_log(BR_LOG_WARN, NULL,
+               "event=reload_note msg=\"auth.key_store changes only on restart\"");
+    }
+}
+
 int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
 {
     struct br_runtime *rt = NULL;
@@ -300,16 +327,7 @@ int br_gateway_reload(br_gateway *g, char *err, size_t errlen)
     struct br_config *c = rt->cfg;
     pthread_mutex_lock(&g->rt_lock);
     struct br_runtime *old = g->rt;
-    if (strcmp(old->cfg->listen_host, c->listen_host) != 0 ||
-        old->cfg->listen_port != c->listen_port || old->cfg->workers != c->workers) {
-        br_log(BR_LOG_WARN, NULL,
-               "event=reload_note msg=\"listen address and workers change "
-               "only on restart\"");
-    }
-    if ((old->cfg->log_path == NULL) != (c->log_path == NULL) ||
-        (c->log_path && strcmp(old->cfg->log_path, c->log_path) != 0)) {
-        br_log(BR_LOG_WARN, NULL, "event=reload_note msg=\"log.path changes only on restart\"");
-    }
+    reload_notes(old->cfg, c);
     g->rt = rt;
     g->log_on_full = c->log_on_full;
     atomic_fetch_add_explicit(&g->rt_generation, 1, memory_order_release);
@@ -426,6 +444,22 @@ static int open_request_log(struct br_gateway *g, const struct br_config *c, cha
     return BR_OK;
 }
 
+/* The virtual key store when the config has one (auth.key_store, or a master key). */
+static int open_key_store(struct br_gateway *g, const struct br_config *c, char *err, size_t errlen)
+{
+    if (!c->key_store_path) {
+        return BR_OK;
+    }
+    int rc = br_keys_open(c->key_store_path, c->log_flush_ms, &g->keys);
+    if (rc != BR_OK) {
+        (void)snprintf(err, errlen, "key store %s: %s", c->key_store_path, br_strerror(rc));
+        return rc;
+    }
+    br_log(BR_LOG_INFO, NULL, "event=key_store path=%s active_keys=%zu", c->key_store_path,
+           br_keys_active_count(g->keys));
+    return BR_OK;
+}
+
 /* The listening server; warns when it is open to other hosts without any API key. */
 static int create_server(struct br_gateway *g, const struct br_config *c, char *err, size_t errlen)
 {
@@ -487,6 +521,9 @@ int br_gateway_create(const char *config_path, const struct br_gateway_overrides
     rc = create_metrics_and_workers(g, c, err, errlen);
     if (rc == BR_OK) {
         rc = open_request_log(g, c, err, errlen);
+    }
+    if (rc == BR_OK) {
+        rc = open_key_store(g, c, err, errlen);
     }
     if (rc == BR_OK) {
         rc = create_server(g, c, err, errlen);
@@ -569,6 +606,9 @@ int br_gateway_run(br_gateway *g)
     if (g->store) {
         br_store_flush(g->store);
     }
+    if (g->keys) {
+        (void)br_keys_flush(g->keys);
+    }
     br_log(BR_LOG_INFO, NULL, "event=stopped");
     return BR_OK;
 }
@@ -582,6 +622,7 @@ void br_gateway_destroy(br_gateway *g)
     /* The store goes before the workers: its writer may still hand feedback results to them
      * (they are dropped, the workers being closed). */
     br_store_close(g->store);
+    br_keys_close(g->keys); /* commits the last debits: no request is running any more */
     for (unsigned i = 0; g->workers && i < g->n_workers; i++) {
         if (g->workers[i]) {
             br__runtime_unref(g->workers[i]->rt);

@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "core/rand.h"
 #include "http/http.h"
+#include "keys/keys.h"
 #include "metrics/metrics.h"
 #include "resil/resil.h"
 #include "route/route.h"
@@ -95,6 +96,7 @@ struct br_gateway {
     br_metrics *metrics;
     struct br_api_metrics m;
     br_store *store;
+    br_keys *keys;             /* virtual keys (auth.key_store), or NULL */
     br_route_live *route_live; /* routing statistics, kept across reloads */
     enum br_log_full_policy log_on_full;
     atomic_bool draining;
@@ -161,6 +163,7 @@ enum br_auth_result {
     BR_AUTH_OK,
     BR_AUTH_MISSING,
     BR_AUTH_INVALID,
+    BR_AUTH_REVOKED, /* a revoked virtual key */
 };
 /**
  * Checks the request's bearer key (Authorization: Bearer K, or x-api-key: K) against the
@@ -169,6 +172,15 @@ enum br_auth_result {
  */
 enum br_auth_result br__auth_check(const struct br_config *cfg, const br_http_request *req,
                                    bool admin, const char **key_id_out);
+/**
+ * br__auth_check for client endpoints, virtual keys included: *key_id_out gets the key id
+ * (a virtual key's "vk_..." id) and *vkey_out (may be NULL) the virtual key, or NULL for the
+ * master and configured keys. Auth is off only when no key of either kind exists (revoked
+ * virtual keys count: they answer 401).
+ */
+enum br_auth_result br__auth_client(struct br_gateway *g, const struct br_config *cfg,
+                                    const br_http_request *req, const char **key_id_out,
+                                    br_vkey **vkey_out);
 /** Sends the 401/403 for a failed check and finishes the request. */
 void br__auth_fail(br_http_request *req, enum br_auth_result r, bool admin);
 
@@ -208,6 +220,38 @@ void br__admin_reload(struct br_worker *w, br_http_request *req);
 void br__admin_adapters(struct br_worker *w, br_http_request *req, struct br_slice rest);
 void br__admin_routes(struct br_worker *w, br_http_request *req);
 int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids);
+
+/* api_keys.c: virtual keys */
+/** /admin/keys and /admin/keys/{id} (rest: the path after "/admin/keys"). */
+void br__admin_keys(struct br_worker *w, br_http_request *req, struct br_slice rest);
+
+/* Why a virtual key may not start a request: an OpenAI-shaped error. */
+struct br__key_deny {
+    int status; /* 403 (model not allowed) or 429 (rpm, tpm, budget) */
+    const char *code;
+    const char *param;
+    char msg[320];
+    char retry_after[24]; /* Retry-After value, "" = none */
+};
+
+/**
+ * The one admission check of a virtual key before any upstream call: allowed model (the
+ * requested name), then RPM, TPM and budget (src/keys) with the estimate of the most expensive
+ * step of the plan (prompt tokens x input price + max_tokens, or the model's
+ * default_max_tokens, x output price). rreq: the routed request's signals, or NULL (the prompt
+ * is estimated from the body's messages). BR_OK with the reservation in *ticket, or
+ * BR_ERR_LIMIT with *d filled.
+ */
+int br__key_admit_chat(br_vkey *k, const char *model_requested, const struct br_plan *plan,
+                       const struct br_route_req *rreq, struct br_slice body,
+                       struct br_keys_ticket *ticket, struct br__key_deny *d);
+/** As br__key_admit_chat for one model with known prompt tokens and max_tokens (-1: absent). */
+int br__key_admit(br_vkey *k, const char *model_requested, const struct br_model_cfg *const *models,
+                  size_t n_models, int64_t prompt_tokens, int64_t max_tokens,
+                  struct br_keys_ticket *ticket, struct br__key_deny *d);
+/** Ends a reservation: debits the request's real cost and tokens. No-op without one. */
+void br__key_settle(struct br_gateway *g, struct br_keys_ticket *ticket, int64_t cost_nano,
+                    int64_t tokens);
 
 /* api_cascade.c */
 /** The body with "logprobs": true (any earlier logprobs member dropped), in arena memory. */

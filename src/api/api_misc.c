@@ -29,10 +29,11 @@ static void respond_json(br_http_request *req, int status, json_t *j)
     br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
 }
 
-static bool authorized(struct br_runtime *rt, br_http_request *req, bool admin)
+static bool authorized(struct br_worker *w, struct br_runtime *rt, br_http_request *req, bool admin)
 {
     const char *key_id;
-    enum br_auth_result r = br__auth_check(rt->cfg, req, admin, &key_id);
+    enum br_auth_result r = admin ? br__auth_check(rt->cfg, req, admin, &key_id)
+                                  : br__auth_client(w->g, rt->cfg, req, &key_id, NULL);
     if (r != BR_AUTH_OK) {
         br__auth_fail(req, r, admin);
         return false;
@@ -43,7 +44,7 @@ static bool authorized(struct br_runtime *rt, br_http_request *req, bool admin)
 void br__models_list(struct br_worker *w, br_http_request *req)
 {
     struct br_runtime *rt = br__worker_runtime(w);
-    if (!authorized(rt, req, false)) {
+    if (!authorized(w, rt, req, false)) {
         return;
     }
     if (rt->models_dynamic) {
@@ -62,7 +63,7 @@ void br__models_list(struct br_worker *w, br_http_request *req)
 void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice id)
 {
     struct br_runtime *rt = br__worker_runtime(w);
-    if (!authorized(rt, req, false)) {
+    if (!authorized(w, rt, req, false)) {
         return;
     }
     const char *variant = NULL;
@@ -147,7 +148,7 @@ void br__metrics_scrape(struct br_worker *w, br_http_request *req)
 {
     struct br_gateway *g = w->g;
     struct br_runtime *rt = br__worker_runtime(w);
-    if (rt->cfg->metrics_require_key && !authorized(rt, req, true)) {
+    if (rt->cfg->metrics_require_key && !authorized(w, rt, req, true)) {
         return;
     }
     route_gauges(g, rt);
@@ -182,7 +183,7 @@ void br__metrics_scrape(struct br_worker *w, br_http_request *req)
 void br__admin_config(struct br_worker *w, br_http_request *req)
 {
     struct br_runtime *rt = br__worker_runtime(w);
-    if (!authorized(rt, req, true)) {
+    if (!authorized(w, rt, req, true)) {
         return;
     }
     const struct br_config *c = rt->cfg;
@@ -200,11 +201,15 @@ void br__admin_config(struct br_worker *w, br_http_request *req)
                               m->base_url, "api_key", m->api_key_ref, "price_per_mtok_usd", "input",
                               in, "output", out, "context_window", (json_int_t)m->context_window));
     }
+    br_keys *ks = w->g->keys;
     respond_json(req, 200,
-                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I}", "path", c->path, "listen",
-                           c->listen_host, "port", (json_int_t)c->listen_port, "workers",
+                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I, s:s?, s:I}", "path", c->path,
+                           "listen", c->listen_host, "port", (json_int_t)c->listen_port, "workers",
                            (json_int_t)w->g->n_workers, "models", models, "auth",
-                           c->has_master_key || c->n_keys > 0, "api_keys", (json_int_t)c->n_keys));
+                           c->has_master_key || c->n_keys > 0 || (ks && br_keys_count(ks) > 0),
+                           "api_keys", (json_int_t)c->n_keys, "key_store",
+                           ks ? c->key_store_path : NULL, "virtual_keys",
+                           (json_int_t)(ks ? br_keys_active_count(ks) : 0)));
 }
 
 static json_t *number_or_null(double v)
@@ -268,7 +273,7 @@ static json_t *route_json(struct br_runtime *rt, const struct br_route_cfg *rout
 void br__admin_routes(struct br_worker *w, br_http_request *req)
 {
     struct br_runtime *rt = br__worker_runtime(w);
-    if (!authorized(rt, req, true)) {
+    if (!authorized(w, rt, req, true)) {
         return;
     }
     struct br_route_snapshot *snap = br_malloc(sizeof(*snap));
@@ -289,7 +294,7 @@ void br__admin_routes(struct br_worker *w, br_http_request *req)
 void br__admin_reload(struct br_worker *w, br_http_request *req)
 {
     struct br_runtime *rt = br__worker_runtime(w);
-    if (!authorized(rt, req, true)) {
+    if (!authorized(w, rt, req, true)) {
         return;
     }
     char err[1024];

@@ -589,6 +589,26 @@ static int parse_key_entry(struct br__config_loader *L, const struct br_ynode *m
     return rc;
 }
 
+/* auth.key_store: a path (relative to the config's folder) or `off`. */
+static int parse_key_store(struct br__config_loader *L, const struct br_ynode *v)
+{
+    struct br_config *c = L->cfg;
+    const char *s;
+    int rc = nonempty(L, v, "auth.key_store", &s);
+    if (rc != BR_OK) {
+        return rc;
+    }
+    L->key_store_set = true;
+    if (strcmp(s, "off") == 0 && !v->quoted) {
+        c->key_store_path = NULL;
+    } else if (s[0] != '/' && L->base_dir) {
+        c->key_store_path = br_arena_sprintf(L->arena, "%s/%s", L->base_dir, s);
+    } else {
+        c->key_store_path = dup(L, s);
+    }
+    return c->key_store_path || strcmp(s, "off") == 0 ? BR_OK : nomem(L);
+}
+
 static int parse_auth(struct br__config_loader *L, const struct br_ynode *m)
 {
     int rc = want(L, m, BR_YNODE_MAP, "auth");
@@ -619,8 +639,10 @@ static int parse_auth(struct br__config_loader *L, const struct br_ynode *m)
             }
             c->keys = keys;
             c->n_keys = v->n;
+        } else if (strcmp(k->value, "key_store") == 0) {
+            rc = parse_key_store(L, v);
         } else {
-            rc = unknown_key(L, k, "auth", "master_key, master_key_sha256, keys");
+            rc = unknown_key(L, k, "auth", "master_key, master_key_sha256, keys, key_store");
         }
     }
     return rc;
@@ -1423,6 +1445,15 @@ int br_config_load_string(const char *text, size_t n, const char *base_dir, stru
     rc = parse_root(&L, root);
     if (rc != BR_OK) {
         goto fail;
+    }
+    if (!L.key_store_set && c->has_master_key) {
+        /* Virtual keys need the master key to be created: the store exists with it. */
+        c->key_store_path =
+            base_dir ? br_arena_sprintf(arena, "%s/brigade-keys.db", base_dir) : "brigade-keys.db";
+        if (!c->key_store_path) {
+            rc = nomem(&L);
+            goto fail;
+        }
     }
     if (c->log_path && c->log_path[0] != '/' && base_dir) {
         c->log_path = br_arena_sprintf(arena, "%s/%s", base_dir, c->log_path);

@@ -306,6 +306,9 @@ struct br_config {
     const struct br_api_key_cfg *keys;
     size_t n_keys;
     bool metrics_require_key; /* /metrics needs the master key */
+    /* auth.key_store: the virtual keys' SQLite file (absolute); NULL = no virtual keys. Default:
+     * brigade-keys.db in the config's folder when a master key is set; "off" disables it. */
+    const char *key_store_path;
 
     /* upstream HTTP */
     bool upstream_force_curl; /* upstream.client: curl (default auto: native HTTP/1.1 for

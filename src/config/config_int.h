@@ -41,6 +41,7 @@ struct br__config_loader {
     const char *base_dir; /* resolves relative paths; NULL = cwd */
     char *err;
     size_t errlen;
+    bool key_store_set; /* auth.key_store was given (possibly "off") */
 };
 
 /*

@@ -20,6 +20,7 @@ const SRC = path.resolve(process.env.BR_SOURCE_DIR || path.join(here, '../..'));
 const BIN = path.resolve(process.env.BR_BINARY_DIR || path.join(SRC, 'build-debug'));
 const PROVIDER_KEY = 'sk-compat-provider-7a1c';
 const CLIENT_KEY = 'br-compat-client-key-42';
+const MASTER_KEY = 'br-compat-master-key-9d';
 
 // ---------------------------------------------------------------- schemas
 
@@ -83,6 +84,7 @@ before(async () => {
 server:
   workers: 1
 auth:
+  master_key: env:BR_COMPAT_MASTER_KEY
   keys:
     - id: compat
       key: env:BR_COMPAT_CLIENT_KEY
@@ -119,7 +121,8 @@ models:
   fs.writeFileSync(path.join(dir, 'brigade.yaml'), config);
   const gw = spawn(path.join(BIN, 'src/brigade'),
     ['serve', '-c', path.join(dir, 'brigade.yaml'), '--listen', '127.0.0.1:0'],
-    { env: { ...process.env, BR_COMPAT_PROVIDER_KEY: PROVIDER_KEY, BR_COMPAT_CLIENT_KEY: CLIENT_KEY },
+    { env: { ...process.env, BR_COMPAT_PROVIDER_KEY: PROVIDER_KEY, BR_COMPAT_CLIENT_KEY: CLIENT_KEY,
+      BR_COMPAT_MASTER_KEY: MASTER_KEY },
       stdio: ['ignore', 'pipe', 'pipe'] });
   procs.push(gw);
   gw.stdout.on('data', (d) => { gatewayLog += d; });
@@ -308,6 +311,46 @@ test('error surface: 401, 404, 400, 429 and a stream cut short', async () => {
     });
     for await (const c of s) checkChunk(c);
   }, (e) => e instanceof OpenAI.APIError);
+});
+
+test('virtual keys: a key made through the admin API, its budget and models as SDK errors', async () => {
+  const adminCall = async (method, p, body) => {
+    const r = await fetch(`http://127.0.0.1:${gatewayPort}${p}`, {
+      method, headers: { authorization: `Bearer ${MASTER_KEY}` },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+    return { status: r.status, json: await r.json() };
+  };
+  const made = await adminCall('POST', '/admin/keys',
+    { name: 'sdk', budget: { usd: 1, period: 'day' }, models: ['mock-gpt'] });
+  assert.equal(made.status, 201);
+  const vk = client(made.json.key);
+  const r = await vk.chat.completions.create({ model: 'mock-gpt', messages: [{ role: 'user', content: 'hello key' }] });
+  checkCompletion(r);
+  const chunks = [];
+  const stream = await vk.chat.completions.create({ model: 'mock-gpt', stream: true,
+    stream_options: { include_usage: true }, messages: [{ role: 'user', content: 'stream [[words:5]]' }] });
+  for await (const c of stream) { checkChunk(c); chunks.push(c); }
+  assert.ok(chunks.at(-1).usage);
+  const got = await adminCall('GET', `/admin/keys/${made.json.id}`);
+  assert.ok(Number(got.json.spend.usd) > 0);
+  assert.equal(got.json.key, undefined);
+  await assert.rejects(
+    vk.chat.completions.create({ model: 'mock-claude', messages: [{ role: 'user', content: 'hi' }] }),
+    (e) => e instanceof OpenAI.PermissionDeniedError && e.status === 403 && e.code === 'model_not_allowed');
+  await adminCall('PATCH', `/admin/keys/${made.json.id}`, { budget: { usd: got.json.spend.usd, period: 'day' } });
+  await assert.rejects(
+    vk.chat.completions.create({ model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] }),
+    (e) => {
+      const h = e.headers;
+      const ra = typeof h?.get === 'function' ? h.get('retry-after') : h?.['retry-after'];
+      return e instanceof OpenAI.RateLimitError && e.code === 'budget_exceeded' && Number(ra) >= 1;
+    });
+  await adminCall('DELETE', `/admin/keys/${made.json.id}`);
+  await assert.rejects(
+    vk.chat.completions.create({ model: 'mock-gpt', messages: [{ role: 'user', content: 'hi' }] }),
+    (e) => e instanceof OpenAI.AuthenticationError && e.code === 'invalid_api_key');
+  assert.ok(!gatewayLog.includes(made.json.key));
 });
 
 test('no key appears in what the gateway logged', () => {

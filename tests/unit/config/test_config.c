@@ -384,6 +384,34 @@ static void test_file_set_keeps_the_rest(void **state)
     rmdir(dir);
 }
 
+/* auth.key_store: default with a master key, relative to the config folder, off. */
+static void test_key_store(void **state)
+{
+    (void)state;
+    struct br_config *c = load_ok(MODEL);
+    assert_null(c->key_store_path); /* no master key: no virtual keys */
+    br_config_unref(c);
+    c = load_ok(MODEL "auth: {master_key: mk}\n");
+    assert_string_equal(c->key_store_path, "/base/brigade-keys.db");
+    br_config_unref(c);
+    c = load_ok(MODEL "auth: {master_key: mk, key_store: data/keys.db}\n");
+    assert_string_equal(c->key_store_path, "/base/data/keys.db");
+    br_config_unref(c);
+    c = load_ok(MODEL "auth: {master_key: mk, key_store: /var/k.db}\n");
+    assert_string_equal(c->key_store_path, "/var/k.db");
+    br_config_unref(c);
+    c = load_ok(MODEL "auth: {master_key: mk, key_store: off}\n");
+    assert_null(c->key_store_path);
+    br_config_unref(c);
+    c = load_ok(MODEL "auth: {key_store: k.db}\n");
+    assert_string_equal(c->key_store_path, "/base/k.db");
+    br_config_unref(c);
+    const char *err = load_err(MODEL "auth: {key_stor: k.db}\n");
+    assert_non_null(strstr(err, "key_store"));
+    err = load_err(MODEL "auth: {key_store: \"\"}\n");
+    assert_non_null(strstr(err, "auth.key_store"));
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -397,6 +425,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_durations_sizes),
         cmocka_unit_test(test_shipped_default_config),
         cmocka_unit_test(test_file_set_keeps_the_rest),
+        cmocka_unit_test(test_key_store),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
