@@ -127,6 +127,7 @@ static const struct endpoint {
     {"/admin/config", NULL, false, br__admin_config},
     {"/admin/routes", NULL, false, br__admin_routes},
     {"/admin/reload", NULL, true, br__admin_reload},
+    {"/admin/deployments", NULL, false, br__admin_deployments},
 };
 
 /* Calls e's handler when the method is allowed, answers 405 otherwise. */

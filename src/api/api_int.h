@@ -82,6 +82,11 @@ struct br_api_metrics {
     unsigned cascade;                 /* counter {route, model, outcome}: accepted / escalated */
     unsigned feedback;                /* counter {route, model, result} */
     unsigned latency_est;             /* gauge {model, stat}: live ttft / tokens per second */
+    unsigned deploy_state;            /* gauge {model, deployment}: breaker 0/1/2 (api_deploy.c) */
+    unsigned deploy_in_flight;        /* gauge {model, deployment} */
+    unsigned deploy_ttfb;             /* gauge {model, deployment}: EWMA seconds */
+    unsigned deploy_ejections;        /* gauge {model, deployment} */
+    unsigned deploy_failures;         /* gauge {model, deployment} */
 };
 
 struct br_gateway {
@@ -215,6 +220,13 @@ void br__health(struct br_worker *w, br_http_request *req);
 void br__metrics_scrape(struct br_worker *w, br_http_request *req);
 void br__admin_config(struct br_worker *w, br_http_request *req);
 void br__admin_reload(struct br_worker *w, br_http_request *req);
+
+/* api_deploy.c: the deployments' balancer and breaker state. */
+int br__deploy_metrics_register(br_metrics *m, struct br_api_metrics *ids);
+/** Sets the deployment gauges (at scrape time). */
+void br__deploy_gauges(struct br_gateway *g, const struct br_runtime *rt);
+/** GET /admin/deployments (master key). */
+void br__admin_deployments(struct br_worker *w, br_http_request *req);
 
 /** /admin/models/... (rest: the path after that prefix): a local model's LoRA adapters. */
 void br__admin_adapters(struct br_worker *w, br_http_request *req, struct br_slice rest);

@@ -152,6 +152,7 @@ void br__metrics_scrape(struct br_worker *w, br_http_request *req)
         return;
     }
     route_gauges(g, rt);
+    br__deploy_gauges(g, rt);
     if (g->store) {
         struct br_store_stats st;
         br_store_stats_get(g->store, &st);
@@ -410,6 +411,7 @@ int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids)
     rc |= br_metrics_register(m, "brigade_build_info", "Build information.", BR_METRIC_TYPE_GAUGE,
                               l_version, 1, NULL, 0, &ids->info);
     rc |= register_route_metrics(m, ids);
+    rc |= br__deploy_metrics_register(m, ids);
     if (rc != 0) {
         return BR_ERR_NOMEM;
     }

@@ -18,57 +18,73 @@
 
 #define MOCK_AT(prefix) "    base_url: http://127.0.0.1:{MOCK}/" prefix "/v1\n"
 
-#define RESIL_CONFIG                                                                     \
-    "server:\n"                                                                          \
-    "  workers: 1\n"                                                                     \
-    "  timeouts: {drain: 5s}\n"                                                          \
-    "resilience:\n"                                                                      \
-    "  retry: {attempts: 0, base: 10ms}\n"                                               \
-    "models:\n"                                                                          \
-    "  - name: chain-a\n"                                                                \
-    "    provider: openai\n" MOCK_AT(                                                    \
-        "a") "    api_key: env:BR_IT_PROVIDER_KEY\n"                                     \
-             "    price: {input: 1, output: 2}\n"                                        \
-             "    timeouts: {connect: 1s, first_byte: 400ms, idle: 1s}\n"                \
-             "    fallbacks: [chain-b, chain-c]\n"                                       \
-             "  - name: chain-b\n"                                                       \
-             "    provider: openai\n" MOCK_AT(                                           \
-                 "b") "    api_key: env:BR_IT_PROVIDER_KEY\n"                            \
-                      "    price: {input: 3, output: 4}\n"                               \
-                      "  - name: chain-c\n"                                              \
-                      "    provider: anthropic\n" MOCK_AT(                               \
-                          "c") "    api_key: env:BR_IT_PROVIDER_KEY\n"                   \
-                               "    price: {input: 5, output: 6}\n"                      \
-                               "  - name: dead\n"                                        \
-                               "    provider: openai\n"                                  \
-                               "    base_url: http://127.0.0.1:1/v1\n"                   \
-                               "    price: {input: 1, output: 1}\n"                      \
-                               "    fallbacks: [chain-b]\n"                              \
-                               "  - name: flaky\n"                                       \
-                               "    provider: openai\n" MOCK_AT(                         \
-                                   "f") "    api_key: env:BR_IT_PROVIDER_KEY\n"          \
-                                        "    price: {input: 1, output: 1}\n"             \
-                                        "    retry: {attempts: 2, base: 20ms}\n"         \
-                                        "  - name: pool\n"                               \
-                                        "    provider: openai\n"                         \
-                                        "    api_key: env:BR_IT_PROVIDER_KEY\n"          \
-                                        "    price: {input: 1, output: 1}\n"             \
-                                        "    retry: {attempts: 1, base: 1ms}\n"          \
-                                        "    breaker: {failures: 2, eject: 30s}\n"       \
-                                        "    deployments:\n"                             \
-                                        "      - {name: p0, base_url: "                  \
-                                        "http://127.0.0.1:{MOCK}/p0/v1, weight: 3}\n"    \
-                                        "      - {name: p1, base_url: "                  \
-                                        "http://127.0.0.1:{MOCK}/p1/v1}\n"               \
-                                        "  - name: lonely\n"                             \
-                                        "    provider: openai\n" MOCK_AT(                \
-                                            "l") "    api_key: env:BR_IT_PROVIDER_KEY\n" \
-                                                 "    price: {input: 1, output: 1}\n"    \
-                                                 "    breaker: {failures: 1, eject: 20s}\n"
+#define RESIL_CONFIG                                                                        \
+    "server:\n"                                                                             \
+    "  workers: 1\n"                                                                        \
+    "  timeouts: {drain: 5s}\n"                                                             \
+    "resilience:\n"                                                                         \
+    "  retry: {attempts: 0, base: 10ms}\n"                                                  \
+    "models:\n"                                                                             \
+    "  - name: chain-a\n"                                                                   \
+    "    provider: openai\n" MOCK_AT(                                                       \
+        "a") "    api_key: env:BR_IT_PROVIDER_KEY\n"                                        \
+             "    price: {input: 1, output: 2}\n"                                           \
+             "    timeouts: {connect: 1s, first_byte: 400ms, idle: 1s}\n"                   \
+             "    fallbacks: [chain-b, chain-c]\n"                                          \
+             "  - name: chain-b\n"                                                          \
+             "    provider: openai\n" MOCK_AT(                                              \
+                 "b") "    api_key: env:BR_IT_PROVIDER_KEY\n"                               \
+                      "    price: {input: 3, output: 4}\n"                                  \
+                      "  - name: chain-c\n"                                                 \
+                      "    provider: anthropic\n" MOCK_AT(                                  \
+                          "c") "    api_key: env:BR_IT_PROVIDER_KEY\n"                      \
+                               "    price: {input: 5, output: 6}\n"                         \
+                               "  - name: dead\n"                                           \
+                               "    provider: openai\n"                                     \
+                               "    base_url: http://127.0.0.1:1/v1\n"                      \
+                               "    price: {input: 1, output: 1}\n"                         \
+                               "    fallbacks: [chain-b]\n"                                 \
+                               "  - name: flaky\n"                                          \
+                               "    provider: openai\n" MOCK_AT(                            \
+                                   "f") "    api_key: env:BR_IT_PROVIDER_KEY\n"             \
+                                        "    price: {input: 1, output: 1}\n"                \
+                                        "    retry: {attempts: 2, base: 20ms}\n"            \
+                                        "  - name: pool\n"                                  \
+                                        "    provider: openai\n"                            \
+                                        "    api_key: env:BR_IT_PROVIDER_KEY\n"             \
+                                        "    price: {input: 1, output: 1}\n"                \
+                                        "    retry: {attempts: 1, base: 1ms}\n"             \
+                                        "    breaker: {failures: 2, eject: 30s}\n"          \
+                                        "    deployments:\n"                                \
+                                        "      - {name: p0, base_url: "                     \
+                                        "http://127.0.0.1:{MOCK}/p0/v1, weight: 3}\n"       \
+                                        "      - {name: p1, base_url: "                     \
+                                        "http://127.0.0.1:{MOCK}/p1/v1}\n"                  \
+                                        "  - name: lonely\n"                                \
+                                        "    provider: openai\n" MOCK_AT(                   \
+                                            "l") "    api_key: env:BR_IT_PROVIDER_KEY\n"    \
+                                                 "    price: {input: 1, output: 1}\n"       \
+                                                 "    breaker: {failures: 1, eject: 20s}\n" \
+                                                 "  - name: limited\n"                      \
+                                                 "    provider: openai\n"                   \
+                                                 "    api_key: env:BR_IT_PROVIDER_KEY\n"    \
+                                                 "    price: {input: 1, output: 1}\n"       \
+                                                 "    deployments:\n"                       \
+                                                 "      - {name: q0, base_url: "            \
+                                                 "http://127.0.0.1:{MOCK}/q0/v1, rpm: 2}\n" \
+                                                 "      - {name: q1, base_url: "            \
+                                                 "http://127.0.0.1:{MOCK}/q1/v1}\n"         \
+                                                 "auth:\n"                                  \
+                                                 "  master_key: env:BR_IT_MASTER_KEY\n"
+
+#define MASTER_KEY "br-master-key-resil-9d1c"
+
+static const char *const auth[] = {"Authorization: Bearer " MASTER_KEY, NULL};
 
 static int setup(void **state)
 {
     struct env *e = calloc(1, sizeof(*e));
+    setenv("BR_IT_MASTER_KEY", MASTER_KEY, 1);
     start_env(e, RESIL_CONFIG);
     *state = e;
     return 0;
@@ -93,7 +109,7 @@ static void ask(struct env *e, const char *model, const char *text, bool stream,
                 struct http_resp *r)
 {
     char *body = chat_body(model, text, stream, NULL);
-    http_request(e, "POST", "/v1/chat/completions", NULL, body, r);
+    http_request(e, "POST", "/v1/chat/completions", auth, body, r);
     free(body);
     if (r->status != want) {
         fail_msg("%s '%s': status %ld, want %ld: %s", model, text, r->status, want, r->body);
@@ -281,6 +297,51 @@ static void test_balance_and_breaker(void **state)
     }
     assert_int_equal(mock_count(e, "/p0/"), 2);
     assert_int_equal(mock_count(e, "/p1/"), 20);
+
+    /* The ejection shows in the admin API and in the metrics. */
+    http_request(e, "GET", "/admin/deployments", auth, NULL, &r);
+    assert_int_equal(r.status, 200);
+    json_t *j = parse_json(r.body);
+    size_t i;
+    json_t *d;
+    int seen = 0;
+    json_array_foreach(json_object_get(j, "data"), i, d)
+    {
+        const char *name = json_string_value(json_object_get(d, "deployment"));
+        const char *st = json_string_value(json_object_get(json_object_get(d, "breaker"), "state"));
+        if (strcmp(name, "p0") == 0) {
+            assert_string_equal(st, "open");
+            assert_true(json_integer_value(
+                            json_object_get(json_object_get(d, "breaker"), "open_for_ms")) > 20000);
+            seen++;
+        } else if (strcmp(name, "p1") == 0) {
+            assert_string_equal(st, "closed");
+            seen++;
+        }
+    }
+    assert_int_equal(seen, 2);
+    json_decref(j);
+    http_resp_free(&r);
+    http_request(e, "GET", "/admin/deployments", NULL, NULL, &r);
+    assert_int_equal(r.status, 401);
+    http_resp_free(&r);
+    http_request(e, "GET", "/metrics", NULL, NULL, &r);
+    assert_non_null(strstr(r.body, "brigade_deployment_state{model=\"pool\",deployment=\"p0\"} 1"));
+    assert_non_null(strstr(r.body, "brigade_deployment_state{model=\"pool\",deployment=\"p1\"} 0"));
+    http_resp_free(&r);
+}
+
+/* A deployment at its RPM limit is skipped: q0 takes 2 requests a minute, q1 the rest. */
+static void test_rpm_limit(void **state)
+{
+    struct env *e = *state;
+    struct http_resp r;
+    for (int i = 0; i < 10; i++) {
+        ask(e, "limited", "n", false, 200, &r);
+        http_resp_free(&r);
+    }
+    assert_int_equal(mock_count(e, "/q0/"), 2);
+    assert_int_equal(mock_count(e, "/q1/"), 8);
 }
 
 /* Nothing left to try: 503 model_unavailable with Retry-After, without calling upstream. */
@@ -311,6 +372,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_retries, setup, teardown),
         cmocka_unit_test_setup_teardown(test_balance_and_breaker, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_unavailable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rpm_limit, setup, teardown),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
