@@ -406,6 +406,58 @@ BR_VNNI static void rows_q_vnni(int q8, const uint8_t *base, size_t rb, size_t r
     }
 }
 
+/* Sum of the 8 lanes in the order ((0+1)+(2+3)) + ((4+5)+(6+7)): the order in which
+ * rows_f32_skinny_avx2 reduces 8 rows at once, so a row gets the same float either way. */
+BR_AVX2 static inline float hsum256_tree(__m256 v)
+{
+    __m128 lo = _mm256_castps256_ps128(v);
+    __m128 hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_hadd_ps(lo, lo);
+    hi = _mm_hadd_ps(hi, hi);
+    lo = _mm_hadd_ps(lo, lo);
+    hi = _mm_hadd_ps(hi, hi);
+    return _mm_cvtss_f32(lo) + _mm_cvtss_f32(hi);
+}
+
+/* One row of an F32 matrix with cols a multiple of 8: one FMA chain, hsum256_tree. */
+BR_AVX2 static inline __m256 row_f32_acc(const float *w, const float *x, size_t cols)
+{
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t c = 0; c < cols; c += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(w + c), _mm256_loadu_ps(x + c), acc);
+    }
+    return acc;
+}
+
+/*
+ * y[r] for rows [r0, r1) of a short-rowed F32 matrix (cols a multiple of 8, at most
+ * SKINNY_COLS: LoRA's B, stories260K's matrices), where a call, a loop and a reduction per row
+ * would cost more than the row. 8 rows per step: 8 FMA chains reduced together with hadd, so
+ * lane k holds row k's sum; leftover rows get the same arithmetic one at a time, so a row's
+ * value does not depend on where a chunk of rows starts.
+ */
+BR_AVX2 static void rows_f32_skinny_avx2(const float *w, size_t cols, size_t r0, size_t r1,
+                                         const float *x, float *y)
+{
+    size_t r = r0;
+    for (; r + 8 <= r1; r += 8) {
+        const float *wr = w + r * cols;
+        __m256 a = _mm256_hadd_ps(
+            _mm256_hadd_ps(row_f32_acc(wr, x, cols), row_f32_acc(wr + cols, x, cols)),
+            _mm256_hadd_ps(row_f32_acc(wr + 2 * cols, x, cols),
+                           row_f32_acc(wr + 3 * cols, x, cols)));
+        __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(row_f32_acc(wr + 4 * cols, x, cols),
+                                                 row_f32_acc(wr + 5 * cols, x, cols)),
+                                  _mm256_hadd_ps(row_f32_acc(wr + 6 * cols, x, cols),
+                                                 row_f32_acc(wr + 7 * cols, x, cols)));
+        _mm256_storeu_ps(y + r, _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20),
+                                              _mm256_permute2f128_ps(a, b, 0x31)));
+    }
+    for (; r < r1; r++) {
+        y[r] = hsum256_tree(row_f32_acc(w + r * cols, x, cols));
+    }
+}
+
 /* Max of the 8 lanes. */
 BR_AVX2 static float hmax256(__m256 v)
 {
@@ -640,6 +692,9 @@ void br_kernel_scratch_free(struct br_kernel_scratch *s)
     s->cap = 0;
 }
 
+/* F32 matrices with at most this many columns use rows_f32_skinny_avx2 in a matvec. */
+enum { SKINNY_COLS = 128 };
+
 struct matvec_job {
     const struct br_tensor *w;
     const float *x;
@@ -662,6 +717,14 @@ static void matvec_rows(void *ctx, int index, int count)
                j->w->cols / 32, j->y);
         return;
     }
+#ifdef BR_KERNELS_X86
+    size_t cols = j->w->cols;
+    if (j->w->type == BR_TENSOR_F32 && cols % 8 == 0 && cols <= SKINNY_COLS &&
+        br_kernel_has_avx2()) {
+        rows_f32_skinny_avx2(j->w->data, cols, r0, r1, j->x, j->y);
+        return;
+    }
+#endif
     for (size_t r = r0; r < r1; r++) {
         j->y[r] = br_kernel_dot_row(j->w->type, base + r * j->row_bytes, j->x, NULL, j->w->cols);
     }

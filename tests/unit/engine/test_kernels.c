@@ -487,6 +487,61 @@ static void test_pool_runs_every_share(void **state)
     br_pool_destroy(NULL);
 }
 
+/* F32 matvecs with short rows (LoRA's B, stories260K) take 8 rows per step: every row count
+ * 1..21 (tails 0..7), 8 to 136 columns (the kernel's 128 limit and past it), against a double
+ * dot, and bit-identical for any thread split and chunk start. */
+static void test_f32_short_rows(void **state)
+{
+    (void)state;
+    static const size_t COLS[] = {8, 16, 24, 64, 128, 136};
+    struct br_pool *pool = NULL;
+    assert_int_equal(br_pool_create(3, &pool), BR_OK);
+    for (size_t c = 0; c < sizeof(COLS) / sizeof(COLS[0]); c++) {
+        size_t cols = COLS[c];
+        size_t big = 70000 / cols + 3; /* above the pool's threshold, not a multiple of 8 */
+        float *w = malloc(big * cols * sizeof(float));
+        float *x = malloc(cols * sizeof(float));
+        float *y = malloc(big * sizeof(float));
+        float *y2 = malloc(big * sizeof(float));
+        assert_true(w && x && y && y2);
+        for (size_t i = 0; i < big * cols; i++) {
+            w[i] = rnd_float();
+        }
+        for (size_t i = 0; i < cols; i++) {
+            x[i] = rnd_float();
+        }
+        for (size_t rows = 1; rows <= 21; rows++) {
+            struct br_tensor t = {.type = BR_TENSOR_F32, .data = w, .rows = rows, .cols = cols};
+            assert_int_equal(br_kernel_matvec(&t, x, y), BR_OK);
+            for (size_t r = 0; r < rows; r++) {
+                double want = 0;
+                double mag = 0;
+                for (size_t i = 0; i < cols; i++) {
+                    want += (double)w[r * cols + i] * (double)x[i];
+                    mag += fabs((double)w[r * cols + i] * (double)x[i]);
+                }
+                assert_true(fabs((double)y[r] - want) <= 1e-6 * mag + 1e-7);
+            }
+            /* the same rows as part of a matrix starting one row earlier */
+            if (rows > 1) {
+                struct br_tensor t1 = {
+                    .type = BR_TENSOR_F32, .data = w + cols, .rows = rows - 1, .cols = cols};
+                assert_int_equal(br_kernel_matvec(&t1, x, y2), BR_OK);
+                assert_memory_equal(y + 1, y2, (rows - 1) * sizeof(float));
+            }
+        }
+        struct br_tensor t = {.type = BR_TENSOR_F32, .data = w, .rows = big, .cols = cols};
+        assert_int_equal(br_kernel_matvec_ex(&t, x, y, NULL, NULL), BR_OK);
+        assert_int_equal(br_kernel_matvec_ex(&t, x, y2, NULL, pool), BR_OK);
+        assert_memory_equal(y, y2, big * sizeof(float));
+        free(y2);
+        free(y);
+        free(x);
+        free(w);
+    }
+    br_pool_destroy(pool);
+}
+
 struct chunk_ctx {
     atomic_int hits[1000];
     atomic_int total;
@@ -549,6 +604,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_q_dots_groups_and_tails),
         cmocka_unit_test(test_q_matvec_isa_paths),
         cmocka_unit_test(test_pool_run_chunks),
+        cmocka_unit_test(test_f32_short_rows),
     };
     printf("# avx2 path: %d\n", br_kernel_has_avx2());
     if (argc > 1) {
