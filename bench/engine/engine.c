@@ -825,9 +825,11 @@ static int main_gguf(const struct opts *o)
         ppc[r] = sp.pp_cpu;
         tgc[r] = sp.tg_cpu;
     }
+    static const char *const isa[] = {"portable", "avx2", "avx2+avx512vnni"};
+    int k = br_kernel_isa();
     printf("{\"engine\":\"brigade\",\"model\":\"%s\",\"threads\":%d,\"prompt\":%d,\"gen\":%d,"
-           "\"runs\":%d,\"avx2\":%d,\"mb_per_token\":%.3f",
-           o->gguf, o->threads, n_prompt, n_gen, o->runs, br_kernel_has_avx2(),
+           "\"runs\":%d,\"kernels\":\"%s\",\"mb_per_token\":%.3f",
+           o->gguf, o->threads, n_prompt, n_gen, o->runs, k >= 0 && k <= 2 ? isa[k] : "?",
            (double)bytes_per_token(&m.w) / 1e6);
     print_runs("pp_runs", pp, o->runs);
     print_runs("gen_runs", tg, o->runs);

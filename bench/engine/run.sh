@@ -89,9 +89,10 @@ log "writing GGUF files to $out"
 # shellcheck disable=SC2086
 "$bench" --write-gguf "$out" $write_only >&2
 
-# 4. memory bandwidth
+# 4. memory bandwidth (measured again after the runs; the higher figure of the two is used, as
+# other load can only lower it)
 log "measuring memory bandwidth"
-bw=$("$bench" --bandwidth)
+bw_start=$("$bench" --bandwidth)
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 date_start=$(date -u '+%Y-%m-%d %H:%M UTC')
 
@@ -125,6 +126,11 @@ for m in $models; do
     done
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+log "measuring memory bandwidth again"
+bw_end=$("$bench" --bandwidth)
+bw=$(node -e 'const a = JSON.parse(process.argv[1]).bw_gbs, b = JSON.parse(process.argv[2]).bw_gbs;
+    console.log(JSON.stringify({bw_gbs: a.map((x, i) => Math.max(x, b[i])), start: a, end: b}));' \
+    "$bw_start" "$bw_end")
 
 # 6. the table
 node "$here/llamacpp/table.mjs" "$results" "$bw" "$date_start" "$load_start" "$load_end" \

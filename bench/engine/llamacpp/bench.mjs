@@ -10,7 +10,10 @@
 // evaluated as ONE batch (llama_decode of the whole prompt, as llama.cpp processes prompts),
 // then --gen tokens are generated greedily one at a time (each decode is one token, the argmax
 // of its logits fed back). pp tok/s = prompt / prompt time, gen tok/s = gen / generation time.
-// EOS does not stop the loop (bench_engine ignores it too).
+// EOS does not stop the loop (bench_engine ignores it too). The context has one sequence,
+// --threads threads (getLlama maxThreads and the context's ideal = min = --threads), a batch of
+// at least the prompt, and the library's defaults otherwise (F16 KV cache, flash attention
+// "auto"); the model is mmap'd, all layers on the CPU.
 //
 // llama.cpp's own timers (llama_perf_context, read through printTimings) are reported too:
 // pp/gen_internal_tok_s count only the time inside llama_decode, without node-llama-cpp's
@@ -129,8 +132,7 @@ async function main() {
         batchSize: Math.max(o.prompt, 64),
         sequences: 1,
         threads: {ideal: o.threads, min: o.threads},
-        flashAttention: false,
-        performanceTracking: true
+        performanceTracking: true // flash attention and KV cache types: the library's defaults
     });
     const seq = context.getSequence();
     const prompt = [];
@@ -138,11 +140,13 @@ async function main() {
         prompt.push(1 + ((pos * 37) % (vocabSize - 1)));
 
     await runOnce(seq, prompt.slice(0, Math.min(8, o.prompt)), 4, vocabSize); // warm-up
+    // node-llama-cpp's printTimings resets llama.cpp's counters after printing them, so after this
+    // call (which drops the warm-up's figures) each run's counters cover exactly that run; a run
+    // whose token counts do not match is not used.
+    await perfCounters(context);
     const runs = [];
     for (let r = 0; r < o.runs; r++) {
         const run = await runOnce(seq, prompt, o.gen, vocabSize);
-        // llama.cpp restarts its counters when the sequence starts again at position 0 (after
-        // clearHistory), so after a run they cover exactly that run; anything else is not used.
         const c = await perfCounters(context);
         run.ppInternal = c.prompt.n === prompt.length ? c.prompt.n / (c.prompt.ms / 1e3) : NaN;
         run.genInternal = c.gen.n === run.nGen ? c.gen.n / (c.gen.ms / 1e3) : NaN;
@@ -168,6 +172,8 @@ async function main() {
         gen_cpu_per_wall: +median(runs.map((r) => r.genCpu)).toFixed(2),
         generated: Math.min(...runs.map((r) => r.nGen)),
         node_llama_cpp: JSON.parse(fs.readFileSync(new URL("./node_modules/node-llama-cpp/package.json", import.meta.url), "utf8")).version,
+        flash_attention: context.flashAttention,
+        kv_cache_type: [model.defaultContextKvCacheKeyType, model.defaultContextKvCacheValueType],
         build: llama.buildType,
         gpu: llama.gpu,
         llama_cpp: llama.llamaCppRelease,
