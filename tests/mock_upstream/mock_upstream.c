@@ -154,8 +154,13 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, cons
         return;
     }
     if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = b->len + (size_t)n + 1;
-        b->p = xrealloc(b->p, b->cap);
+        size_t cap = b->cap ? b->cap : 256;
+
+        while (cap < b->len + (size_t)n + 1) {
+            cap *= 2; /* geometric: [[words:100000]] appends 100,000 times */
+        }
+        b->p = xrealloc(b->p, cap);
+        b->cap = cap;
     }
     va_start(ap, fmt);
     (void)vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap); /* fits: measured above */
@@ -265,6 +270,7 @@ static long count_words(const char *s)
 struct words {
     char **w;
     size_t n;
+    size_t cap;
 };
 
 static void words_push(struct words *ws, const char *s, size_t n)
@@ -273,7 +279,10 @@ static void words_push(struct words *ws, const char *s, size_t n)
 
     memcpy(w, s, n);
     w[n] = '\0';
-    ws->w = xrealloc(ws->w, (ws->n + 1) * sizeof(*ws->w));
+    if (ws->n == ws->cap) {
+        ws->cap = ws->cap ? ws->cap * 2 : 16; /* geometric, as sb_add */
+        ws->w = xrealloc(ws->w, ws->cap * sizeof(*ws->w));
+    }
     ws->w[ws->n++] = w;
 }
 
@@ -307,6 +316,7 @@ static void words_free(struct words *ws)
     words_truncate(ws, 0);
     free(ws->w);
     ws->w = NULL;
+    ws->cap = 0;
 }
 
 static char *words_join(const struct words *ws)
@@ -1169,11 +1179,15 @@ struct sse_event {
 struct sse_list {
     struct sse_event *ev;
     size_t n;
+    size_t cap;
 };
 
 static void sse_push(struct sse_list *l, const char *event, char *data, int content)
 {
-    l->ev = xrealloc(l->ev, (l->n + 1) * sizeof(*l->ev));
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16; /* geometric: one event per word */
+        l->ev = xrealloc(l->ev, l->cap * sizeof(*l->ev));
+    }
     l->ev[l->n].event = event ? xstrdup(event) : NULL;
     l->ev[l->n].data = data;
     l->ev[l->n].content = content;
