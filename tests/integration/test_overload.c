@@ -496,6 +496,37 @@ static void test_64mib_body_413_nothing_upstream(void **state)
     free(stats);
 }
 
+/* A 64 MiB answer is over the upstream body cap (64 MiB): refused from its Content-Length,
+ * before the body is read, and the client gets a 502 in OpenAI's shape. */
+static void test_64mib_answer_502(void **state)
+{
+    struct env *e = *state;
+    mock_reset(e);
+    char *body = chat_body("mock-gpt", "hi [[fault:huge_body]]", false, "\"max_tokens\":10");
+    const char *h[] = {"x-request-id: huge-1", NULL};
+    long rss0 = rss_kib(e->gw.pid);
+    long long t0 = now_ms();
+    struct http_resp r;
+    http_request(e, "POST", "/v1/chat/completions", h, body, &r);
+    long long took = now_ms() - t0;
+    long rss1 = rss_kib(e->gw.pid);
+    free(body);
+    print_message("64 MiB answer: %ld in %lld ms, RSS %ld -> %ld KiB: %s\n", r.status, took, rss0,
+                  rss1, r.body);
+    assert_int_equal(r.status, 502);
+    char *code = error_code(r.body);
+    assert_non_null(code);
+    free(code);
+    http_resp_free(&r);
+    assert_true(took < 3000);
+    assert_true(rss1 - rss0 < 32 * 1024); /* the body was never buffered */
+    assert_true(db_wait_rows(e, 1));
+    assert_int_equal(db_int(e, "SELECT status FROM requests WHERE id='huge-1'"), 502);
+    char *k = db_text(e, "SELECT error_kind FROM requests WHERE id='huge-1'");
+    assert_string_equal(k, "upstream_too_large");
+    free(k);
+}
+
 /* ------------------------------------------------------------------ slowloris */
 
 struct probe_stats {
@@ -721,6 +752,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_plain, teardown),
         cmocka_unit_test_setup_teardown(test_64mib_body_413_nothing_upstream, setup_plain,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_64mib_answer_502, setup_plain, teardown),
         cmocka_unit_test_setup_teardown(test_slowloris_1000_connections, setup_plain, teardown),
         cmocka_unit_test_setup_teardown(test_kill9_keeps_committed_rows, setup_plain, teardown),
     };

@@ -43,6 +43,7 @@ enum {
     STREAM_ERROR_AFTER = 2,            /* content deltas before [[fault:stream_error]] */
     CLOSE_MID_STREAM_AFTER = 3,        /* content deltas before [[fault:close_mid_stream]] */
     INVALID_JSON_AFTER = 1,            /* content deltas before the broken data line */
+    HUGE_BODY_BYTES = (64 << 20) + 1,  /* [[fault:huge_body]]: just over 64 MiB */
 };
 
 enum fault_bit {
@@ -55,6 +56,7 @@ enum fault_bit {
     F_TRICKLE = 1u << 6,
     F_STREAM_ERROR = 1u << 7,
     F_CONTEXT_LENGTH = 1u << 8,
+    F_HUGE_BODY = 1u << 9,
 };
 
 static const struct {
@@ -70,6 +72,7 @@ static const struct {
     {"trickle", F_TRICKLE},
     {"stream_error", F_STREAM_ERROR},
     {"context_length", F_CONTEXT_LENGTH},
+    {"huge_body", F_HUGE_BODY},
 };
 
 /* Shared state; every field but the immutable options is guarded by lock. */
@@ -1657,6 +1660,29 @@ static int pre_answer_faults(struct out *o, enum provider prov, const struct dir
 }
 
 /* Sends a complete non-streamed body, honouring the body faults. Returns 1 to keep alive. */
+/* [[fault:huge_body]]: the answer followed by whitespace up to HUGE_BODY_BYTES (still valid
+ * JSON), announced in Content-Length; stops at the first failed write. Closes. */
+static int send_huge_body(struct out *o, const char *extra, const char *body, size_t n)
+{
+    char pad[1 << 14];
+    size_t total = n > HUGE_BODY_BYTES ? n : HUGE_BODY_BYTES;
+
+    if (send_head(o, 200, "application/json", extra, (long long)total, 0) != 0 ||
+        out_write(o, body, n) != 0) {
+        return 0;
+    }
+    memset(pad, ' ', sizeof(pad));
+    for (size_t left = total - n; left;) {
+        size_t k = left < sizeof(pad) ? left : sizeof(pad);
+
+        if (out_write(o, pad, k) != 0) {
+            return 0;
+        }
+        left -= k;
+    }
+    return 0;
+}
+
 static int send_answer_body(struct out *o, const char *extra, const char *body,
                             const struct directives *d, int keep_alive)
 {
@@ -1666,6 +1692,9 @@ static int send_answer_body(struct out *o, const char *extra, const char *body,
     if (d->faults & F_INVALID_JSON) {
         body = broken;
         n = sizeof(broken) - 1;
+    }
+    if (d->faults & F_HUGE_BODY) {
+        return send_huge_body(o, extra, body, n);
     }
     if (send_head(o, 200, "application/json", extra, (long long)n, keep_alive) != 0) {
         return 0;
