@@ -83,6 +83,8 @@ struct br_api_metrics {
     unsigned cascade;                 /* counter {route, model, outcome}: accepted / escalated */
     unsigned feedback;                /* counter {route, model, result} */
     unsigned latency_est;             /* gauge {model, stat}: live ttft / tokens per second */
+    unsigned model_in_flight;         /* gauge {model}: calls holding a max_in_flight slot */
+    unsigned model_queued;            /* gauge {model}: calls waiting for one */
 };
 
 struct br_gateway {

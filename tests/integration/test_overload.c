@@ -240,7 +240,16 @@ static void test_model_in_flight_and_queue(void **state)
         assert_int_equal(pthread_create(&th[i], NULL, caller_main, &cs[i]), 0);
         usleep(60000); /* arrival order a, b, c, d */
     }
-    /* Two in flight and two queued: the next one is refused at once. */
+    /* Two in flight and two queued, as the metrics say ... */
+    struct http_resp m;
+    http_request(e, "GET", "/metrics", NULL, NULL, &m);
+    if (!strstr(m.body, "brigade_model_in_flight{model=\"gated\"} 2") ||
+        !strstr(m.body, "brigade_model_queued{model=\"gated\"} 2")) {
+        const char *p = strstr(m.body, "brigade_model_in_flight{");
+        fail_msg("gate gauges: %.200s", p ? p : "(none)");
+    }
+    http_resp_free(&m);
+    /* ... so the next one is refused at once. */
     struct caller x = {e, "gate-x", 10, 0, 0, NULL, NULL};
     long long tx = now_ms();
     caller_main(&x);
