@@ -31,6 +31,7 @@ nodejs
 npm
 nginx-light
 wrk
+slowhttptest
 sqlite3
 "
 

@@ -89,10 +89,20 @@ struct chat {
     unsigned attempts;                 /* answer attempts: first, retries and fallbacks */
     const char *first_attempt;         /* deployment of the first attempt (for the chain) */
     uint64_t unavailable_until_ms;     /* every deployment unavailable: when one may be back */
+    /* Overload protection (api_gate.c): the current model's in-flight slot, or a place in its
+     * queue. */
+    struct br__gate *slot;          /* gate of the slot held or waited for, else NULL */
+    bool slot_held;                 /* a slot of `slot` is ours */
+    struct br__gate_waiter *waiter; /* queued for a slot; the call starts when granted */
+    size_t queued_step;             /* the plan step to start then */
+    bool overloaded;                /* a model refused: in-flight limit and queue full */
 };
 
 static int start_step(struct chat *c, size_t step, enum call_kind kind);
 static int start_answer(struct chat *c, size_t step);
+static void unavailable(struct chat *c);
+static void reject(struct chat *c, int status, const char *type, const char *code,
+                   const char *param, const char *message);
 
 /* ------------------------------------------------------------------ errors */
 
@@ -371,6 +381,20 @@ static void backoff_closed(uv_handle_t *h)
     br_free(h);
 }
 
+/* Gives back the model slot held, or the place in its queue. */
+static void slot_end(struct chat *c)
+{
+    if (c->waiter) {
+        br__gate_cancel(c->waiter);
+        c->waiter = NULL;
+    }
+    if (c->slot_held) {
+        br__gate_leave(c->slot);
+    }
+    c->slot_held = false;
+    c->slot = NULL;
+}
+
 /* Ends the current deployment lease with the attempt's health. */
 static void lease_end(struct chat *c, enum br_resil_health health,
                       const struct br_provider_result *res)
@@ -388,12 +412,14 @@ static void lease_end(struct chat *c, enum br_resil_health health,
         .retry_after_ms = res ? res->retry_after_ms : 0,
     };
     br_resil_lb_release(c->rm->lb, &c->lease, &r, br_clock_now_ns() / 1000000);
+    slot_end(c);
 }
 
 /* Everything the request holds of the resilience machinery. */
 static void resil_release(struct chat *c)
 {
     lease_end(c, BR_RESIL_HEALTH_NEUTRAL, NULL);
+    slot_end(c);
     if (c->backoff) {
         c->backoff->data = NULL;
         uv_timer_stop(c->backoff);
@@ -585,8 +611,11 @@ static void finish(struct chat *c, const struct br_provider_result *res, bool cl
 {
     br_http_request *req = c->req;
     char kind_buf[64];
-    const char *kind =
-        client_gone ? "client_closed" : error_kind_of(res, kind_buf, sizeof(kind_buf));
+    const char *kind = error_kind_of(res, kind_buf, sizeof(kind_buf));
+    if (client_gone) {
+        /* A client dropped for not reading (the stream buffer cap) is an abort of ours. */
+        kind = br_http_stream_overflowed(req) ? "aborted_slow_client" : "client_closed";
+    }
     enum chat_state prev = c->state;
     c->state = CHAT_FINISHED;
     if (!c->t_call_end) {
@@ -1135,6 +1164,45 @@ static const struct br_provider_sink chat_sink = {
     .on_flush = sink_flush,
 };
 
+/* The model slot was granted (on this loop): start the queued call. */
+static void slot_granted(void *user)
+{
+    struct chat *c = user;
+    c->waiter = NULL;
+    c->slot_held = true;
+    int rc = start_answer(c, c->queued_step);
+    if (rc == BR_ERR_BUSY) {
+        unavailable(c);
+    } else if (rc != BR_OK) {
+        reject(c, rc == BR_ERR_NOMEM ? 503 : 502, "upstream_error", "provider_start_failed", NULL,
+               "The gateway could not start the upstream call.");
+    }
+}
+
+/*
+ * A slot of c->rm's in-flight limit for an answering call: BR_OK (held), BR_AGAIN (queued:
+ * slot_granted starts the step later) or BR_ERR_BUSY (limit and queue full).
+ */
+static int take_slot(struct chat *c, size_t step)
+{
+    struct br__gate *g = c->rm->gate;
+    if (c->slot_held && c->slot == g) {
+        return BR_OK;
+    }
+    slot_end(c);
+    int rc = br__gate_enter(g, c->w, slot_granted, c, &c->waiter);
+    if (rc == BR_OK) {
+        c->slot = g;
+        c->slot_held = g != NULL;
+    } else if (rc == BR_AGAIN) {
+        c->slot = g;
+        c->queued_step = step;
+    } else {
+        c->overloaded = true;
+    }
+    return rc;
+}
+
 /*
  * Leases a deployment of c->rm for the call: not one this request already tried on this model
  * while others are left. NULL when every deployment is unavailable (c->unavailable_until_ms
@@ -1198,6 +1266,12 @@ static int start_step(struct chat *c, size_t step, enum call_kind kind)
         return BR_ERR_NOMEM;
     }
     c->rm = br__runtime_model(c->rt, mc);
+    if (kind == CALL_ANSWER) {
+        int grc = take_slot(c, step);
+        if (grc != BR_OK) {
+            return grc == BR_AGAIN ? BR_OK : grc; /* queued: the call starts when granted */
+        }
+    }
     const struct br_runtime_deploy *dep = acquire_deployment(c, kind);
     if (!dep) {
         return BR_ERR_BUSY;
@@ -1295,19 +1369,25 @@ static void unavailable(struct chat *c)
         c->unavailable_until_ms > now ? (c->unavailable_until_ms - now + 999) / 1000 : 1;
     char *ra = br_arena_sprintf(req->arena, "%llu", (unsigned long long)wait_s);
     struct br_http_header h[] = {{BR_SLICE_LIT("retry-after"), br_slice_from_cstr(ra)}};
-    bool rate = only_rate_limited(br__runtime_model(c->rt, c->plan.steps[0].model));
+    bool over = c->overloaded;
+    bool rate = !over && only_rate_limited(br__runtime_model(c->rt, c->plan.steps[0].model));
     int status = rate ? 429 : 503;
+    const char *code = rate ? "rate_limit_exceeded" : "model_unavailable";
+    const char *msg = rate ? "Every deployment of the model is at its rate limit (or cooling down "
+                             "after the upstream's 429). Retry after the time in Retry-After."
+                           : "Every deployment of the model (and of its fallbacks) is unavailable: "
+                             "failing and ejected, or at its rate limit. Retry after the time in "
+                             "Retry-After.";
+    if (over) {
+        code = "upstream_overloaded";
+        msg = "The model (and its fallbacks) has as many requests in flight and queued as it is "
+              "configured to take (max_in_flight, queue). Retry after the time in Retry-After.";
+    }
     c->state = CHAT_FINISHED;
-    account(c, status, NULL, rate ? "rate_limited" : "model_unavailable");
+    account(c, status, NULL, rate ? "rate_limited" : code);
     release(c);
-    respond_error(req, status, rate ? "rate_limit_error" : "server_error",
-                  rate ? "rate_limit_exceeded" : "model_unavailable", "model",
-                  rate ? "Every deployment of the model is at its rate limit (or cooling down "
-                         "after the upstream's 429). Retry after the time in Retry-After."
-                       : "Every deployment of the model (and of its fallbacks) is unavailable: "
-                         "failing and ejected, or at its rate limit. Retry after the time in "
-                         "Retry-After.",
-                  h, ra ? 1 : 0);
+    respond_error(req, status, rate ? "rate_limit_error" : "server_error", code, "model", msg, h,
+                  ra ? 1 : 0);
 }
 
 /* Ends a request that a virtual key may not start (model, RPM, TPM, budget), with a log row. */
@@ -1496,7 +1576,8 @@ void br__chat_abort(struct br_worker *w, br_http_request *req)
         add_call(c, &partial, c->t_call_end);
     }
     br_log(BR_LOG_INFO, req->id,
-           "event=client_closed model=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d",
+           "event=%s model=%s prompt_tokens=%lld completion_tokens=%lld estimated=%d",
+           br_http_stream_overflowed(req) ? "slow_client" : "client_closed",
            c->rm ? c->rm->cfg->name : "-", (long long)partial.usage.prompt_tokens,
            (long long)partial.usage.completion_tokens, !partial.usage.reported);
     finish(c, &partial, true);

@@ -43,6 +43,10 @@ struct completion {
     struct br_slice body; /* non-streamed answer (arena copy) */
     bool active;          /* the provider call runs */
     bool begun;           /* the stream's head was sent */
+    /* The model's max_in_flight / queue (api_gate.c), as for chat. */
+    struct br__gate *gate;          /* the model's gate, NULL when unlimited */
+    bool slot_held;                 /* a slot of gate is ours */
+    struct br__gate_waiter *waiter; /* queued; the call starts when granted */
 };
 
 /* One request-log row for a request that reached the model; the cost goes into c->cost. */
@@ -88,6 +92,14 @@ static void log_request(struct completion *c, int status, const struct br_provid
 
 static void release(struct completion *c)
 {
+    if (c->waiter) {
+        br__gate_cancel(c->waiter);
+        c->waiter = NULL;
+    }
+    if (c->slot_held) {
+        br__gate_leave(c->gate);
+        c->slot_held = false;
+    }
     c->req->user = NULL;
     br__runtime_unref(c->rt);
     c->rt = NULL;
@@ -277,6 +289,30 @@ static int admit(struct completion *c, const json_t *body)
     return rc;
 }
 
+/* Starts the provider call (the model slot, if any, is held). */
+static void launch(struct completion *c)
+{
+    br_http_request *req = c->req;
+    c->active = true;
+    int rc = c->ops->call_start(&c->call);
+    if (rc != BR_OK) {
+        c->active = false;
+        br__key_settle(c->w->g, &c->key_ticket, 0, 0);
+        release(c);
+        br_http_respond_error(req, 500, "server_error", "local_error", NULL,
+                              "the local model could not start the request");
+    }
+}
+
+/* The model slot was granted (on this loop): start the queued call. */
+static void slot_granted(void *user)
+{
+    struct completion *c = user;
+    c->waiter = NULL;
+    c->slot_held = true;
+    launch(c);
+}
+
 static void start(struct br_worker *w, struct completion *c)
 {
     br_http_request *req = c->req;
@@ -313,16 +349,23 @@ static void start(struct br_worker *w, struct completion *c)
     call->sink = &sink;
     call->sink_user = c;
     json_decref(body);
-    c->active = true;
     c->ops = rm->ops;
-    int rc = rm->ops->call_start(call);
+    c->gate = rm->gate;
+    int rc = br__gate_enter(rm->gate, w, slot_granted, c, &c->waiter);
+    if (rc == BR_AGAIN) {
+        return; /* queued: slot_granted launches the call */
+    }
     if (rc != BR_OK) {
-        c->active = false;
         br__key_settle(w->g, &c->key_ticket, 0, 0);
         release(c);
-        br_http_respond_error(req, 500, "server_error", "local_error", NULL,
-                              "the local model could not start the request");
+        br_http_respond_error(req, 503, "server_error", "upstream_overloaded", "model",
+                              "The model has as many requests in flight and queued as it is "
+                              "configured to take (max_in_flight, queue). Retry after the time "
+                              "in Retry-After.");
+        return;
     }
+    c->slot_held = rm->gate != NULL;
+    launch(c);
 }
 
 void br__completions_handle(struct br_worker *w, br_http_request *req)

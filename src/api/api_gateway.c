@@ -252,6 +252,8 @@ static void limits_from(const struct br_config *c, struct br_http_limits *l)
     l->header_bytes = c->header_bytes;
     l->header_fields = c->header_fields;
     l->body_bytes = c->body_bytes;
+    l->write_buffer_bytes = c->stream_buffer_bytes;
+    l->max_connections = c->max_connections;
     l->header_timeout_ms = c->header_timeout_ms;
     l->body_idle_timeout_ms = c->body_idle_timeout_ms;
     l->keepalive_timeout_ms = c->keepalive_timeout_ms;

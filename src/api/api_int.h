@@ -38,6 +38,7 @@ struct br_runtime_model {
     br_resil_lb *lb;                   /* balancer and breakers over the deployments */
     struct br_resil_triggers triggers; /* what retries, what falls back */
     struct br_resil_retry_opts retry;
+    struct br__gate *gate; /* max_in_flight / queue (api_gate.c); NULL = unlimited */
 };
 
 /*
@@ -87,6 +88,8 @@ struct br_api_metrics {
     unsigned deploy_ttfb;             /* gauge {model, deployment}: EWMA seconds */
     unsigned deploy_ejections;        /* gauge {model, deployment} */
     unsigned deploy_failures;         /* gauge {model, deployment} */
+    unsigned model_in_flight;         /* gauge {model}: calls holding a max_in_flight slot */
+    unsigned model_queued;            /* gauge {model}: calls waiting for one */
 };
 
 struct br_gateway {
@@ -140,6 +143,30 @@ struct br__done {
 
 /** Hands d to worker w's loop (any thread). When the worker is gone, d->drop runs instead. */
 void br__worker_post(struct br_worker *w, struct br__done *d);
+
+/* api_gate.c: per-model overload protection (see the file's header). */
+struct br__gate;
+struct br__gate_waiter;
+
+/** A gate for max_in_flight calls and max_queue waiters; *out = NULL when max_in_flight is 0
+ * (unlimited). Caller destroys. BR_ERR_NOMEM. */
+int br__gate_create(uint32_t max_in_flight, uint32_t max_queue, struct br__gate **out);
+/** Frees the gate (no waiter may be left). NULL is a no-op. */
+void br__gate_destroy(struct br__gate *g);
+/**
+ * Takes a slot (BR_OK; always for a NULL gate), or queues the caller (BR_AGAIN: on_grant(user)
+ * runs later on w's loop with the slot held, unless *waiter_out is canceled first), or refuses
+ * (BR_ERR_BUSY: every slot taken and the queue full). Any thread.
+ */
+int br__gate_enter(struct br__gate *g, struct br_worker *w, void (*on_grant)(void *user),
+                   void *user, struct br__gate_waiter **waiter_out);
+/** Gives a slot back (to the oldest waiter when there is one). NULL is a no-op. Any thread. */
+void br__gate_leave(struct br__gate *g);
+/** Withdraws a waiter (frees it; a slot it was already granted is handed on). On its owner's
+ * loop only. NULL is a no-op. */
+void br__gate_cancel(struct br__gate_waiter *wt);
+/** Slots taken and waiters now (for metrics and tests). */
+void br__gate_counts(struct br__gate *g, uint32_t *in_flight_out, uint32_t *queued_out);
 
 /* api_json.c */
 /** Compact JSON text of j in arena memory (NUL-terminated); NULL on OOM. */

@@ -106,6 +106,23 @@ void br__health(struct br_worker *w, br_http_request *req)
 }
 
 /* Gauges read from the routers' live state at scrape time. */
+/* Slots taken and waiters of the models that have a max_in_flight. */
+static void gate_gauges(struct br_gateway *g, struct br_runtime *rt)
+{
+    for (size_t i = 0; i < rt->n_models; i++) {
+        if (!rt->models[i].gate) {
+            continue;
+        }
+        uint32_t in_flight = 0;
+        uint32_t queued = 0;
+        br__gate_counts(rt->models[i].gate, &in_flight, &queued);
+        const char *l[] = {rt->models[i].cfg->name};
+        br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.model_in_flight, l,
+                       (double)in_flight);
+        br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.model_queued, l, (double)queued);
+    }
+}
+
 static void route_gauges(struct br_gateway *g, struct br_runtime *rt)
 {
     const struct br_config *c = rt->cfg;
@@ -141,6 +158,7 @@ static void route_gauges(struct br_gateway *g, struct br_runtime *rt)
             br_metrics_set(g->metrics, BR_METRICS_SHARD_ANY, g->m.latency_est, l2, tps);
         }
     }
+    gate_gauges(g, rt);
     br_free(snap);
 }
 
@@ -392,6 +410,12 @@ int br__metrics_register_all(br_metrics *m, struct br_api_metrics *ids)
     rc |= br_metrics_register(m, "brigade_upstream_errors_total",
                               "Upstream failures by model and kind.", BR_METRIC_TYPE_COUNTER,
                               l_model_kind, 2, NULL, 0, &ids->upstream_errors);
+    rc |= br_metrics_register(m, "brigade_model_in_flight",
+                              "Upstream calls holding a slot of a model's max_in_flight.",
+                              BR_METRIC_TYPE_GAUGE, l_model, 1, NULL, 0, &ids->model_in_flight);
+    rc |= br_metrics_register(m, "brigade_model_queued",
+                              "Requests waiting for a slot of a model's max_in_flight.",
+                              BR_METRIC_TYPE_GAUGE, l_model, 1, NULL, 0, &ids->model_queued);
     rc |= br_metrics_register(m, "brigade_requests_in_flight",
                               "Chat completion requests being served now.", BR_METRIC_TYPE_GAUGE,
                               NULL, 0, NULL, 0, &ids->inflight);

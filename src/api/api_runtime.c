@@ -29,6 +29,7 @@ static void runtime_free(struct br_runtime *rt)
         }
         br_free(m->deploys);
         br_resil_lb_destroy(m->lb);
+        br__gate_destroy(m->gate);
     }
     br_resil_budget_destroy(rt->retry_budget);
     br_router_destroy(rt->router);
@@ -210,6 +211,9 @@ static int model_deploys(const struct br_config *cfg, const struct br_model_cfg 
     struct br_resil_lb_opts lo;
     balancer_opts(mc, &lo);
     if (br_resil_lb_create(&lo, dopts, mc->n_deployments, &m->lb) != BR_OK) {
+        return br_err_fail(err, errlen, BR_ERR_NOMEM, "out of memory");
+    }
+    if (br__gate_create(mc->max_in_flight, mc->queue, &m->gate) != BR_OK) {
         return br_err_fail(err, errlen, BR_ERR_NOMEM, "out of memory");
     }
     fill_triggers(mc->retry.on, cfg->resil.fallback_on, &m->triggers);

@@ -494,9 +494,16 @@ static int parse_limits(struct br__config_loader *L, const struct br_ynode *m)
             c->header_fields = (size_t)x;
         } else if (strcmp(k->value, "body") == 0) {
             rc = size(L, v, "server.limits.body", &c->body_bytes);
+        } else if (strcmp(k->value, "stream_buffer") == 0) {
+            rc = size(L, v, "server.limits.stream_buffer", &c->stream_buffer_bytes);
+        } else if (strcmp(k->value, "connections") == 0) {
+            int64_t x;
+            rc = integer(L, v, "server.limits.connections", 0, 10000000, &x);
+            c->max_connections = (size_t)x;
         } else {
             rc = unknown_key(L, k, "server.limits",
-                             "request_line, header_block, header_fields, body");
+                             "request_line, header_block, header_fields, body, stream_buffer, "
+                             "connections");
         }
     }
     return rc;
@@ -1210,7 +1217,7 @@ static int parse_model_field(struct br__config_loader *L, const struct br_ynode 
     return unknown_key(L, k, what,
                        "name, provider, model, base_url, api_key, replay, local, price, "
                        "context_window, max_tokens, capabilities, timeouts, headers, "
-                       "deployments, balance, fallbacks, retry, breaker");
+                       "deployments, balance, fallbacks, retry, breaker, max_in_flight, queue");
 }
 
 static int parse_model(struct br__config_loader *L, const struct br_ynode *m, size_t idx,
@@ -1365,6 +1372,8 @@ static void set_defaults(struct br_config *c)
     c->header_bytes = (size_t)32 * 1024;
     c->header_fields = 100;
     c->body_bytes = (size_t)16 * 1024 * 1024;
+    c->stream_buffer_bytes = (size_t)256 * 1024;
+    c->max_connections = 0;
     c->header_timeout_ms = 10000;
     c->body_idle_timeout_ms = 30000;
     c->keepalive_timeout_ms = 75000;

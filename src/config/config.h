@@ -129,6 +129,10 @@ struct br_model_cfg {
     size_t n_fallbacks;
     struct br_retry_cfg retry;     /* the `resilience:` defaults, overridden per model */
     struct br_breaker_cfg breaker; /* idem */
+    uint32_t max_in_flight;        /* upstream calls in flight over all deployments and
+                                      workers; 0 = unlimited (default) */
+    uint32_t queue;                /* calls waiting (FIFO) when max_in_flight are in flight;
+                                      past it 503 upstream_overloaded. Default 0 */
     int line;                      /* line of the entry in the file, for messages */
 };
 
@@ -289,11 +293,14 @@ struct br_config {
     /* server */
     const char *listen_host; /* numeric address */
     uint16_t listen_port;
-    unsigned workers;          /* 0 = one per core */
-    size_t request_line_bytes; /* 414 above */
-    size_t header_bytes;       /* 431 above */
-    size_t header_fields;      /* 431 above */
-    size_t body_bytes;         /* 413 above */
+    unsigned workers;           /* 0 = one per core */
+    size_t request_line_bytes;  /* 414 above */
+    size_t header_bytes;        /* 431 above */
+    size_t header_fields;       /* 431 above */
+    size_t body_bytes;          /* 413 above */
+    size_t stream_buffer_bytes; /* unread streamed bytes per client; past it the client is
+                                   dropped and the upstream call canceled. Default 256 KiB */
+    size_t max_connections;     /* open client connections; past it 503 at once. 0 = no limit */
     uint64_t header_timeout_ms;
     uint64_t body_idle_timeout_ms;
     uint64_t keepalive_timeout_ms;

@@ -310,6 +310,12 @@ int br__config_model_resil_field(struct br__config_loader *L, const struct br_yn
     if (strcmp(k->value, "breaker") == 0) {
         return parse_breaker(L, v, what, &mc->breaker);
     }
+    if (strcmp(k->value, "max_in_flight") == 0) {
+        return u32_field(L, v, what, 0, 1000000, &mc->max_in_flight);
+    }
+    if (strcmp(k->value, "queue") == 0) {
+        return u32_field(L, v, what, 0, 1000000, &mc->queue);
+    }
     if (strcmp(k->value, "balance") == 0) {
         const char *s;
         int rc = br__config_scalar(L, v, what, &s);

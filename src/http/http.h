@@ -40,12 +40,19 @@ struct br_http_limits {
     uint64_t keepalive_timeout_ms; /* idle keep-alive connection is closed silently */
     uint64_t drain_timeout_ms;     /* on drain, in-flight requests get this long to finish */
     size_t write_buffer_bytes;     /* streamed bytes the client has not read yet; a stream_write
-                                      past it drops the client (BR_ERR_CLOSED). 0 = 8 MiB */
+                                      past it drops the client (BR_ERR_CLOSED, and
+                                      br_http_stream_overflowed says so). 0 = 256 KiB */
     size_t arena_bytes;            /* cap on one request's arena (handler allocations
                                       included). 0 = 64 MiB */
+    size_t max_connections;        /* open client connections, summed over workers; a new one
+                                      past it gets an immediate 503 (Retry-After: 1) and is
+                                      closed. 0 = unlimited */
 };
 
-/** Fills the defaults: 8 KiB, 32 KiB, 100, 16 MiB, 10 s, 30 s, 75 s, 30 s, 8 MiB, 64 MiB. */
+/**
+ * Fills the defaults: 8 KiB, 32 KiB, 100, 16 MiB, 10 s, 30 s, 75 s, 30 s, 256 KiB, 64 MiB,
+ * 0 (unlimited connections).
+ */
 void br_http_limits_default(struct br_http_limits *out);
 
 struct br_http_server_config {
@@ -201,6 +208,15 @@ int br_http_stream_write(br_http_request *req, const void *data, size_t n);
 
 /** Bytes written by stream_write that the socket has not accepted yet. */
 size_t br_http_stream_pending(const br_http_request *req);
+
+/**
+ * True when the http layer dropped this request's client because it did not read: more than
+ * limits.write_buffer_bytes were queued. Valid until the request is finished (also in on_abort).
+ */
+bool br_http_stream_overflowed(const br_http_request *req);
+
+/** Client connections open now, summed over workers (those refused at the limit excluded). */
+size_t br_http_server_connections(const br_http_server *s);
 
 /**
  * Ends the stream with the last chunk and optional trailers (HTTP/1.1 only; announce them in a

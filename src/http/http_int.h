@@ -220,6 +220,8 @@ struct br__http_conn {
     bool head_only;             /* HEAD request or bodiless status: no body bytes */
     bool stream_chunked;        /* streamed body uses chunked encoding */
     bool continue_sent;         /* 100 Continue already written */
+    bool counted;               /* counted in the server's open connections */
+    bool overflowed;            /* dropped: the client read too slowly (write_buffer_bytes) */
     uint64_t last_read_ms;      /* uv_now at the last body read */
     struct br__http_rbuf *rbuf; /* NULL when nothing is buffered */
     size_t rstart, rend;        /* unparsed bytes are rbuf->data[rstart, rend) */
@@ -285,6 +287,7 @@ struct br_http_server {
     atomic_uint_fast64_t limits_gen;
     uv_mutex_t drain_mu; /* guards async_open and the send */
     atomic_bool drain_requested;
+    atomic_size_t n_conns; /* open connections over all workers (limits.max_connections) */
     bool started;
     bool joined;
     uv_sem_t ready;

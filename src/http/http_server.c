@@ -32,7 +32,7 @@
 #define MAX_WORKERS    256u
 
 /* Defaults (http.h documents them). */
-#define DEF_WRITE_BUFFER_BYTES ((size_t)8 * 1024 * 1024)
+#define DEF_WRITE_BUFFER_BYTES ((size_t)256 * 1024)
 #define DEF_ARENA_BYTES        ((size_t)64 * 1024 * 1024)
 
 void br_http_limits_default(struct br_http_limits *out)
@@ -47,6 +47,7 @@ void br_http_limits_default(struct br_http_limits *out)
     out->drain_timeout_ms = 30000;
     out->write_buffer_bytes = DEF_WRITE_BUFFER_BYTES;
     out->arena_bytes = DEF_ARENA_BYTES;
+    out->max_connections = 0;
 }
 
 static void normalize_limits(struct br_http_limits *l)
@@ -125,6 +126,9 @@ static void conn_maybe_free(struct br__http_conn *c)
         c->next->prev = c->prev;
     }
     w->n_conns--;
+    if (c->counted) {
+        atomic_fetch_sub_explicit(&w->s->n_conns, 1, memory_order_relaxed);
+    }
     if (c->rbuf) {
         rbuf_put(w, c->rbuf);
     }
@@ -667,6 +671,26 @@ static void refuse_connection(struct br__http_worker *w, uv_stream_t *server)
     }
 }
 
+/*
+ * Counts c in the server's open connections, or, past limits.max_connections, answers it an
+ * immediate 503 and closes it (the refused connection is not counted: it lingers only briefly).
+ */
+static bool admit_connection(struct br__http_conn *c)
+{
+    struct br__http_worker *w = c->w;
+    size_t max = w->lim.max_connections;
+    size_t n = atomic_fetch_add_explicit(&w->s->n_conns, 1, memory_order_relaxed);
+    if (max == 0 || n < max) {
+        c->counted = true;
+        return true;
+    }
+    atomic_fetch_sub_explicit(&w->s->n_conns, 1, memory_order_relaxed);
+    br_log(BR_LOG_WARN, NULL, "event=http_connection_limit peer=%s max=%zu", c->peer, max);
+    br__http_conn_reject(c, 503, "too_many_connections",
+                         "The gateway is at its connection limit; retry shortly.");
+    return false;
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct br__http_worker *w = server->data;
@@ -709,6 +733,9 @@ static void on_connection(uv_stream_t *server, int status)
     }
     uv_tcp_nodelay(&c->tcp, 1);
     format_peer(c);
+    if (!admit_connection(c)) {
+        return;
+    }
     conn_timer(c, BR__HTTP_TIMER_KEEPALIVE, first_wait_ms(&w->lim));
     conn_read_start(c);
     if (!c->reading) {
@@ -1057,6 +1084,7 @@ int br_http_server_create(const struct br_http_server_config *cfg, const struct 
     normalize_limits(&s->limits);
     atomic_init(&s->limits_gen, 1);
     atomic_init(&s->drain_requested, false);
+    atomic_init(&s->n_conns, 0);
     for (unsigned i = 0; i < n; i++) {
         s->workers[i].listen_fd = -1;
         s->workers[i].s = s;
@@ -1133,6 +1161,11 @@ int br_http_server_start(br_http_server *s)
         br_http_server_join(s);
     }
     return rc;
+}
+
+size_t br_http_server_connections(const br_http_server *s)
+{
+    return atomic_load_explicit(&((br_http_server *)s)->n_conns, memory_order_relaxed);
 }
 
 void br_http_server_set_limits(br_http_server *s, const struct br_http_limits *limits)

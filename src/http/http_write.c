@@ -374,6 +374,8 @@ static int write_error(struct br__http_conn *c, int status, const char *type, co
 {
     static const struct br_http_header k_json = {BR_SLICE_LIT("Content-Type"),
                                                  BR_SLICE_LIT("application/json")};
+    /* A 503 from the layer itself (connection limit, no memory) is worth retrying soon. */
+    static const struct br_http_header k_retry = {BR_SLICE_LIT("Retry-After"), BR_SLICE_LIT("1")};
     struct br_buf *j = &c->w->json;
     int rc = json_error(j, message, type ? type : default_type(status), param, code);
     if (rc != BR_OK) {
@@ -382,7 +384,8 @@ static int write_error(struct br__http_conn *c, int status, const char *type, co
             return rc;
         }
     }
-    return write_response(c, status, NULL, 0, &k_json, br_slice_make(j->ptr, j->len));
+    return write_response(c, status, status == 503 ? &k_retry : NULL, status == 503 ? 1 : 0,
+                          &k_json, br_slice_make(j->ptr, j->len));
 }
 
 void br__http_conn_reject(struct br__http_conn *c, int status, const char *code,
@@ -415,7 +418,7 @@ void br__http_conn_reject(struct br__http_conn *c, int status, const char *code,
     if (c->state == BR__HTTP_CONN_CLOSED) {
         return;
     }
-    if (write_error(c, status, "invalid_request_error", code, NULL, message) != BR_OK &&
+    if (write_error(c, status, NULL, code, NULL, message) != BR_OK &&
         c->state != BR__HTTP_CONN_CLOSED) {
         br__http_conn_close(c);
         return;
@@ -574,6 +577,7 @@ int br_http_stream_write(br_http_request *req, const void *data, size_t n)
         /* The client does not read: drop it rather than buffer without bound. */
         br_log(BR_LOG_WARN, req->id, "event=http_slow_client peer=%s pending=%zu", c->peer,
                c->wq_bytes);
+        c->overflowed = true;
         br__http_conn_close(c);
         return BR_ERR_CLOSED;
     }
@@ -589,6 +593,14 @@ int br_http_stream_write(br_http_request *req, const void *data, size_t n)
     bufs[2] = uv_buf_init((char *)data, (unsigned)n);
     bufs[3] = uv_buf_init((char *)"\r\n", 2);
     return write_with_held(c, bufs, 4);
+}
+
+bool br_http_stream_overflowed(const br_http_request *req)
+{
+    const struct br__http_conn *c =
+        (const struct br__http_conn *)(const void *)((const char *)req -
+                                                     offsetof(struct br__http_conn, req));
+    return c->overflowed;
 }
 
 size_t br_http_stream_pending(const br_http_request *req)

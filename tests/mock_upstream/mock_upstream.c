@@ -43,6 +43,7 @@ enum {
     STREAM_ERROR_AFTER = 2,            /* content deltas before [[fault:stream_error]] */
     CLOSE_MID_STREAM_AFTER = 3,        /* content deltas before [[fault:close_mid_stream]] */
     INVALID_JSON_AFTER = 1,            /* content deltas before the broken data line */
+    HUGE_BODY_BYTES = (64 << 20) + 1,  /* [[fault:huge_body]]: just over 64 MiB */
 };
 
 enum fault_bit {
@@ -55,6 +56,7 @@ enum fault_bit {
     F_TRICKLE = 1u << 6,
     F_STREAM_ERROR = 1u << 7,
     F_CONTEXT_LENGTH = 1u << 8,
+    F_HUGE_BODY = 1u << 9,
 };
 
 static const struct {
@@ -70,6 +72,7 @@ static const struct {
     {"trickle", F_TRICKLE},
     {"stream_error", F_STREAM_ERROR},
     {"context_length", F_CONTEXT_LENGTH},
+    {"huge_body", F_HUGE_BODY},
 };
 
 /* Shared state; every field but the immutable options is guarded by lock. */
@@ -154,8 +157,13 @@ __attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, cons
         return;
     }
     if (b->len + (size_t)n + 1 > b->cap) {
-        b->cap = b->len + (size_t)n + 1;
-        b->p = xrealloc(b->p, b->cap);
+        size_t cap = b->cap ? b->cap : 256;
+
+        while (cap < b->len + (size_t)n + 1) {
+            cap *= 2; /* geometric: [[words:100000]] appends 100,000 times */
+        }
+        b->p = xrealloc(b->p, cap);
+        b->cap = cap;
     }
     va_start(ap, fmt);
     (void)vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap); /* fits: measured above */
@@ -265,6 +273,7 @@ static long count_words(const char *s)
 struct words {
     char **w;
     size_t n;
+    size_t cap;
 };
 
 static void words_push(struct words *ws, const char *s, size_t n)
@@ -273,7 +282,10 @@ static void words_push(struct words *ws, const char *s, size_t n)
 
     memcpy(w, s, n);
     w[n] = '\0';
-    ws->w = xrealloc(ws->w, (ws->n + 1) * sizeof(*ws->w));
+    if (ws->n == ws->cap) {
+        ws->cap = ws->cap ? ws->cap * 2 : 16; /* geometric, as sb_add */
+        ws->w = xrealloc(ws->w, ws->cap * sizeof(*ws->w));
+    }
     ws->w[ws->n++] = w;
 }
 
@@ -307,6 +319,7 @@ static void words_free(struct words *ws)
     words_truncate(ws, 0);
     free(ws->w);
     ws->w = NULL;
+    ws->cap = 0;
 }
 
 static char *words_join(const struct words *ws)
@@ -1169,11 +1182,15 @@ struct sse_event {
 struct sse_list {
     struct sse_event *ev;
     size_t n;
+    size_t cap;
 };
 
 static void sse_push(struct sse_list *l, const char *event, char *data, int content)
 {
-    l->ev = xrealloc(l->ev, (l->n + 1) * sizeof(*l->ev));
+    if (l->n == l->cap) {
+        l->cap = l->cap ? l->cap * 2 : 16; /* geometric: one event per word */
+        l->ev = xrealloc(l->ev, l->cap * sizeof(*l->ev));
+    }
     l->ev[l->n].event = event ? xstrdup(event) : NULL;
     l->ev[l->n].data = data;
     l->ev[l->n].content = content;
@@ -1643,6 +1660,29 @@ static int pre_answer_faults(struct out *o, enum provider prov, const struct dir
 }
 
 /* Sends a complete non-streamed body, honouring the body faults. Returns 1 to keep alive. */
+/* [[fault:huge_body]]: the answer followed by whitespace up to HUGE_BODY_BYTES (still valid
+ * JSON), announced in Content-Length; stops at the first failed write. Closes. */
+static int send_huge_body(struct out *o, const char *extra, const char *body, size_t n)
+{
+    char pad[1 << 14];
+    size_t total = n > HUGE_BODY_BYTES ? n : HUGE_BODY_BYTES;
+
+    if (send_head(o, 200, "application/json", extra, (long long)total, 0) != 0 ||
+        out_write(o, body, n) != 0) {
+        return 0;
+    }
+    memset(pad, ' ', sizeof(pad));
+    for (size_t left = total - n; left;) {
+        size_t k = left < sizeof(pad) ? left : sizeof(pad);
+
+        if (out_write(o, pad, k) != 0) {
+            return 0;
+        }
+        left -= k;
+    }
+    return 0;
+}
+
 static int send_answer_body(struct out *o, const char *extra, const char *body,
                             const struct directives *d, int keep_alive)
 {
@@ -1652,6 +1692,9 @@ static int send_answer_body(struct out *o, const char *extra, const char *body,
     if (d->faults & F_INVALID_JSON) {
         body = broken;
         n = sizeof(broken) - 1;
+    }
+    if (d->faults & F_HUGE_BODY) {
+        return send_huge_body(o, extra, body, n);
     }
     if (send_head(o, 200, "application/json", extra, (long long)n, keep_alive) != 0) {
         return 0;

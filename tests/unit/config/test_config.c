@@ -385,6 +385,30 @@ static void test_file_set_keeps_the_rest(void **state)
 }
 
 /* auth.key_store: default with a master key, relative to the config folder, off. */
+/* Overload protection: connection limit, stream buffer, per-model in-flight limit and queue. */
+static void test_overload_limits(void **state)
+{
+    (void)state;
+    struct br_config *c = load_ok(MODEL);
+    assert_int_equal(c->stream_buffer_bytes, 256u << 10);
+    assert_int_equal(c->max_connections, 0);
+    assert_int_equal(c->models[0].max_in_flight, 0);
+    assert_int_equal(c->models[0].queue, 0);
+    br_config_unref(c);
+    c = load_ok("server: {limits: {stream_buffer: 64KiB, connections: 1000}}\n" MODEL
+                "    max_in_flight: 8\n    queue: 32\n");
+    assert_int_equal(c->stream_buffer_bytes, 64u << 10);
+    assert_int_equal(c->max_connections, 1000);
+    assert_int_equal(c->models[0].max_in_flight, 8);
+    assert_int_equal(c->models[0].queue, 32);
+    br_config_unref(c);
+    assert_non_null(strstr(load_err(MODEL "    max_in_flight: -1\n"), "max_in_flight"));
+    assert_non_null(strstr(load_err(MODEL "    queue: lots\n"), "queue"));
+    assert_non_null(strstr(load_err("server: {limits: {connections: -5}}\n" MODEL), "connections"));
+    assert_non_null(
+        strstr(load_err("server: {limits: {stream_buffer: 0}}\n" MODEL), "stream_buffer"));
+}
+
 static void test_key_store(void **state)
 {
     (void)state;
@@ -426,6 +450,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_shipped_default_config),
         cmocka_unit_test(test_file_set_keeps_the_rest),
         cmocka_unit_test(test_key_store),
+        cmocka_unit_test(test_overload_limits),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
