@@ -144,8 +144,8 @@ free_port() {
     die "no free port found"
 }
 wait_http() {
-    local url=$1 limit=$2 i
-    for i in $(seq 1 $((limit * 20))); do
+    local url=$1 limit=$2 _
+    for _ in $(seq 1 $((limit * 20))); do
         if curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" 2>/dev/null | grep -q '^200$'; then
             return 0
         fi
