@@ -131,8 +131,8 @@ eph_low=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null ||
 [ "${eph_low:-0}" -gt 12000 ] 2>/dev/null || eph_low=32768
 used_ports=" "
 free_port() {
-    local p i
-    for i in $(seq 1 200); do
+    local p
+    for _ in $(seq 1 200); do
         p=$((10000 + RANDOM % (eph_low - 10000)))
         case "$used_ports" in *" $p "*) continue ;; esac
         if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
