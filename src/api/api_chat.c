@@ -1029,6 +1029,19 @@ static bool try_retry(struct chat *c, const struct br_provider_result *res)
                             &delay) != BR_OK) {
         return false;
     }
+    if (elsewhere) {
+        /* Failing over to a deployment this request has not tried: at once, and outside the
+         * retry budget. The backoff and the budget protect a struggling upstream from being
+         * hammered again; this retry goes to another one (breakers keep a failing one out). */
+        c->retry.waited_ms = saved.waited_ms;
+        br_log(BR_LOG_INFO, c->req->id, "event=retry model=%s attempt=%u delay_ms=0 failover=1",
+               rm->cfg->name, c->attempts + 1);
+        if (start_answer(c, c->step) == BR_OK) {
+            return true;
+        }
+        c->retry = saved;
+        return false;
+    }
     if (!br_resil_budget_acquire(c->rt->retry_budget)) {
         c->retry = saved;
         detail_add(c, "retry budget exhausted");
