@@ -966,7 +966,7 @@ static int parse_adapter(struct br__config_loader *L, const struct br_ynode *k,
                     k->value);
     }
     char sub[160];
-    (void)snprintf(sub, sizeof(sub), "%s.adapters.%s", what, k->value);
+    (void)snprintf(sub, sizeof(sub), "%.80s.adapters.%.64s", what, k->value);
     const char *s = NULL;
     *scale = 1.0;
     if (v->kind != BR_YNODE_MAP) {
