@@ -303,6 +303,14 @@ static void quantize(struct model *m, struct br_tensor *t, enum br_tensor_type t
     }
     t->type = type;
     t->data = q;
+    if (type == BR_TENSOR_Q4_0 && br_kernel_has_avx2()) {
+        /* the packed copy the model loader makes (br_llama_model_open) */
+        void *pk = keep(m, br_kernel_q4_0_packed_bytes(t->rows, t->cols));
+        if (br_kernel_q4_0_pack(t, pk) != BR_OK) {
+            die("pack");
+        }
+        t->packed = pk;
+    }
 }
 
 /* A copy of src's views with every eligible matrix quantized to `type` (buffers kept in q). */
@@ -828,9 +836,9 @@ static int main_gguf(const struct opts *o)
     static const char *const isa[] = {"portable", "avx2", "avx2+avx512vnni"};
     int k = br_kernel_isa();
     printf("{\"engine\":\"brigade\",\"model\":\"%s\",\"threads\":%d,\"prompt\":%d,\"gen\":%d,"
-           "\"runs\":%d,\"kernels\":\"%s\",\"mb_per_token\":%.3f",
+           "\"runs\":%d,\"kernels\":\"%s\",\"q4_0_packed\":%s,\"mb_per_token\":%.3f",
            o->gguf, o->threads, n_prompt, n_gen, o->runs, k >= 0 && k <= 2 ? isa[k] : "?",
-           (double)bytes_per_token(&m.w) / 1e6);
+           m.w.output.packed ? "true" : "false", (double)bytes_per_token(&m.w) / 1e6);
     print_runs("pp_runs", pp, o->runs);
     print_runs("gen_runs", tg, o->runs);
     printf(",\"pp_cpu_per_wall\":%.2f,\"gen_cpu_per_wall\":%.2f", median(ppc, o->runs),

@@ -9,8 +9,10 @@
  *   in cache    one 768x768 matrix 20 times (compute cost per block, L2-resident);
  *   quantize    the activation quantization of one 2048-element vector;
  *   lora        the F32 matvecs of a rank-16 adapter on wq wk wv wo (short rows).
- * Three variants: old, avx2 (the new kernels on the AVX2 path, br_kernel_matvec_q_isa) and new
- * (br_kernel_matvec_ex: the widest path, AVX-512 VNNI where the CPU has it).
+ * Five variants: old, avx2 (the new kernels on the AVX2 path, br_kernel_matvec_q_isa), new
+ * (br_kernel_matvec_ex: the widest path, AVX-512 VNNI where the CPU has it), and for Q4_0 the
+ * packed copies (br_kernel_q4_0_pack, as the model loader makes them): pk-avx2 (AVX2 path) and
+ * packed (br_kernel_matvec_ex, widest path); for Q8_0 those two repeat avx2 and new.
  * Variants alternate within each repetition; medians and minima over the repetitions.
  * usage: kernels_bench [reps (default 15)] [threads for the new matvec (default 1)]
  * Target kernels_bench in bench/engine/CMakeLists.txt (not built by default), or by hand:
@@ -150,10 +152,11 @@ static int cmp_d(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-enum { L = 12, D = 768, H = 2048, V = 32000, MAX_REPS = 64, N_MATS = L * 7 + 1 };
+enum { L = 12, D = 768, H = 2048, V = 32000, MAX_REPS = 64, N_MATS = L * 7 + 1, NV = 5 };
 
 struct bench {
     struct br_tensor mats[N_MATS];
+    struct br_tensor pmats[N_MATS]; /* mats with packed copies (Q4_0) */
     float *x;
     float *y;
     struct br_kernel_q8x *xq;
@@ -180,13 +183,23 @@ static void make_mats(struct bench *b, enum br_tensor_type type)
                 br_quant_quantize_row_q4_0(tmp, data + r * rb, cols);
             }
         }
-        b->mats[m] = (struct br_tensor){type, data, rows, cols};
+        b->mats[m] = (struct br_tensor){.type = type, .data = data, .rows = rows, .cols = cols};
+        b->pmats[m] = b->mats[m];
+        if (type == BR_TENSOR_Q4_0) {
+            void *pk = malloc(br_kernel_q4_0_packed_bytes(rows, cols));
+            br_kernel_q4_0_pack(&b->mats[m], pk);
+            b->pmats[m].packed = pk;
+        }
     }
     free(tmp);
 }
 
 static void run(struct bench *b, int v, const struct br_tensor *w)
 {
+    if (v >= 3) {
+        w = &b->pmats[w - b->mats];
+        v -= 2;
+    }
     if (v == 0) {
         base_matvec_q(w, b->x, b->xq, b->y);
     } else if (v == 1) {
@@ -236,7 +249,7 @@ static double max_rel_diff(struct bench *b)
     for (size_t m = 0; m < N_MATS; m++) {
         run(b, 0, &b->mats[m]);
         memcpy(yref, b->y, b->mats[m].rows * sizeof(float));
-        run(b, 2, &b->mats[m]);
+        run(b, 4, &b->mats[m]);
         for (size_t r = 0; r < b->mats[m].rows; r++) {
             double e = fabs((double)b->y[r] - (double)yref[r]) / (1e-3 + fabs((double)yref[r]));
             worst = e > worst ? e : worst;
@@ -323,7 +336,7 @@ int main(int argc, char **argv)
     printf("# kernels_bench: isa %d (0 portable, 1 avx2, 2 avx512-vnni), new matvec on %d "
            "thread(s), median (min) of %d reps; avx2 = the new kernels limited to AVX2\n",
            br_kernel_isa(), threads, reps);
-    static const char *NAMES[3] = {"old", "avx2", "new"};
+    static const char *NAMES[NV] = {"old", "avx2", "new", "pk-avx2", "packed"};
     enum br_tensor_type types[2] = {BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
     for (int t = 0; t < 2; t++) {
         make_mats(&b, types[t]);
@@ -331,20 +344,20 @@ int main(int argc, char **argv)
         for (size_t m = 0; m < N_MATS; m++) {
             bytes += br_tensor_row_bytes(types[t], b.mats[m].cols) * b.mats[m].rows;
         }
-        double ts[3][MAX_REPS];
-        double tc[3][MAX_REPS];
-        double tq[3][MAX_REPS];
+        double ts[NV][MAX_REPS];
+        double tc[NV][MAX_REPS];
+        double tq[NV][MAX_REPS];
         for (int rep = 0; rep < reps; rep++) {
-            for (int v = 0; v < 3; v++) {
+            for (int v = 0; v < NV; v++) {
                 ts[v][rep] = time_set(&b, v);
                 tc[v][rep] = time_cache(&b, v);
                 tq[v][rep] = time_quantize(&b, v);
             }
         }
-        printf("%s: %.1f MB per token set; new vs old max relative difference %.2g\n",
+        printf("%s: %.1f MB per token set; packed vs old max relative difference %.2g\n",
                br_tensor_type_name(types[t]), (double)bytes * 1e-6, max_rel_diff(&b));
-        double med[3][3];
-        for (int v = 0; v < 3; v++) {
+        double med[NV][3];
+        for (int v = 0; v < NV; v++) {
             qsort(ts[v], (size_t)reps, sizeof(double), cmp_d);
             qsort(tc[v], (size_t)reps, sizeof(double), cmp_d);
             qsort(tq[v], (size_t)reps, sizeof(double), cmp_d);
@@ -361,8 +374,13 @@ int main(int argc, char **argv)
                "new/avx2: token set x%.2f, in cache x%.2f\n",
                med[0][0] / med[2][0], med[0][1] / med[2][1], med[0][2] / med[2][2],
                med[1][0] / med[2][0], med[1][1] / med[2][1]);
+        printf("  packed/new speed: token set x%.2f, in cache x%.2f; pk-avx2/avx2: token set "
+               "x%.2f, in cache x%.2f\n",
+               med[2][0] / med[4][0], med[2][1] / med[4][1], med[1][0] / med[3][0],
+               med[1][1] / med[3][1]);
         for (size_t m = 0; m < N_MATS; m++) {
             free((void *)b.mats[m].data);
+            free((void *)b.pmats[m].packed);
         }
     }
     bench_lora(reps);

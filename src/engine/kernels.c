@@ -8,7 +8,10 @@
  * copies of the blocks' d and sums side by side, the row loop runs inside the vector code,
  * and each step handles 8 blocks with one fp16 scale conversion, one multiply and one FMA for
  * all 8 (bench/engine/kernels_bench.c compares this with the previous one-block-per-step
- * kernels).
+ * kernels). A Q4_0 matrix with a packed copy (br_kernel_q4_0_pack) goes 8 rows at a time
+ * instead: lane r of every vector is row r, so the 4-byte x broadcasts feed 8 rows, the block
+ * sums need no horizontal reduction and the 8 scales are one fp16 load and conversion (about
+ * twice as fast per block in cache as the row-at-a-time Q4_0 kernel, kernels_bench).
  */
 #include "engine/kernels.h"
 
@@ -406,6 +409,103 @@ BR_VNNI static void rows_q_vnni(int q8, const uint8_t *base, size_t rb, size_t r
     }
 }
 
+/* ---- Q4_0 packed 8 rows side by side (br_kernel_q4_0_pack) ---- */
+
+/* One packed block of 8 rows (the 128 nibble bytes at q) against x's 32 int8 (xv): lane r =
+ * row r's exact sum of nibble * x, nibbles as 0..15. 32-byte vector v holds, in lane r, row r's
+ * bytes 4v..4v+3: low nibbles are elements 4v..4v+3, high nibbles 16+4v..16+4v+3, so one
+ * broadcast of 4 x bytes feeds all 8 rows. maddubs gives int16 pairs; 8 of them summed stay
+ * within int16 (16 products of at most 15 * 127: |sum| <= 30480), then one madd to int32. */
+BR_AVX2 static inline __m256i gsum_avx2(const uint8_t *q, const int8_t *xv)
+{
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    __m256i s0 = _mm256_setzero_si256();
+    __m256i s1 = _mm256_setzero_si256();
+    for (size_t v = 0; v < 4; v++) {
+        int32_t xl = 0;
+        int32_t xh = 0;
+        memcpy(&xl, xv + 4 * v, 4);
+        memcpy(&xh, xv + 16 + 4 * v, 4);
+        __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * v));
+        s0 = _mm256_add_epi16(s0,
+                              _mm256_maddubs_epi16(_mm256_and_si256(w, m), _mm256_set1_epi32(xl)));
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), m),
+                                                       _mm256_set1_epi32(xh)));
+    }
+    return _mm256_madd_epi16(_mm256_add_epi16(s0, s1), _mm256_set1_epi16(1));
+}
+
+/* gsum_avx2 with vpdpbusd: the same exact sums. */
+BR_VNNI static inline __m256i gsum_vnni(const uint8_t *q, const int8_t *xv)
+{
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    __m256i s0 = _mm256_setzero_si256();
+    __m256i s1 = _mm256_setzero_si256();
+    for (size_t v = 0; v < 4; v++) {
+        int32_t xl = 0;
+        int32_t xh = 0;
+        memcpy(&xl, xv + 4 * v, 4);
+        memcpy(&xh, xv + 16 + 4 * v, 4);
+        __m256i w = _mm256_loadu_si256((const __m256i *)(const void *)(q + 32 * v));
+        s0 = _mm256_dpbusd_epi32(s0, _mm256_and_si256(w, m), _mm256_set1_epi32(xl));
+        s1 = _mm256_dpbusd_epi32(s1, _mm256_and_si256(_mm256_srli_epi16(w, 4), m),
+                                 _mm256_set1_epi32(xh));
+    }
+    return _mm256_add_epi32(s0, s1);
+}
+
+typedef __m256i (*gsum_fn)(const uint8_t *q, const int8_t *xv);
+
+/*
+ * y[r] for rows [r0, r1) of a packed Q4_0 matrix (nb blocks per row). Lane r of one
+ * accumulator is row r of the group: per block one vector of exact sums minus 8 * sum(q_x),
+ * times the 8 rows' scales (one fp16 conversion) times d_x, added with one FMA, blocks in
+ * order. A group is always computed whole and only the rows in [r0, r1) are stored, so a row's
+ * value does not depend on how a matvec's rows are split.
+ */
+BR_AVX2 static BR_INLINE void rows_q4_0_packed(gsum_fn gsum, const uint8_t *packed, size_t nb,
+                                               size_t r0, size_t r1, const struct br_kernel_q8x *xq,
+                                               const float *xd, const int32_t *xs, float *y)
+{
+    for (size_t g = r0 / BR_KERNEL_Q4_0_PACK_ROWS; g * BR_KERNEL_Q4_0_PACK_ROWS < r1; g++) {
+        const uint8_t *p = packed + g * nb * BR_KERNEL_Q4_0_PACK_BLOCK_BYTES;
+        __m256 acc = _mm256_setzero_ps();
+        for (size_t i = 0; i < nb; i++, p += BR_KERNEL_Q4_0_PACK_BLOCK_BYTES) {
+            __m256i s = _mm256_sub_epi32(gsum(p + 16, xq[i].q), _mm256_set1_epi32(xs[i]));
+            __m256 d =
+                _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p)),
+                              _mm256_set1_ps(xd[i]));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), d, acc);
+        }
+        size_t first = g * BR_KERNEL_Q4_0_PACK_ROWS;
+        size_t a = first < r0 ? r0 : first;
+        size_t b = first + BR_KERNEL_Q4_0_PACK_ROWS < r1 ? first + BR_KERNEL_Q4_0_PACK_ROWS : r1;
+        if (a == first && b == first + BR_KERNEL_Q4_0_PACK_ROWS) {
+            _mm256_storeu_ps(y + first, acc);
+        } else {
+            float t[BR_KERNEL_Q4_0_PACK_ROWS];
+            _mm256_storeu_ps(t, acc);
+            for (size_t r = a; r < b; r++) {
+                y[r] = t[r - first];
+            }
+        }
+    }
+}
+
+BR_AVX2 static void rows_q4_0_packed_avx2(const uint8_t *packed, size_t nb, size_t r0, size_t r1,
+                                          const struct br_kernel_q8x *xq, const float *xd,
+                                          const int32_t *xs, float *y)
+{
+    rows_q4_0_packed(gsum_avx2, packed, nb, r0, r1, xq, xd, xs, y);
+}
+
+BR_VNNI static void rows_q4_0_packed_vnni(const uint8_t *packed, size_t nb, size_t r0, size_t r1,
+                                          const struct br_kernel_q8x *xq, const float *xd,
+                                          const int32_t *xs, float *y)
+{
+    rows_q4_0_packed(gsum_vnni, packed, nb, r0, r1, xq, xd, xs, y);
+}
+
 /* Sum of the 8 lanes in the order ((0+1)+(2+3)) + ((4+5)+(6+7)): the order in which
  * rows_f32_skinny_avx2 reduces 8 rows at once, so a row gets the same float either way. */
 BR_AVX2 static inline float hsum256_tree(__m256 v)
@@ -594,6 +694,60 @@ static void rows_q(int isa, enum br_tensor_type type, const uint8_t *base, size_
     }
 }
 
+/* rows_q for a matrix with a packed copy (w->packed): the packed kernels on AVX2 and VNNI,
+ * the row-major data on the portable path. */
+static void rows_q_w(int isa, const struct br_tensor *w, size_t rb, size_t r0, size_t r1,
+                     const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs, float *y)
+{
+    size_t nb = w->cols / 32;
+#ifdef BR_KERNELS_X86
+    if (w->packed && w->type == BR_TENSOR_Q4_0 && isa == BR_KERNEL_ISA_VNNI) {
+        rows_q4_0_packed_vnni(w->packed, nb, r0, r1, xq, xd, xs, y);
+        return;
+    }
+    if (w->packed && w->type == BR_TENSOR_Q4_0 && isa == BR_KERNEL_ISA_AVX2) {
+        rows_q4_0_packed_avx2(w->packed, nb, r0, r1, xq, xd, xs, y);
+        return;
+    }
+#endif
+    rows_q(isa, w->type, w->data, rb, r0, r1, xq, xd, xs, nb, y);
+}
+
+size_t br_kernel_q4_0_packed_bytes(size_t rows, size_t cols)
+{
+    size_t groups = (rows + BR_KERNEL_Q4_0_PACK_ROWS - 1) / BR_KERNEL_Q4_0_PACK_ROWS;
+    return groups * (cols / 32) * BR_KERNEL_Q4_0_PACK_BLOCK_BYTES;
+}
+
+int br_kernel_q4_0_pack(const struct br_tensor *w, void *dst)
+{
+    if (w->type != BR_TENSOR_Q4_0 || w->cols % 32 != 0) {
+        return BR_ERR_UNSUPPORTED;
+    }
+    size_t nb = w->cols / 32;
+    size_t rb = nb * 18;
+    size_t groups = (w->rows + BR_KERNEL_Q4_0_PACK_ROWS - 1) / BR_KERNEL_Q4_0_PACK_ROWS;
+    const uint8_t *src = w->data;
+    uint8_t *p = dst;
+    for (size_t g = 0; g < groups; g++) {
+        for (size_t i = 0; i < nb; i++, p += BR_KERNEL_Q4_0_PACK_BLOCK_BYTES) {
+            memset(p, 0, BR_KERNEL_Q4_0_PACK_BLOCK_BYTES); /* missing rows: scale 0, nibbles 0 */
+            for (size_t r = 0; r < BR_KERNEL_Q4_0_PACK_ROWS; r++) {
+                size_t row = g * BR_KERNEL_Q4_0_PACK_ROWS + r;
+                if (row >= w->rows) {
+                    break;
+                }
+                const uint8_t *b = src + row * rb + i * 18;
+                memcpy(p + 2 * r, b, 2);
+                for (size_t v = 0; v < 4; v++) {
+                    memcpy(p + 16 + 32 * v + 4 * r, b + 2 + 4 * v, 4);
+                }
+            }
+        }
+    }
+    return BR_OK;
+}
+
 /* One Q8_0/Q4_0 row against a quantized x on the widest path. */
 static float dot_q_blocks(enum br_tensor_type type, const uint8_t *row,
                           const struct br_kernel_q8x *xq, const float *xd, const int32_t *xs,
@@ -713,8 +867,7 @@ static void matvec_rows(void *ctx, int index, int count)
     size_t r1 = rows * (size_t)(index + 1) / (size_t)count;
     const uint8_t *base = j->w->data;
     if (j->xq) {
-        rows_q(br_kernel_isa(), j->w->type, base, j->row_bytes, r0, r1, j->xq, j->xd, j->xs,
-               j->w->cols / 32, j->y);
+        rows_q_w(br_kernel_isa(), j->w, j->row_bytes, r0, r1, j->xq, j->xd, j->xs, j->y);
         return;
     }
 #ifdef BR_KERNELS_X86
@@ -778,7 +931,7 @@ int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, f
     isa = isa < BR_KERNEL_ISA_PORTABLE ? BR_KERNEL_ISA_PORTABLE : (isa > widest ? widest : isa);
     br_kernel_quantize_x(x, xq, w->cols);
     split_scales(xq, w->cols / 32, xd, xs);
-    rows_q(isa, w->type, w->data, rb, 0, w->rows, xq, xd, xs, w->cols / 32, y);
+    rows_q_w(isa, w, rb, 0, w->rows, xq, xd, xs, y);
     return BR_OK;
 }
 

@@ -15,6 +15,10 @@
  *         path reduces 8 blocks per step (lane k = block k's exact sum, one vector multiply by
  *         the 8 blocks' d_w * d_x), so it differs from the portable loop only in float
  *         summation order.
+ *         A Q4_0 matrix may carry a packed copy (br_kernel_q4_0_pack: 8 rows' blocks side by
+ *         side, made by the model loader on AVX2 CPUs); the AVX2/VNNI matvec then computes 8
+ *         rows per step (lane r = row r, blocks summed in order), again with the same exact
+ *         integer block sums, so only the float summation order differs.
  *   Q5_0, Q4_K, Q6_K  each row is dequantized 256 elements at a time into a stack buffer and
  *         multiplied with the float dot.
  * A matvec whose cols is not a whole number of the type's blocks is refused
@@ -139,5 +143,27 @@ int br_kernel_isa(void);
  * cols not whole blocks).
  */
 int br_kernel_matvec_q_isa(int isa, const struct br_tensor *w, const float *x, float *y);
+
+/*
+ * Q4_0 packed for the AVX2/VNNI matvec: rows in groups of BR_KERNEL_Q4_0_PACK_ROWS (the last
+ * group padded with zero rows), each group stored block by block; one block of a group is
+ * BR_KERNEL_Q4_0_PACK_BLOCK_BYTES: the 8 rows' fp16 scales (16 bytes), then 4 x 32 bytes where
+ * bytes [32v + 4r, 32v + 4r + 4) are row r's nibble bytes 4v..4v+3 unchanged. The same size as
+ * the Q4_0 rows (8 x 18 bytes per group block), so a packed copy costs the matrix's size again.
+ * A struct br_tensor whose `packed` points to such a copy of its data is multiplied from the
+ * copy on AVX2 and VNNI (8 rows per step: one x load feeds 8 rows, no horizontal sums, one
+ * scale conversion per 8 rows); the portable path uses `data`.
+ */
+enum { BR_KERNEL_Q4_0_PACK_ROWS = 8, BR_KERNEL_Q4_0_PACK_BLOCK_BYTES = 144 };
+
+/** Bytes of the packed copy of a Q4_0 (rows, cols) matrix (cols a multiple of 32). */
+size_t br_kernel_q4_0_packed_bytes(size_t rows, size_t cols);
+
+/**
+ * Writes the packed copy of w (Q4_0, cols a multiple of 32) to dst
+ * (br_kernel_q4_0_packed_bytes(w->rows, w->cols) bytes, caller-owned). Does not set
+ * w->packed. BR_OK or BR_ERR_UNSUPPORTED (other type, cols not whole blocks).
+ */
+int br_kernel_q4_0_pack(const struct br_tensor *w, void *dst);
 
 #endif

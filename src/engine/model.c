@@ -12,6 +12,7 @@
 
 #include "core/alloc.h"
 #include "core/err.h"
+#include "engine/kernels.h"
 
 #define MAX_DIM    (1 << 20)
 #define MAX_LAYERS 4096
@@ -292,6 +293,56 @@ void br_llama_weights_release(struct br_llama_weights *weights)
     weights->n_layers = 0;
 }
 
+/* One matrix's packed copy at dst (NULL: only count). Returns its size, 0 unless Q4_0. */
+static size_t pack_one(struct br_tensor *t, uint8_t *dst)
+{
+    if (t->type != BR_TENSOR_Q4_0) {
+        return 0;
+    }
+    if (dst && br_kernel_q4_0_pack(t, dst) == BR_OK) {
+        t->packed = dst;
+    }
+    return br_kernel_q4_0_packed_bytes(t->rows, t->cols);
+}
+
+/* Packs every Q4_0 matrix a decode step multiplies with (the layers' seven and the
+ * classifier) one after another at dst (NULL: only count). Returns the bytes. */
+static size_t pack_all(struct br_llama_weights *w, uint8_t *dst)
+{
+    size_t off = 0;
+    for (int i = 0; i < w->n_layers; i++) {
+        struct br_llama_layer *y = &w->layers[i];
+        struct br_tensor *mats[7] = {&y->wq, &y->wk, &y->wv, &y->wo, &y->w1, &y->w2, &y->w3};
+        for (int k = 0; k < 7; k++) {
+            off += pack_one(mats[k], dst ? dst + off : NULL);
+        }
+    }
+    off += pack_one(&w->output, dst ? dst + off : NULL);
+    return off;
+}
+
+/* Packed copies of the Q4_0 matrices (AVX2 CPUs only: the portable kernels read the rows). */
+static int pack_q4_0(struct br_llama_model *m, const char *path, char *err, size_t err_cap)
+{
+    if (!br_kernel_has_avx2()) {
+        return BR_OK;
+    }
+    size_t total = pack_all(&m->weights, NULL);
+    if (total == 0) {
+        return BR_OK;
+    }
+    m->packed = br_malloc(total);
+    if (!m->packed) {
+        if (err && err_cap) {
+            (void)snprintf(err, err_cap, "%s: out of memory for the packed Q4_0 matrices", path);
+        }
+        return BR_ERR_NOMEM;
+    }
+    m->packed_bytes = total;
+    (void)pack_all(&m->weights, m->packed);
+    return BR_OK;
+}
+
 int br_llama_model_open(const char *path, struct br_llama_model **out, char *err, size_t err_cap)
 {
     *out = NULL;
@@ -305,6 +356,9 @@ int br_llama_model_open(const char *path, struct br_llama_model **out, char *err
     int rc = br_gguf_open(path, &m->gguf, err, err_cap);
     if (rc == BR_OK) {
         rc = br_llama_model_load_gguf(m->gguf, path, &m->config, &m->weights, err, err_cap);
+    }
+    if (rc == BR_OK) {
+        rc = pack_q4_0(m, path, err, err_cap);
     }
     if (rc != BR_OK) {
         br_llama_model_close(m);
@@ -320,6 +374,7 @@ void br_llama_model_close(struct br_llama_model *m)
         return;
     }
     br_llama_weights_release(&m->weights);
+    br_free(m->packed);
     br_gguf_close(m->gguf);
     br_free(m);
 }

@@ -32,6 +32,9 @@ struct br_llama_model {
     br_gguf *gguf;                   /* owned; the mapping the tensors point into */
     struct br_llama_config config;   /* from the llama.* metadata */
     struct br_llama_weights weights; /* views into gguf; layers array owned */
+    void *packed;        /* owned; the Q4_0 matrices' packed copies (tensor.packed points
+                            here), NULL when there are none or the CPU has no AVX2 */
+    size_t packed_bytes; /* size of packed (as much again as the packed matrices' data) */
 };
 
 /**
@@ -47,7 +50,10 @@ int br_llama_model_load_gguf(const br_gguf *g, const char *name, struct br_llama
 void br_llama_weights_release(struct br_llama_weights *weights);
 
 /**
- * Maps the GGUF file at `path` and loads it. *out is owned by the caller (br_llama_model_close).
+ * Maps the GGUF file at `path` and loads it. When the CPU has AVX2, every Q4_0 matrix used in a
+ * matvec (the layers' seven and the classifier) also gets a packed copy
+ * (br_kernel_q4_0_pack) in one heap block owned by the model: faster decode, at the cost of
+ * memory equal to those matrices' Q4_0 size. *out is owned by the caller (br_llama_model_close).
  * Errors as br_gguf_open and br_llama_model_load_gguf.
  */
 int br_llama_model_open(const char *path, struct br_llama_model **out, char *err, size_t err_cap);

@@ -47,6 +47,8 @@ struct br_tensor {
     const void *data; /* borrowed; owned by the loader (usually a read-only mmap) */
     size_t rows;
     size_t cols;
+    const void *packed; /* NULL, or a br_kernel_q4_0_pack copy of data (Q4_0 only) that the
+                           AVX2 matvec reads instead; borrowed, owned like data */
 };
 
 /* How the query/key elements of one head are paired for rotary position embeddings. */

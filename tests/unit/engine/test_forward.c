@@ -166,10 +166,12 @@ static void test_forward_state_alloc_failure(void **state)
 
 /* A random model with kv_dim 128 (8 heads of 32, 4 kv heads): from position 127 on the
  * attention heads are split over the pool too. F32 and Q8_0 / Q4_0 (the same matrices
- * quantized), 1, 2 and 3 threads: the logits are identical bit for bit. */
+ * quantized; Q4_0 also with packed copies), 1, 2 and 3 threads: the logits are identical bit
+ * for bit. */
 enum { SYN_D = 256, SYN_H = 512, SYN_L = 2, SYN_V = 64, SYN_SEQ = 150 };
 
 static uint64_t syn_rng = 7;
+static int syn_pack; /* 1: Q4_0 matrices also get a packed copy (br_kernel_q4_0_pack) */
 
 /* Uniform in [-1, 1] (xorshift: deterministic, no global libc state). */
 static float syn_rand(void)
@@ -208,6 +210,13 @@ static void syn_tensor(struct br_tensor *t, enum br_tensor_type type, size_t row
     free(f);
     *t = (struct br_tensor){.type = type, .data = q, .rows = rows, .cols = cols};
     owned[(*n_owned)++] = q;
+    if (syn_pack && type == BR_TENSOR_Q4_0) {
+        void *pk = malloc(br_kernel_q4_0_packed_bytes(rows, cols));
+        assert_non_null(pk);
+        assert_int_equal(br_kernel_q4_0_pack(t, pk), BR_OK);
+        t->packed = pk;
+        owned[(*n_owned)++] = pk;
+    }
 }
 
 static void test_forward_threads_identical(void **state)
@@ -222,9 +231,12 @@ static void test_forward_threads_identical(void **state)
                                 .seq_len = SYN_SEQ,
                                 .rms_eps = 1e-5f,
                                 .rope_theta = 10000.0f};
-    static const enum br_tensor_type TYPES[] = {BR_TENSOR_F32, BR_TENSOR_Q8_0, BR_TENSOR_Q4_0};
-    for (size_t ti = 0; ti < 3; ti++) {
+    /* the last Q4_0 run with packed copies of the matrices, as the model loader makes them */
+    static const enum br_tensor_type TYPES[] = {BR_TENSOR_F32, BR_TENSOR_Q8_0, BR_TENSOR_Q4_0,
+                                                BR_TENSOR_Q4_0};
+    for (size_t ti = 0; ti < 4; ti++) {
         syn_rng = 7;
+        syn_pack = ti == 3;
         void *owned[64];
         int n_owned = 0;
         struct br_llama_layer layers[SYN_L];
@@ -265,6 +277,16 @@ static void test_forward_threads_identical(void **state)
         }
         assert_memory_equal(logits[0], logits[1], sizeof(logits[0]));
         assert_memory_equal(logits[0], logits[2], sizeof(logits[0]));
+        /* packed or not, Q4_0 gives the same logits up to float summation order */
+        static float q4_pos0[SYN_V];
+        for (int i = 0; i < SYN_V && ti >= 2; i++) {
+            if (ti == 2) {
+                q4_pos0[i] = logits[0][0][i];
+            } else {
+                assert_true(fabsf(logits[0][0][i] - q4_pos0[i]) <=
+                            1e-4f * (1.0f + fabsf(q4_pos0[i])));
+            }
+        }
         for (int i = 0; i < n_owned; i++) {
             free(owned[i]);
         }

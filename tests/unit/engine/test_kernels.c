@@ -393,6 +393,113 @@ static void test_q_dots_groups_and_tails(void **state)
     br_pool_destroy(pool);
 }
 
+/* The packed Q4_0 layout (br_kernel_q4_0_pack): a block of a group of 8 rows holds the 8
+ * scales, then row r's nibble bytes 4v..4v+3 at 16 + 32v + 4r; rows past the end are zero. */
+static void check_q4_0_pack_layout(const uint8_t *data, size_t rows, size_t nb, const uint8_t *pk)
+{
+    size_t groups = (rows + 7) / 8;
+    for (size_t g = 0; g < groups; g++) {
+        for (size_t i = 0; i < nb; i++) {
+            const uint8_t *p = pk + (g * nb + i) * BR_KERNEL_Q4_0_PACK_BLOCK_BYTES;
+            for (size_t r = 0; r < 8; r++) {
+                size_t row = g * 8 + r;
+                uint8_t zero[18] = {0};
+                const uint8_t *b = row < rows ? data + row * nb * 18 + i * 18 : zero;
+                assert_memory_equal(p + 2 * r, b, 2);
+                for (size_t v = 0; v < 4; v++) {
+                    assert_memory_equal(p + 16 + 32 * v + 4 * r, b + 2 + 4 * v, 4);
+                }
+            }
+        }
+    }
+}
+
+/* One (nb, rows) case of test_q4_0_packed_matvec. */
+static void check_q4_0_packed(size_t nb, size_t rows, struct br_pool *pool)
+{
+    size_t cols = nb * 32;
+    uint8_t *data = random_rows(BR_TENSOR_Q4_0, rows, cols);
+    size_t pk_bytes = br_kernel_q4_0_packed_bytes(rows, cols);
+    assert_int_equal(pk_bytes, (rows + 7) / 8 * 8 * nb * 18);
+    uint8_t *pk = malloc(pk_bytes);
+    float *x = malloc(cols * sizeof(float));
+    float *y = malloc(rows * sizeof(float));
+    float *y2 = malloc(rows * sizeof(float));
+    float *wf = malloc(cols * sizeof(float));
+    struct br_kernel_q8x *xq = malloc(nb * sizeof(*xq));
+    assert_true(pk && x && y && y2 && wf && xq);
+    for (size_t i = 0; i < cols; i++) {
+        x[i] = (i / 32) % 5 == 2 ? 0.0f : rnd_float();
+    }
+    struct br_tensor plain = {.type = BR_TENSOR_Q4_0, .data = data, .rows = rows, .cols = cols};
+    assert_int_equal(br_kernel_q4_0_pack(&plain, pk), BR_OK);
+    check_q4_0_pack_layout(data, rows, nb, pk);
+    struct br_tensor w = plain;
+    w.packed = pk;
+    struct br_kernel_scratch scratch = {0};
+    assert_int_equal(br_kernel_scratch_init(&scratch, cols), BR_OK);
+    memset(y, 0xff, rows * sizeof(float));
+    assert_int_equal(br_kernel_matvec_ex(&w, x, y, &scratch, NULL), BR_OK);
+    /* any thread split (the pool splits odd row counts inside groups of 8): the same floats */
+    memset(y2, 0xff, rows * sizeof(float));
+    assert_int_equal(br_kernel_matvec_ex(&w, x, y2, &scratch, pool), BR_OK);
+    assert_memory_equal(y, y2, rows * sizeof(float));
+    /* AVX2 and VNNI paths of the packed kernel: the same floats too (exact integer sums) */
+    for (int isa = BR_KERNEL_ISA_AVX2; isa <= br_kernel_isa() && nb <= 256; isa++) {
+        memset(y2, 0xff, rows * sizeof(float));
+        assert_int_equal(br_kernel_matvec_q_isa(isa, &w, x, y2), BR_OK);
+        assert_memory_equal(y, y2, rows * sizeof(float));
+    }
+    br_kernel_quantize_x(x, xq, cols);
+    for (size_t r = 0; r < rows; r++) {
+        const uint8_t *row = data + r * nb * 18;
+        float port = br_kernel_dot_q4_0_portable(row, xq, nb);
+        assert_int_equal(br_quant_dequantize_row(BR_TENSOR_Q4_0, row, wf, cols), BR_OK);
+        double mag = 0;
+        for (size_t i = 0; i < cols; i++) {
+            const struct br_kernel_q8x *xb = &xq[i / 32];
+            mag += fabs((double)wf[i] * (double)xb->d * (double)xb->q[i % 32]);
+        }
+        double tol = 1e-5 * mag + 1e-6;
+        if (fabs((double)y[r] - (double)port) > tol) {
+            fail_msg("packed q4_0 nb %zu rows %zu row %zu: %.9g vs portable %.9g", nb, rows, r,
+                     (double)y[r], (double)port);
+        }
+    }
+    br_kernel_scratch_free(&scratch);
+    free(xq);
+    free(wf);
+    free(y2);
+    free(y);
+    free(x);
+    free(pk);
+    free(data);
+}
+
+/* Q4_0 matrices with a packed copy (8 rows side by side): 1..40 blocks, row counts below, at
+ * and around multiples of 8 (the last group padded), and matrices big enough for the pool to
+ * split the rows at odd places; against the portable dot, bit-identical for any split and
+ * on AVX2 and VNNI. Other types and partial blocks are refused by the packer. */
+static void test_q4_0_packed_matvec(void **state)
+{
+    (void)state;
+    static const size_t ROWS[] = {1, 3, 7, 8, 9, 13, 16, 17, 31};
+    struct br_pool *pool = NULL;
+    assert_int_equal(br_pool_create(2, &pool), BR_OK);
+    for (size_t nb = 1; nb <= 40; nb++) {
+        check_q4_0_packed(nb, ROWS[nb % 9], pool);
+        check_q4_0_packed(nb, (70000 / (nb * 32)) | 1, pool);
+    }
+    check_q4_0_packed(300, 5, pool);
+    check_q4_0_packed(300, 11, pool);
+    br_pool_destroy(pool);
+    uint8_t buf[64] = {0};
+    struct br_tensor q8 = {.type = BR_TENSOR_Q8_0, .data = buf, .rows = 1, .cols = 32};
+    assert_int_equal(br_kernel_q4_0_pack(&q8, buf), BR_ERR_UNSUPPORTED);
+    struct br_tensor part = {.type = BR_TENSOR_Q4_0, .data = buf, .rows = 1, .cols = 48};
+    assert_int_equal(br_kernel_q4_0_pack(&part, buf), BR_ERR_UNSUPPORTED);
+}
+
 /* Every instruction-set path this CPU has gives the Q8_0/Q4_0 matvec: AVX2 and VNNI the very
  * same floats as the matvec (the same integer sums, the same float operations), portable the
  * same within float rounding. Odd row counts, 1 to 40 blocks, and the 8192-column limit. */
@@ -603,6 +710,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_axpy_matches_loop),
         cmocka_unit_test(test_q_dots_groups_and_tails),
         cmocka_unit_test(test_q_matvec_isa_paths),
+        cmocka_unit_test(test_q4_0_packed_matvec),
         cmocka_unit_test(test_pool_run_chunks),
         cmocka_unit_test(test_f32_short_rows),
     };

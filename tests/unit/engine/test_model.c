@@ -5,12 +5,18 @@
  * RoPE permutation), the vocab-only file refused for lack of tensors, and hand-made models with
  * a wrong shape, a missing tensor, another architecture or an F16 norm refused with a message.
  */
+#include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "br_test.h"
+#include "br_test_cli.h"
 #include "core/err.h"
+#include "engine/engine_cli.h"
 #include "engine/forward.h"
+#include "engine/kernels.h"
 #include "engine/llama2c.h"
 #include "engine/model.h"
 #include "engine/quant.h"
@@ -290,6 +296,78 @@ static void test_shared_output(void **state)
     gw_free(&w);
 }
 
+/* One matrix of test_q4_0_packed_on_open: packed when Q4_0 on an AVX2 CPU, else not; clears
+ * plain's packed pointer (plain = the same views without packed copies). Returns the size. */
+static size_t check_packed(const struct br_tensor *t, struct br_tensor *plain)
+{
+    plain->packed = NULL;
+    if (t->type != BR_TENSOR_Q4_0 || !br_kernel_has_avx2()) {
+        assert_null(t->packed);
+        return 0;
+    }
+    assert_non_null(t->packed);
+    return br_kernel_q4_0_packed_bytes(t->rows, t->cols);
+}
+
+/* A Q4_0 GGUF (stories260K quantized: 172-row w1/w3, not a multiple of 8) opened with
+ * br_llama_model_open: on AVX2 every Q4_0 matrix of the layers and the classifier has a packed
+ * copy, together packed_bytes; the logits equal those of the same views without the packed
+ * copies up to float summation order. */
+static void test_q4_0_packed_on_open(void **state)
+{
+    (void)state;
+    char path[512];
+    (void)snprintf(path, sizeof(path), "%s/model_q4_0_%d.gguf", BR_BINARY_DIR, (int)getpid());
+    char *argv[] = {(char *)MODELS "stories260K/stories260K-f32.gguf", path, (char *)"--type",
+                    (char *)"q4_0", NULL};
+    struct br_test_run r = br_test_run_argv(br_quantize_cli, 4, argv);
+    assert_int_equal(r.code, 0);
+    br_test_run_free(&r);
+    struct br_llama_model *m = NULL;
+    assert_int_equal(br_llama_model_open(path, &m, NULL, 0), BR_OK);
+    struct br_llama_weights *w = &m->weights;
+    struct br_llama_layer *layers = calloc((size_t)w->n_layers, sizeof(*layers));
+    assert_non_null(layers);
+    struct br_llama_weights plain = *w;
+    plain.layers = layers;
+    size_t want = 0;
+    for (int i = 0; i < w->n_layers; i++) {
+        struct br_llama_layer *y = &w->layers[i];
+        layers[i] = *y;
+        struct br_llama_layer *p = &layers[i];
+        want += check_packed(&y->wq, &p->wq) + check_packed(&y->wk, &p->wk) +
+                check_packed(&y->wv, &p->wv) + check_packed(&y->wo, &p->wo) +
+                check_packed(&y->w1, &p->w1) + check_packed(&y->w2, &p->w2) +
+                check_packed(&y->w3, &p->w3);
+    }
+    want += check_packed(&w->output, &plain.output);
+    assert_int_equal(m->packed_bytes, want);
+    assert_true(want > 0 || !br_kernel_has_avx2());
+    struct br_llama_state *a = NULL;
+    struct br_llama_state *b = NULL;
+    assert_int_equal(br_llama_state_create(&m->config, w, &a), BR_OK);
+    assert_int_equal(br_llama_state_create(&m->config, &plain, &b), BR_OK);
+    size_t v = (size_t)m->config.vocab_size;
+    float *la = malloc(v * sizeof(float));
+    float *lb = malloc(v * sizeof(float));
+    assert_true(la && lb);
+    for (int pos = 0; pos < 8; pos++) {
+        int token = 1 + 37 * pos % (int)(v - 1);
+        assert_int_equal(br_llama_forward(a, token, pos, la), BR_OK);
+        assert_int_equal(br_llama_forward(b, token, pos, lb), BR_OK);
+        for (size_t i = 0; i < v; i++) {
+            assert_true(fabsf(la[i] - lb[i]) <= 1e-3f * (1.0f + fabsf(lb[i])));
+        }
+    }
+    free(lb);
+    free(la);
+    br_llama_state_destroy(b);
+    br_llama_state_destroy(a);
+    free(layers);
+    br_llama_model_close(m);
+    (void)unlink(path);
+}
+
 /* No RoPE permutation anywhere: the f32 GGUF gives the llama2.c checkpoint's logits exactly. */
 static void test_gguf_logits_equal_llama2c(void **state)
 {
@@ -325,6 +403,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_hand_made_models),
         cmocka_unit_test(test_shared_output),
         cmocka_unit_test(test_gguf_logits_equal_llama2c),
+        cmocka_unit_test(test_q4_0_packed_on_open),
     };
     if (argc > 1) {
         cmocka_set_test_filter(argv[1]);
