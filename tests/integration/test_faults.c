@@ -170,6 +170,31 @@ static void test_timeouts(void **state)
                      3);
 }
 
+/* A trickle of bytes (5 at a time, 2 ms apart) is slow, not broken: the whole answer arrives. */
+static void test_trickle(void **state)
+{
+    struct env *e = *state;
+    struct http_resp plain;
+    call(e, "mock-gpt", "slow but sure [[fault:trickle]]", false, &plain);
+    assert_int_equal(plain.status, 200);
+    assert_non_null(strstr(plain.body, "Echo: slow but sure"));
+    http_resp_free(&plain);
+    struct http_resp st;
+    call(e, "mock-gpt", "slow but sure [[fault:trickle]]", true, &st);
+    assert_int_equal(st.status, 200);
+    assert_non_null(strstr(st.body, "data: [DONE]"));
+    assert_non_null(strstr(st.body, " sure"));
+    http_resp_free(&st);
+    call(e, "mock-claude", "slow but sure [[fault:trickle]]", true, &st);
+    assert_int_equal(st.status, 200);
+    assert_non_null(strstr(st.body, "data: [DONE]"));
+    http_resp_free(&st);
+    assert_true(db_wait_rows(e, 3));
+    assert_int_equal(db_int(e, "SELECT count(*) FROM requests WHERE status = 200 AND "
+                               "error_kind IS NULL"),
+                     3);
+}
+
 static void test_stream_cut_short(void **state)
 {
     struct env *e = *state;
@@ -263,6 +288,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_upstream_status_passed_on, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transport_failures, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeouts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trickle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_cut_short, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_disconnect_billed, setup, teardown),
     };
