@@ -198,7 +198,7 @@ static void log_norm(const float *x, int n, double *max_out, double *lse_out)
         z += exp((double)x[i] - m);
     }
     *max_out = m;
-    *lse_out = log(z);
+    *lse_out = z > 0 ? log(z) : 0.0; /* z >= 1: the maximum's own term is exp(0) */
 }
 
 static int argmax(const float *x, int n)
