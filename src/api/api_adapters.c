@@ -23,21 +23,6 @@
 #include "core/err.h"
 #include "core/log.h"
 
-static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
-                                              BR_SLICE_LIT("application/json")};
-
-static void respond(br_http_request *req, int status, json_t *j)
-{
-    size_t len = 0;
-    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
-    json_decref(j);
-    if (!text) {
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
-}
-
 static void bad_request(br_http_request *req, const char *code, const char *param, const char *msg)
 {
     br_http_respond_error(req, 400, "invalid_request_error", code, param, msg);
@@ -77,11 +62,12 @@ static void list(const struct br_runtime_model *rm, br_http_request *req)
     }
     if (rc != BR_OK) {
         json_decref(data);
-        respond(req, 503, NULL);
+        br__respond_json(req, 503, NULL);
         return;
     }
-    respond(req, 200,
-            json_pack("{s:s, s:s, s:o}", "object", "list", "model", rm->cfg->name, "data", data));
+    br__respond_json(
+        req, 200,
+        json_pack("{s:s, s:s, s:o}", "object", "list", "model", rm->cfg->name, "data", data));
 }
 
 /* path as given when absolute, else against the config file's folder (arena). */
@@ -129,7 +115,7 @@ static bool load_args(br_http_request *req, const char **name, const char **path
     *scale = s && json_is_number(s) ? json_number_value(s) : 1.0;
     json_decref(body);
     if (!*name || !*path) {
-        respond(req, 503, NULL);
+        br__respond_json(req, 503, NULL);
         return false;
     }
     return true;
@@ -155,7 +141,7 @@ static void load(struct br_runtime *rt, const struct br_runtime_model *rm, br_ht
         return;
     }
     if (rc == BR_ERR_NOMEM) {
-        respond(req, 503, NULL);
+        br__respond_json(req, 503, NULL);
         return;
     }
     if (rc != BR_OK) {
@@ -165,10 +151,10 @@ static void load(struct br_runtime *rt, const struct br_runtime_model *rm, br_ht
         return;
     }
     char *id = br_arena_sprintf(req->arena, "%s:%s", rm->cfg->name, name);
-    respond(req, 201,
-            id ? json_pack("{s:s, s:s, s:s, s:s, s:f}", "id", id, "object", "adapter", "name", name,
-                           "path", full, "scale", scale)
-               : NULL);
+    br__respond_json(req, 201,
+                     id ? json_pack("{s:s, s:s, s:s, s:s, s:f}", "id", id, "object", "adapter",
+                                    "name", name, "path", full, "scale", scale)
+                        : NULL);
 }
 
 static void unload(const struct br_runtime_model *rm, br_http_request *req, struct br_slice name)
@@ -185,19 +171,10 @@ static void unload(const struct br_runtime_model *rm, br_http_request *req, stru
         return;
     }
     char *id = n ? br_arena_sprintf(req->arena, "%s:%s", rm->cfg->name, n) : NULL;
-    respond(req, rc == BR_OK ? 200 : 503,
-            rc == BR_OK && id
-                ? json_pack("{s:s, s:s, s:b}", "id", id, "object", "adapter", "deleted", 1)
-                : NULL);
-}
-
-static void not_allowed(br_http_request *req, const char *allowed)
-{
-    char *msg = br_arena_sprintf(req->arena, "Method %.*s is not allowed here; use %s.",
-                                 (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
-                                 req->method_name.ptr, allowed);
-    br_http_respond_error(req, 405, "invalid_request_error", "method_not_allowed", NULL,
-                          msg ? msg : "method not allowed");
+    br__respond_json(req, rc == BR_OK ? 200 : 503,
+                     rc == BR_OK && id
+                         ? json_pack("{s:s, s:s, s:b}", "id", id, "object", "adapter", "deleted", 1)
+                         : NULL);
 }
 
 void br__admin_adapters(struct br_worker *w, br_http_request *req, struct br_slice rest)
@@ -238,12 +215,12 @@ void br__admin_adapters(struct br_worker *w, br_http_request *req, struct br_sli
         } else if (m == BR_HTTP_METHOD_POST) {
             load(rt, rm, req);
         } else {
-            not_allowed(req, "GET or POST");
+            br__respond_not_allowed(req, "GET or POST");
         }
         return;
     }
     if (m != BR_HTTP_METHOD_DELETE) {
-        not_allowed(req, "DELETE");
+        br__respond_not_allowed(req, "DELETE");
         return;
     }
     unload(rm, req, br_slice_make(tail.ptr + 1, tail.len - 1));

@@ -943,6 +943,14 @@ static void verify_answered(struct chat *c, const struct br_provider_result *res
     judge(c, c->judged, c->judged_answer, c->judged_len, p, "P(yes)", res);
 }
 
+/* True when a deployment of the current model is left that this request has not tried. */
+static bool untried_left(const struct chat *c)
+{
+    size_t n = c->rm->n_deploys;
+    uint64_t all = n >= 64 ? UINT64_MAX : (UINT64_C(1) << n) - 1;
+    return (c->tried & all) != all;
+}
+
 /* The first fallback step after step, or SIZE_MAX. */
 static size_t next_fallback_step(const struct chat *c, size_t step)
 {
@@ -1021,8 +1029,7 @@ static bool schedule_retry(struct chat *c, uint64_t delay_ms)
 static bool try_retry(struct chat *c, const struct br_provider_result *res)
 {
     const struct br_runtime_model *rm = c->rm;
-    uint64_t all = rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << rm->n_deploys) - 1;
-    bool elsewhere = (c->tried & all) != all; /* an untried deployment is left */
+    bool elsewhere = untried_left(c);
     uint64_t delay = 0;
     struct br_resil_retry_state saved = c->retry;
     if (br_resil_retry_next(&rm->retry, &c->retry, elsewhere ? 0 : res->retry_after_ms, &c->w->rng,
@@ -1114,7 +1121,7 @@ static void judge_attempt(struct chat *c, const struct br_provider_result *res,
          * sibling, later requests go upstream (and a retry of this one honours Retry-After). */
         v->health = BR_RESIL_HEALTH_NEUTRAL;
     }
-    if (strcmp(c->rm->cfg->provider, "local") == 0) {
+    if (c->rm->ops->in_process) {
         /* In-process: one deployment, and a full queue is load, not ill health. Never eject
          * it; fall back (when configured) rather than retry into the same queue. */
         v->health = BR_RESIL_HEALTH_NEUTRAL;
@@ -1224,8 +1231,7 @@ static int take_slot(struct chat *c, size_t step)
 static const struct br_runtime_deploy *acquire_deployment(struct chat *c, enum call_kind kind)
 {
     const struct br_runtime_model *rm = c->rm;
-    uint64_t all = rm->n_deploys >= 64 ? UINT64_MAX : (UINT64_C(1) << rm->n_deploys) - 1;
-    uint64_t exclude = kind == CALL_ANSWER && (c->tried & all) != all ? c->tried : 0;
+    uint64_t exclude = kind == CALL_ANSWER && untried_left(c) ? c->tried : 0;
     uint64_t est = c->req->body.len / 4 + 256; /* tokens, for TPM limits: prompt + answer */
     uint64_t retry_at = 0;
     if (br_resil_lb_acquire(rm->lb, exclude, est, br_clock_now_ns() / 1000000, &c->w->rng,
@@ -1530,7 +1536,9 @@ void br__chat_handle(struct br_worker *w, br_http_request *req)
                msg ? msg : "model not found");
         return;
     }
-    if (c->plan.steps[0].variant && !br__variant_exists(c->rt, &c->plan.steps[0])) {
+    const char *variant = c->plan.steps[0].variant;
+    if (variant && !br__variant_exists(br__runtime_model(c->rt, c->plan.steps[0].model), variant,
+                                       strlen(variant))) {
         char *msg = br_arena_sprintf(req->arena,
                                      "The model `%.200s` does not exist: `%s` has no adapter "
                                      "called `%s`. GET /admin/models/%s/adapters lists them.",

@@ -224,8 +224,7 @@ static const struct br_runtime_model *find_model(struct completion *c, const jso
     const struct br_runtime_model *rm = br__runtime_model(c->rt, mc);
     if (variant) {
         c->variant = br_arena_strndup(c->req->arena, variant, variant_len);
-        if (!c->variant || !rm->ops->variant_exists ||
-            !rm->ops->variant_exists(rm->state, variant, variant_len)) {
+        if (!c->variant || !br__variant_exists(rm, variant, variant_len)) {
             fail(c, 404, "model_not_found", "model",
                  "model: no such model in the catalogue, nor an adapter of one (GET "
                  "/admin/models/MODEL/adapters lists a local model's adapters)");

@@ -117,20 +117,10 @@ void br__admin_deployments(struct br_worker *w, br_http_request *req)
             rc = o && json_array_append_new(data, o) == 0 ? BR_OK : BR_ERR_NOMEM;
         }
     }
-    json_t *doc = rc == BR_OK ? json_pack("{s:s, s:o}", "object", "list", "data", data) : NULL;
-    if (!doc) {
-        json_decref(rc == BR_OK ? NULL : data);
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
+    if (rc != BR_OK) {
+        json_decref(data);
+        data = NULL;
     }
-    size_t len = 0;
-    char *text = br__json_dump(req->arena, doc, &len);
-    json_decref(doc);
-    if (!text) {
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    static const struct br_http_header ct = {BR_SLICE_LIT("content-type"),
-                                             BR_SLICE_LIT("application/json")};
-    br_http_respond(req, 200, &ct, 1, br_slice_make(text, len));
+    br__respond_json(req, 200,
+                     data ? json_pack("{s:s, s:o}", "object", "list", "data", data) : NULL);
 }

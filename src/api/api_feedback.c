@@ -42,9 +42,6 @@ struct fb_job {
     char request_id[ID_MAX + 1];
 };
 
-static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
-                                              BR_SLICE_LIT("application/json")};
-
 static void count(struct br_worker *w, const char *route, const char *model, const char *result)
 {
     const char *l[] = {route ? route : "-", model ? model : "-", result};
@@ -100,18 +97,6 @@ static void on_stored(void *user, int rc, const struct br_feedback_attr *attr)
     br__worker_post(j->w, &j->done);
 }
 
-static void respond(br_http_request *req, int status, json_t *j)
-{
-    size_t len = 0;
-    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
-    json_decref(j);
-    if (!text) {
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
-}
-
 /* The worker's loop: answer the client and update the route's estimates. */
 static void on_complete(struct br__done *d)
 {
@@ -152,11 +137,11 @@ static void on_complete(struct br__done *d)
         br_router_feedback(rt->router, &fb, &adj);
         br__route_adjusted(w->g, w->index, a->route, &adj);
     }
-    respond(req, 200,
-            json_pack("{s:s, s:s, s:f, s:s?, s:s?, s:s?, s:s?, s:b}", "object", "feedback",
-                      "request_id", j->request_id, "score", j->score, "route", a->route, "model",
-                      a->model, "policy", a->policy, "decision", a->decision, "replaced",
-                      !isnan(a->previous)));
+    br__respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:f, s:s?, s:s?, s:s?, s:s?, s:b}", "object", "feedback",
+                               "request_id", j->request_id, "score", j->score, "route", a->route,
+                               "model", a->model, "policy", a->policy, "decision", a->decision,
+                               "replaced", !isnan(a->previous)));
     br_free(j);
 }
 

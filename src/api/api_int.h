@@ -173,6 +173,11 @@ void br__gate_counts(struct br__gate *g, uint32_t *in_flight_out, uint32_t *queu
 char *br__json_dump(br_arena *a, const json_t *j, size_t *len_out);
 /** Compact JSON text of j in heap memory (caller br_free()s); NULL on OOM. */
 char *br__json_dump_heap(const json_t *j, size_t *len_out);
+/** Serialises j (consumed; NULL means out of memory) into the request arena and responds with
+ * it as application/json; 503 when it cannot. */
+void br__respond_json(br_http_request *req, int status, json_t *j);
+/** 405 in OpenAI's error shape, naming the allowed methods. */
+void br__respond_not_allowed(br_http_request *req, const char *allowed);
 
 /* api_runtime.c */
 /** Builds a runtime; live (may be NULL: private statistics) carries routing state over. */
@@ -185,8 +190,8 @@ struct br_runtime_model *br__runtime_model(struct br_runtime *rt, const struct b
 /** The GET /v1/models document (models with their variants, then routes), or NULL. */
 json_t *br__models_json(const struct br_runtime *rt);
 
-/** True when the step's model serves its variant ("MODEL:ADAPTER" requests). */
-bool br__variant_exists(struct br_runtime *rt, const struct br_plan_step *step);
+/** True when rm serves the variant called name (n bytes): "MODEL:ADAPTER" requests. */
+bool br__variant_exists(const struct br_runtime_model *rm, const char *name, size_t n);
 /** The worker's current runtime, refreshed if a reload happened; borrowed. */
 struct br_runtime *br__worker_runtime(struct br_worker *w);
 

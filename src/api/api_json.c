@@ -38,3 +38,26 @@ char *br__json_dump_heap(const json_t *j, size_t *len_out)
     }
     return buf;
 }
+
+void br__respond_json(br_http_request *req, int status, json_t *j)
+{
+    static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
+                                                  BR_SLICE_LIT("application/json")};
+    size_t len = 0;
+    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
+    json_decref(j);
+    if (!text) {
+        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
+        return;
+    }
+    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
+}
+
+void br__respond_not_allowed(br_http_request *req, const char *allowed)
+{
+    char *msg = br_arena_sprintf(req->arena, "Method %.*s is not allowed here; use %s.",
+                                 (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
+                                 req->method_name.ptr, allowed);
+    br_http_respond_error(req, 405, "invalid_request_error", "method_not_allowed", NULL,
+                          msg ? msg : "method not allowed");
+}

@@ -28,9 +28,6 @@
 
 #define MODEL_NAME_MAX 256
 
-static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
-                                              BR_SLICE_LIT("application/json")};
-
 /* ------------------------------------------------------------------ admission */
 
 static int64_t estimate(const struct br_model_cfg *m, int64_t prompt_tokens, int64_t max_tokens,
@@ -241,18 +238,6 @@ static json_t *info_json(const struct br_keys_info *in, const char *secret)
         json_object_set_new(j, "key", json_string(secret));
     }
     return j;
-}
-
-static void respond_json(br_http_request *req, int status, json_t *j)
-{
-    size_t len = 0;
-    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
-    json_decref(j);
-    if (!text) {
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
 }
 
 static void bad(br_http_request *req, const char *param, const char *msg)
@@ -526,7 +511,7 @@ static void create(br_keys *ks, br_http_request *req)
     json_t *j = info_json(&info, secret);
     br_keys_info_cleanup(&info);
     memset(secret, 0, sizeof(secret));
-    respond_json(req, 201, j);
+    br__respond_json(req, 201, j);
 }
 
 static void update(br_keys *ks, br_http_request *req, const char *id)
@@ -547,7 +532,7 @@ static void update(br_keys *ks, br_http_request *req, const char *id)
     }
     json_t *j = info_json(&info, NULL);
     br_keys_info_cleanup(&info);
-    respond_json(req, 200, j);
+    br__respond_json(req, 200, j);
 }
 
 static int list_one(void *user, const struct br_keys_info *info)
@@ -565,7 +550,7 @@ static void list(br_keys *ks, br_http_request *req)
         store_error(req, BR_ERR_NOMEM);
         return;
     }
-    respond_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", arr));
+    br__respond_json(req, 200, json_pack("{s:s, s:o}", "object", "list", "data", arr));
 }
 
 static void get_or_revoke(br_keys *ks, br_http_request *req, const char *id, bool revoke)
@@ -579,16 +564,7 @@ static void get_or_revoke(br_keys *ks, br_http_request *req, const char *id, boo
     }
     json_t *j = info_json(&info, NULL);
     br_keys_info_cleanup(&info);
-    respond_json(req, 200, j);
-}
-
-static void not_allowed(br_http_request *req, const char *allowed)
-{
-    char *msg = br_arena_sprintf(req->arena, "Method %.*s is not allowed here; use %s.",
-                                 (int)(req->method_name.len > 16 ? 16 : req->method_name.len),
-                                 req->method_name.ptr, allowed);
-    br_http_respond_error(req, 405, "invalid_request_error", "method_not_allowed", NULL,
-                          msg ? msg : "method not allowed");
+    br__respond_json(req, 200, j);
 }
 
 void br__admin_keys(struct br_worker *w, br_http_request *req, struct br_slice rest)
@@ -613,7 +589,7 @@ void br__admin_keys(struct br_worker *w, br_http_request *req, struct br_slice r
         } else if (m == BR_HTTP_METHOD_GET || m == BR_HTTP_METHOD_HEAD) {
             list(ks, req);
         } else {
-            not_allowed(req, "GET or POST");
+            br__respond_not_allowed(req, "GET or POST");
         }
         return;
     }
@@ -632,6 +608,6 @@ void br__admin_keys(struct br_worker *w, br_http_request *req, struct br_slice r
     } else if (m == BR_HTTP_METHOD_DELETE) {
         get_or_revoke(ks, req, id, true);
     } else {
-        not_allowed(req, "GET, PATCH or DELETE");
+        br__respond_not_allowed(req, "GET, PATCH or DELETE");
     }
 }

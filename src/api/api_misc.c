@@ -16,19 +16,6 @@
 static const struct br_http_header json_ct = {BR_SLICE_LIT("content-type"),
                                               BR_SLICE_LIT("application/json")};
 
-/* Serialises j (consumed) into arena memory and responds. */
-static void respond_json(br_http_request *req, int status, json_t *j)
-{
-    size_t len = 0;
-    char *text = j ? br__json_dump(req->arena, j, &len) : NULL;
-    json_decref(j);
-    if (!text) {
-        br_http_respond_error(req, 503, "server_error", "out_of_memory", NULL, "out of memory");
-        return;
-    }
-    br_http_respond(req, status, &json_ct, 1, br_slice_make(text, len));
-}
-
 static bool authorized(struct br_worker *w, struct br_runtime *rt, br_http_request *req, bool admin)
 {
     const char *key_id;
@@ -54,7 +41,7 @@ void br__models_list(struct br_worker *w, br_http_request *req)
                                   "The gateway is out of memory; retry later.");
             return;
         }
-        respond_json(req, 200, doc);
+        br__respond_json(req, 200, doc);
         return;
     }
     br_http_respond(req, 200, &json_ct, 1, br_slice_make(rt->models_json, rt->models_json_len));
@@ -72,15 +59,16 @@ void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice i
         br_config_model_find_variant(rt->cfg, id.ptr, id.len, &variant, &variant_len);
     if (mc && variant) {
         const struct br_runtime_model *rm = br__runtime_model(rt, mc);
-        if (!rm->ops->variant_exists || !rm->ops->variant_exists(rm->state, variant, variant_len)) {
+        if (!br__variant_exists(rm, variant, variant_len)) {
             mc = NULL;
         }
     }
     const struct br_route_cfg *route = mc ? NULL : br_config_route_find(rt->cfg, id.ptr, id.len);
     if (route) {
-        respond_json(req, 200,
-                     json_pack("{s:s, s:s, s:I, s:s}", "id", route->name, "object", "model",
-                               "created", (json_int_t)rt->created_s, "owned_by", "brigade-route"));
+        br__respond_json(req, 200,
+                         json_pack("{s:s, s:s, s:I, s:s}", "id", route->name, "object", "model",
+                                   "created", (json_int_t)rt->created_s, "owned_by",
+                                   "brigade-route"));
         return;
     }
     if (!mc) {
@@ -90,9 +78,9 @@ void br__models_get(struct br_worker *w, br_http_request *req, struct br_slice i
                               msg ? msg : "model not found");
         return;
     }
-    respond_json(req, 200,
-                 json_pack("{s:s%, s:s, s:I, s:s}", "id", id.ptr, id.len, "object", "model",
-                           "created", (json_int_t)rt->created_s, "owned_by", mc->provider));
+    br__respond_json(req, 200,
+                     json_pack("{s:s%, s:s, s:I, s:s}", "id", id.ptr, id.len, "object", "model",
+                               "created", (json_int_t)rt->created_s, "owned_by", mc->provider));
 }
 
 void br__health(struct br_worker *w, br_http_request *req)
@@ -100,9 +88,9 @@ void br__health(struct br_worker *w, br_http_request *req)
     struct br_gateway *g = w->g;
     bool draining = atomic_load(&g->draining);
     struct br_runtime *rt = br__worker_runtime(w);
-    respond_json(req, draining ? 503 : 200,
-                 json_pack("{s:s, s:I}", "status", draining ? "draining" : "ok", "models",
-                           (json_int_t)rt->n_models));
+    br__respond_json(req, draining ? 503 : 200,
+                     json_pack("{s:s, s:I}", "status", draining ? "draining" : "ok", "models",
+                               (json_int_t)rt->n_models));
 }
 
 /* Gauges read from the routers' live state at scrape time. */
@@ -221,14 +209,14 @@ void br__admin_config(struct br_worker *w, br_http_request *req)
                               in, "output", out, "context_window", (json_int_t)m->context_window));
     }
     br_keys *ks = w->g->keys;
-    respond_json(req, 200,
-                 json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I, s:s?, s:I}", "path", c->path,
-                           "listen", c->listen_host, "port", (json_int_t)c->listen_port, "workers",
-                           (json_int_t)w->g->n_workers, "models", models, "auth",
-                           c->has_master_key || c->n_keys > 0 || (ks && br_keys_count(ks) > 0),
-                           "api_keys", (json_int_t)c->n_keys, "key_store",
-                           ks ? c->key_store_path : NULL, "virtual_keys",
-                           (json_int_t)(ks ? br_keys_active_count(ks) : 0)));
+    br__respond_json(req, 200,
+                     json_pack("{s:s, s:s, s:I, s:I, s:o, s:b, s:I, s:s?, s:I}", "path", c->path,
+                               "listen", c->listen_host, "port", (json_int_t)c->listen_port,
+                               "workers", (json_int_t)w->g->n_workers, "models", models, "auth",
+                               c->has_master_key || c->n_keys > 0 || (ks && br_keys_count(ks) > 0),
+                               "api_keys", (json_int_t)c->n_keys, "key_store",
+                               ks ? c->key_store_path : NULL, "virtual_keys",
+                               (json_int_t)(ks ? br_keys_active_count(ks) : 0)));
 }
 
 static json_t *number_or_null(double v)
@@ -300,14 +288,14 @@ void br__admin_routes(struct br_worker *w, br_http_request *req)
     if (!snap || !routes) {
         br_free(snap);
         json_decref(routes);
-        respond_json(req, 200, NULL); /* a 503 */
+        br__respond_json(req, 200, NULL); /* a 503 */
         return;
     }
     for (size_t i = 0; i < rt->cfg->n_routes; i++) {
         json_array_append_new(routes, route_json(rt, &rt->cfg->routes[i], snap));
     }
     br_free(snap);
-    respond_json(req, 200, json_pack("{s:o}", "routes", routes));
+    br__respond_json(req, 200, json_pack("{s:o}", "routes", routes));
 }
 
 void br__admin_reload(struct br_worker *w, br_http_request *req)
@@ -322,7 +310,7 @@ void br__admin_reload(struct br_worker *w, br_http_request *req)
         br_http_respond_error(req, 400, "invalid_request_error", "invalid_config", NULL, err);
         return;
     }
-    respond_json(req, 200, json_pack("{s:s}", "status", "reloaded"));
+    br__respond_json(req, 200, json_pack("{s:s}", "status", "reloaded"));
 }
 
 static int register_route_metrics(br_metrics *m, struct br_api_metrics *ids)

@@ -320,9 +320,7 @@ struct br_runtime *br__worker_runtime(struct br_worker *w)
     return w->rt;
 }
 
-bool br__variant_exists(struct br_runtime *rt, const struct br_plan_step *step)
+bool br__variant_exists(const struct br_runtime_model *rm, const char *name, size_t n)
 {
-    const struct br_runtime_model *rm = br__runtime_model(rt, step->model);
-    return rm && rm->ops->variant_exists &&
-           rm->ops->variant_exists(rm->state, step->variant, strlen(step->variant));
+    return rm && rm->ops->variant_exists && rm->ops->variant_exists(rm->state, name, n);
 }

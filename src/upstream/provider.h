@@ -117,6 +117,9 @@ struct br_provider_call {
 
 struct br_provider_ops {
     const char *name; /* the `provider:` value in the catalogue */
+    /* Answers in this process (one deployment; a busy queue is load, not ill health): the
+     * gateway never retries it on itself and never ejects it. */
+    bool in_process;
     /**
      * Builds per-model state when a config snapshot is loaded (replay loads its file here).
      * Runs on the loading thread. On error writes a one-line reason into err.

@@ -1303,6 +1303,7 @@ static void local_call_cancel(struct br_provider_call *call, struct br_provider_
 
 const struct br_provider_ops br_provider_local = {
     .name = "local",
+    .in_process = true,
     .model_create = local_model_create,
     .model_destroy = local_model_destroy,
     .call_start = local_call_start,
